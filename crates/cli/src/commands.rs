@@ -1,0 +1,414 @@
+//! What each subcommand does.
+
+use std::collections::HashMap;
+use std::io::{IsTerminal, Write};
+use std::process::ExitCode;
+
+use anyhow::{Context, bail};
+use orgbase_core::config::{self, Config, LogFormat, Sources};
+use orgbase_db::cluster::{ClusterError, Layout};
+use orgbase_db::migrate::State;
+use orgbase_db::{BinSearch, Cluster, Migrator, RunningCluster, Target};
+
+use crate::{Cli, Command, ConfigCommand, DbCommand, MigrateCommand, ServeArgs};
+
+pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
+    match &cli.command {
+        Command::Config(ConfigCommand::Example) => {
+            print!("{}", config::EXAMPLE);
+            return Ok(ExitCode::SUCCESS);
+        }
+        Command::Version => {
+            println!(
+                "orgbase {} (schema migration {})",
+                orgbase_core::VERSION,
+                Migrator::embedded("").latest()
+            );
+            return Ok(ExitCode::SUCCESS);
+        }
+        _ => {}
+    }
+    let config = load_config(&cli)?;
+    init_tracing(&config, cli.global.log.as_deref())?;
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .context("starting the async runtime")?;
+    runtime.block_on(async move {
+        match cli.command {
+            Command::Serve(args) => serve(config, args).await,
+            Command::Migrate(cmd) => migrate(config, cmd).await,
+            Command::Db(DbCommand::Psql { args }) => psql(config, args).await,
+            Command::Config(ConfigCommand::Check) => {
+                let mut shown = config.clone();
+                for url in [&mut shown.database.url, &mut shown.database.runtime_url]
+                    .into_iter()
+                    .flatten()
+                {
+                    *url = orgbase_core::Secret::new(orgbase_db::database::redact(url));
+                }
+                print!(
+                    "{}",
+                    toml::to_string_pretty(&shown).context("rendering the configuration")?
+                );
+                eprintln!("configuration ok");
+                Ok(ExitCode::SUCCESS)
+            }
+            Command::Config(ConfigCommand::Example) | Command::Version => Ok(ExitCode::SUCCESS),
+        }
+    })
+}
+
+fn load_config(cli: &Cli) -> anyhow::Result<Config> {
+    let mut overrides = Vec::new();
+    if let Some(d) = &cli.global.data_dir {
+        overrides.push(("data_dir", d.display().to_string()));
+    }
+    if let Some(u) = &cli.global.database_url {
+        overrides.push(("database.url", u.clone()));
+    }
+    if let Command::Serve(args) = &cli.command {
+        if let Some(l) = &args.listen {
+            overrides.push(("server.listen", l.clone()));
+        }
+        if args.no_migrate {
+            overrides.push(("database.migrate_on_start", "false".into()));
+        }
+    }
+    let env: HashMap<String, String> = std::env::vars().collect();
+    Ok(Config::load(Sources {
+        file: cli.global.config.as_deref(),
+        env,
+        overrides,
+    })?)
+}
+
+fn init_tracing(config: &Config, flag: Option<&str>) -> anyhow::Result<()> {
+    let filter = tracing_subscriber::EnvFilter::try_new(flag.unwrap_or(&config.log.level))
+        .with_context(|| format!("log filter `{}`", flag.unwrap_or(&config.log.level)))?;
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    match config.log.format {
+        LogFormat::Text => builder.try_init(),
+        LogFormat::Json => builder.json().try_init(),
+    }
+    .map_err(|e| anyhow::anyhow!("initializing logging: {e}"))
+}
+
+fn applied_by() -> String {
+    let user = nix::unistd::User::from_uid(nix::unistd::geteuid())
+        .ok()
+        .flatten()
+        .map(|u| u.name)
+        .unwrap_or_else(|| nix::unistd::geteuid().to_string());
+    let host = nix::unistd::gethostname()
+        .ok()
+        .and_then(|h| h.into_string().ok())
+        .unwrap_or_else(|| "unknown-host".into());
+    format!("{user}@{host}")
+}
+
+/// The database this command works on, and the embedded cluster if this process started it.
+struct Opened {
+    target: Target,
+    cluster: Option<RunningCluster>,
+}
+
+impl Opened {
+    async fn close(self) -> anyhow::Result<()> {
+        if let Some(c) = self.cluster {
+            tokio::task::spawn_blocking(move || c.stop())
+                .await
+                .context("stopping PostgreSQL")??;
+        }
+        Ok(())
+    }
+}
+
+/// Start the embedded cluster (or, with `attach`, use the one a running `serve` holds), or use
+/// the external server; create the database on first run.
+async fn open(config: &Config, attach: bool) -> anyhow::Result<Opened> {
+    if !config.embedded() {
+        tracing::info!(database = %orgbase_db::database::redact(config.database.url.as_ref().context("database.url")?), "using an external PostgreSQL");
+        return Ok(Opened {
+            target: Target::external(config)?,
+            cluster: None,
+        });
+    }
+    let c = config.clone();
+    let started = tokio::task::spawn_blocking(move || {
+        let search = BinSearch::system(c.embedded.bin_dir.clone());
+        match Cluster::open(&c.data_dir, &c.embedded, &search) {
+            Ok(cluster) => cluster.start().map(Some),
+            Err(ClusterError::Locked { .. }) if attach => Ok(None),
+            Err(e) => Err(e),
+        }
+    })
+    .await
+    .context("starting PostgreSQL")??;
+    let opened = match started {
+        Some(running) => Opened {
+            target: Target::embedded(&running, config)?,
+            cluster: Some(running),
+        },
+        None => {
+            eprintln!(
+                "note: a running orgbase holds {}; using its PostgreSQL",
+                config.data_dir.display()
+            );
+            let layout = Layout::new(&config.data_dir)?;
+            Opened {
+                target: Target::embedded_at(&layout, config.embedded.port, config)?,
+                cluster: None,
+            }
+        }
+    };
+    opened.target.ensure_database().await?;
+    Ok(opened)
+}
+
+async fn shutdown_signal() {
+    let ctrl_c = tokio::signal::ctrl_c();
+    #[cfg(unix)]
+    let term = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    tokio::select! {
+        _ = ctrl_c => {},
+        _ = term => {},
+    }
+    tracing::info!("shutting down: draining in-flight requests");
+}
+
+async fn serve(config: Config, _args: ServeArgs) -> anyhow::Result<ExitCode> {
+    let opened = open(&config, false).await?;
+    let migrator = Migrator::embedded(applied_by());
+    let mut target = opened.target.clone();
+    if config.database.migrate_on_start {
+        let applied = target.migrate_up(&migrator).await?;
+        if !applied.is_empty() {
+            tracing::info!(count = applied.len(), "migrations applied");
+        }
+    }
+    target.ensure_runtime_login().await?;
+    let pool = target.runtime_pool(config.database.pool_max_size)?;
+    let app = orgbase_http::app(
+        pool.clone(),
+        migrator.latest(),
+        &orgbase_http::HttpSettings::from(&config),
+    );
+    let listener = tokio::net::TcpListener::bind(config.server.listen)
+        .await
+        .with_context(|| format!("listening on {}", config.server.listen))?;
+    let addr = listener.local_addr()?;
+    let data = std::fs::canonicalize(&config.data_dir).unwrap_or(config.data_dir.clone());
+    let mut out = std::io::stdout().lock();
+    writeln!(
+        out,
+        "orgbase {} listening on http://{addr}",
+        orgbase_core::VERSION
+    )?;
+    if config.embedded() {
+        writeln!(
+            out,
+            "  data:      {} (embedded PostgreSQL; psql: orgbase db psql)",
+            data.display()
+        )?;
+    } else {
+        writeln!(
+            out,
+            "  database:  {}",
+            orgbase_db::database::describe(target.admin_config())
+        )?;
+    }
+    writeln!(out, "  ready:     http://{addr}/readyz")?;
+    writeln!(out, "  api:       http://{addr}/v1/openapi.json")?;
+    writeln!(out, "  metrics:   http://{addr}/metrics")?;
+    writeln!(out, "Press Ctrl-C to stop.")?;
+    out.flush()?;
+    drop(out);
+    orgbase_http::serve(
+        listener,
+        app,
+        shutdown_signal(),
+        config.server.shutdown_grace(),
+    )
+    .await
+    .context("serving HTTP")?;
+    pool.close();
+    opened.close().await?;
+    println!("orgbase stopped");
+    Ok(ExitCode::SUCCESS)
+}
+
+async fn migrate(config: Config, cmd: MigrateCommand) -> anyhow::Result<ExitCode> {
+    let opened = open(&config, true).await?;
+    let migrator = Migrator::embedded(applied_by());
+    let mut client = opened.target.admin().await?;
+    let code = match cmd {
+        MigrateCommand::Status => {
+            let status = migrator.status(&client).await?;
+            println!(
+                "{:>7}  {:<9}  {:<32}  {:<20}  {:<24}  {:>8}",
+                "version", "state", "description", "applied at (UTC)", "applied by", "ms"
+            );
+            for s in status {
+                let (at, by, ms) = match &s.applied {
+                    Some(a) => (
+                        a.applied_at.format("%Y-%m-%d %H:%M:%S").to_string(),
+                        a.applied_by.clone(),
+                        a.duration_ms.to_string(),
+                    ),
+                    None => ("-".into(), "-".into(), "-".into()),
+                };
+                let state = match s.state {
+                    State::Applied => "applied",
+                    State::Pending => "pending",
+                    State::ChecksumMismatch => "CHANGED",
+                    State::Unknown => "UNKNOWN",
+                };
+                println!(
+                    "{:>7}  {:<9}  {:<32}  {:<20}  {:<24}  {:>8}",
+                    s.version, state, s.description, at, by, ms
+                );
+            }
+            ExitCode::SUCCESS
+        }
+        MigrateCommand::Up { to } => {
+            let applied = migrator
+                .up(&mut client, to, |m, ms| {
+                    println!("applied {:04} {} ({ms} ms)", m.version, m.description());
+                })
+                .await?;
+            if applied.is_empty() {
+                println!("nothing to apply: the database is at the newest migration");
+            }
+            ExitCode::SUCCESS
+        }
+        MigrateCommand::Down { to, yes } => {
+            let applied: Vec<i64> = orgbase_db::migrate::Migrator::applied(&client)
+                .await?
+                .into_iter()
+                .map(|a| a.version)
+                .collect();
+            let target = match to {
+                Some(t) => t,
+                None => applied.iter().rev().nth(1).copied().unwrap_or(0),
+            };
+            let affected: Vec<i64> = applied.iter().copied().filter(|v| *v > target).collect();
+            if affected.is_empty() {
+                println!("nothing to revert");
+                opened.close().await?;
+                return Ok(ExitCode::SUCCESS);
+            }
+            if !yes {
+                confirm(&format!(
+                    "Revert migration(s) {affected:?} on {}? Data in the affected tables is lost.",
+                    orgbase_db::database::describe(opened.target.admin_config())
+                ))?;
+            }
+            migrator
+                .down(&mut client, target, |m, ms| {
+                    println!("reverted {:04} {} ({ms} ms)", m.version, m.description());
+                })
+                .await?;
+            ExitCode::SUCCESS
+        }
+        MigrateCommand::Verify => {
+            let drift = migrator.verify(&client).await?;
+            let pending = migrator
+                .status(&client)
+                .await?
+                .into_iter()
+                .filter(|s| s.state == State::Pending)
+                .count();
+            for d in &drift {
+                println!("{d}");
+            }
+            if pending > 0 {
+                println!(
+                    "{pending} migration(s) pending (not drift; `orgbase migrate up` applies them)"
+                );
+            }
+            if drift.is_empty() {
+                println!("ok: applied migrations match this binary and the schema has not drifted");
+                ExitCode::SUCCESS
+            } else {
+                ExitCode::FAILURE
+            }
+        }
+    };
+    drop(client);
+    opened.close().await?;
+    Ok(code)
+}
+
+fn confirm(question: &str) -> anyhow::Result<()> {
+    if !std::io::stdin().is_terminal() {
+        bail!("{question}\nstdin is not a terminal: pass --yes to confirm");
+    }
+    eprint!("{question} [y/N] ");
+    std::io::stderr().flush()?;
+    let mut answer = String::new();
+    std::io::stdin().read_line(&mut answer)?;
+    if matches!(answer.trim(), "y" | "Y" | "yes") {
+        Ok(())
+    } else {
+        bail!("cancelled")
+    }
+}
+
+async fn psql(config: Config, args: Vec<String>) -> anyhow::Result<ExitCode> {
+    let opened = open(&config, true).await?;
+    let bin = config
+        .embedded
+        .bin_dir
+        .clone()
+        .or_else(|| BinSearch::system(None).find().ok())
+        .map(|d| d.join("psql"))
+        .filter(|p| p.is_file())
+        .unwrap_or_else(|| "psql".into());
+    let mut cmd = tokio::process::Command::new(&bin);
+    match (&config.database.url, config.embedded()) {
+        (Some(url), false) => {
+            cmd.arg(url.expose());
+        }
+        _ => {
+            let c = opened.target.admin_config();
+            if let Some(tokio_postgres_host) = c.get_hosts().first() {
+                let host = match tokio_postgres_host {
+                    tokio_postgres::config::Host::Unix(p) => p.display().to_string(),
+                    tokio_postgres::config::Host::Tcp(h) => h.clone(),
+                };
+                cmd.env("PGHOST", host);
+            }
+            cmd.env(
+                "PGPORT",
+                c.get_ports().first().copied().unwrap_or(5432).to_string(),
+            )
+            .env("PGUSER", c.get_user().unwrap_or_default())
+            .env(
+                "PGPASSWORD",
+                String::from_utf8_lossy(c.get_password().unwrap_or_default()).to_string(),
+            )
+            .env("PGDATABASE", c.get_dbname().unwrap_or_default());
+        }
+    }
+    let status = cmd
+        .args(&args)
+        .status()
+        .await
+        .with_context(|| format!("running {}", bin.display()))?;
+    opened.close().await?;
+    Ok(if status.success() {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::from(status.code().unwrap_or(1).clamp(1, 255) as u8)
+    })
+}

@@ -1,0 +1,139 @@
+//! The one `orgbase` binary: clap subcommands over the core, db and http crates.
+
+mod commands;
+
+use std::process::ExitCode;
+
+use clap::{Args, Parser, Subcommand};
+
+/// orgbase — a multi-tenant, compliance-grade data layer on PostgreSQL, in one binary.
+///
+/// With no database URL, orgbase runs its own PostgreSQL cluster under the data directory
+/// (created on first use from the PostgreSQL server binaries on this machine). With
+/// --database-url it uses that server instead.
+///
+/// Configuration: defaults → orgbase.toml (or --config) → ORGBASE_* environment → flags.
+/// `orgbase config example` prints every key.
+#[derive(Debug, Parser)]
+#[command(
+    name = "orgbase",
+    version,
+    propagate_version = true,
+    max_term_width = 100
+)]
+pub struct Cli {
+    #[command(flatten)]
+    pub global: Global,
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Args)]
+pub struct Global {
+    /// Configuration file (default: ./orgbase.toml when present).
+    #[arg(long, global = true, env = "ORGBASE_CONFIG", value_name = "FILE")]
+    pub config: Option<std::path::PathBuf>,
+    /// Data directory: embedded PostgreSQL, generated secrets, logs [default: ./orgbase-data].
+    #[arg(long, global = true, env = "ORGBASE_DATA_DIR", value_name = "DIR")]
+    pub data_dir: Option<std::path::PathBuf>,
+    /// Use this PostgreSQL (administrative URL) instead of the embedded cluster.
+    #[arg(
+        long,
+        global = true,
+        env = "ORGBASE_DATABASE_URL",
+        value_name = "URL",
+        hide_env_values = true
+    )]
+    pub database_url: Option<String>,
+    /// Log filter, e.g. `info` or `orgbase=debug,info` [default: log.level from the config].
+    #[arg(long, global = true, env = "ORGBASE_LOG", value_name = "FILTER")]
+    pub log: Option<String>,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Run the HTTP API (and the embedded PostgreSQL unless --database-url is given).
+    ///
+    /// Applies pending migrations first (unless --no-migrate), prints the URL it listens on,
+    /// and on Ctrl-C / SIGTERM drains in-flight requests and stops PostgreSQL cleanly.
+    Serve(ServeArgs),
+    /// Database migrations: status, up, down, verify.
+    #[command(subcommand)]
+    Migrate(MigrateCommand),
+    /// Database utilities.
+    #[command(subcommand)]
+    Db(DbCommand),
+    /// Configuration helpers.
+    #[command(subcommand)]
+    Config(ConfigCommand),
+    /// Print the orgbase version and the schema version it carries.
+    Version,
+}
+
+#[derive(Debug, Args)]
+pub struct ServeArgs {
+    /// Address to listen on [default: 127.0.0.1:8080]. Port 0 picks a free port.
+    #[arg(long, env = "ORGBASE_LISTEN", value_name = "HOST:PORT")]
+    pub listen: Option<String>,
+    /// Do not apply pending migrations on start (readiness stays 503 until migrated).
+    #[arg(long)]
+    pub no_migrate: bool,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum MigrateCommand {
+    /// List every migration with its state, when and by whom it was applied, and how long it took.
+    Status,
+    /// Apply pending migrations (all, or up to --to).
+    Up {
+        /// Stop after this version.
+        #[arg(long, value_name = "VERSION")]
+        to: Option<i64>,
+    },
+    /// Revert migrations: the newest one, or every one newer than --to (0 reverts all).
+    Down {
+        /// Revert every migration newer than this version.
+        #[arg(long, value_name = "VERSION")]
+        to: Option<i64>,
+        /// Do not ask for confirmation (required when stdin is not a terminal).
+        #[arg(long)]
+        yes: bool,
+    },
+    /// Check applied migrations against this binary: checksum drift, unknown versions, and schema
+    /// changes made outside migrations. Exits 1 on any finding.
+    Verify,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum DbCommand {
+    /// Open psql on orgbase's database (the embedded cluster, or --database-url).
+    ///
+    /// Arguments after `--` go to psql, e.g. `orgbase db psql -- -c 'select 1'`.
+    Psql {
+        #[arg(
+            trailing_var_arg = true,
+            allow_hyphen_values = true,
+            value_name = "PSQL_ARGS"
+        )]
+        args: Vec<String>,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum ConfigCommand {
+    /// Print a commented example configuration with every key and its default.
+    Example,
+    /// Load and validate the configuration (file, environment, flags); print the result without secrets.
+    Check,
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    match commands::run(cli) {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}

@@ -1,0 +1,462 @@
+//! Configuration: defaults → `orgbase.toml` → `ORGBASE_*` environment → flags, with unknown keys
+//! rejected and the result validated once into [`Config`].
+
+use std::collections::HashMap;
+use std::net::{IpAddr, SocketAddr};
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+
+use crate::Secret;
+
+/// The commented example configuration shipped as `orgbase.example.toml`.
+pub const EXAMPLE: &str = include_str!("../../../orgbase.example.toml");
+
+/// Environment variables that are read by command-line flags (clap), not by the layered loader.
+pub const FLAG_ENV_VARS: &[&str] = &[
+    "ORGBASE_CONFIG",
+    "ORGBASE_DATA_DIR",
+    "ORGBASE_DATABASE_URL",
+    "ORGBASE_LISTEN",
+    "ORGBASE_LOG",
+];
+
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("configuration file {path}: {message}")]
+    File { path: PathBuf, message: String },
+    #[error("configuration: {0}")]
+    Invalid(String),
+    #[error("configuration key `{key}`: {message}")]
+    Field { key: &'static str, message: String },
+}
+
+/// The validated runtime configuration.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct Config {
+    pub data_dir: PathBuf,
+    pub server: ServerConfig,
+    pub database: DatabaseConfig,
+    pub embedded: EmbeddedConfig,
+    pub log: LogConfig,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct ServerConfig {
+    pub listen: SocketAddr,
+    pub request_timeout_secs: u64,
+    pub body_limit_bytes: usize,
+    pub shutdown_grace_secs: u64,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct DatabaseConfig {
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub url: Option<Secret>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub runtime_url: Option<Secret>,
+    pub pool_max_size: usize,
+    pub connect_timeout_secs: u64,
+    pub statement_timeout_ms: u64,
+    pub migrate_on_start: bool,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct EmbeddedConfig {
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub bin_dir: Option<PathBuf>,
+    pub os_user: String,
+    pub port: u16,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub tcp_address: Option<IpAddr>,
+    pub shared_buffers: String,
+    pub max_connections: u32,
+}
+
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    Text,
+    Json,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct LogConfig {
+    pub level: String,
+    pub format: LogFormat,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Self {
+            data_dir: PathBuf::from("./orgbase-data"),
+            server: ServerConfig::default(),
+            database: DatabaseConfig::default(),
+            embedded: EmbeddedConfig::default(),
+            log: LogConfig::default(),
+        }
+    }
+}
+
+impl Default for ServerConfig {
+    fn default() -> Self {
+        Self {
+            listen: SocketAddr::from(([127, 0, 0, 1], 8080)),
+            request_timeout_secs: 30,
+            body_limit_bytes: 1024 * 1024,
+            shutdown_grace_secs: 30,
+        }
+    }
+}
+
+impl Default for DatabaseConfig {
+    fn default() -> Self {
+        Self {
+            url: None,
+            runtime_url: None,
+            pool_max_size: 16,
+            connect_timeout_secs: 5,
+            statement_timeout_ms: 30_000,
+            migrate_on_start: true,
+        }
+    }
+}
+
+impl Default for EmbeddedConfig {
+    fn default() -> Self {
+        Self {
+            bin_dir: None,
+            os_user: "postgres".into(),
+            port: 5432,
+            tcp_address: None,
+            shared_buffers: "128MB".into(),
+            max_connections: 100,
+        }
+    }
+}
+
+impl Default for LogConfig {
+    fn default() -> Self {
+        Self {
+            level: "info".into(),
+            format: LogFormat::Text,
+        }
+    }
+}
+
+impl ServerConfig {
+    pub fn request_timeout(&self) -> Duration {
+        Duration::from_secs(self.request_timeout_secs)
+    }
+    pub fn shutdown_grace(&self) -> Duration {
+        Duration::from_secs(self.shutdown_grace_secs)
+    }
+}
+
+impl DatabaseConfig {
+    pub fn connect_timeout(&self) -> Duration {
+        Duration::from_secs(self.connect_timeout_secs)
+    }
+}
+
+/// Where the layered loader reads from. Flags are passed as `(key, value)` overrides, e.g.
+/// `("server.listen", "0.0.0.0:8080")`.
+#[derive(Debug, Default)]
+pub struct Sources<'a> {
+    /// An explicit `--config FILE` (must exist). When `None`, `./orgbase.toml` is read if present.
+    pub file: Option<&'a Path>,
+    /// The process environment (passed in so tests need not mutate the real one).
+    pub env: HashMap<String, String>,
+    pub overrides: Vec<(&'static str, String)>,
+}
+
+impl Config {
+    /// Load defaults → file → environment → overrides, reject unknown keys, validate.
+    pub fn load(sources: Sources<'_>) -> Result<Self, ConfigError> {
+        let defaults = config::Config::try_from(&Config::default())
+            .map_err(|e| ConfigError::Invalid(e.to_string()))?;
+        let mut builder = config::Config::builder().add_source(defaults);
+
+        let (path, required) = match sources.file {
+            Some(p) => (p.to_path_buf(), true),
+            None => (PathBuf::from("orgbase.toml"), false),
+        };
+        if path.exists() || required {
+            // Parse the file ourselves first: toml reports line and column, and unknown keys by name.
+            let text = std::fs::read_to_string(&path).map_err(|e| ConfigError::File {
+                path: path.clone(),
+                message: e.to_string(),
+            })?;
+            toml::from_str::<Config>(&text).map_err(|e| ConfigError::File {
+                path: path.clone(),
+                message: e.to_string().trim_end().to_string(),
+            })?;
+            builder = builder.add_source(config::File::from_str(&text, config::FileFormat::Toml));
+        }
+
+        let env: HashMap<String, String> = sources
+            .env
+            .into_iter()
+            .filter(|(k, _)| k.starts_with("ORGBASE_") && !FLAG_ENV_VARS.contains(&k.as_str()))
+            .collect();
+        for key in env.keys() {
+            if !key["ORGBASE_".len()..].contains("__") && !is_top_level_env(key) {
+                return Err(ConfigError::Invalid(format!(
+                    "unknown environment variable `{key}`: keys inside a section are named \
+                     ORGBASE_<SECTION>__<KEY>, e.g. ORGBASE_SERVER__LISTEN"
+                )));
+            }
+        }
+        builder = builder.add_source(
+            config::Environment::with_prefix("ORGBASE")
+                .prefix_separator("_")
+                .separator("__")
+                .try_parsing(true)
+                .source(Some(env)),
+        );
+        for (key, value) in sources.overrides {
+            builder = builder
+                .set_override(key, value)
+                .map_err(|e| ConfigError::Invalid(e.to_string()))?;
+        }
+        let merged = builder
+            .build()
+            .map_err(|e| ConfigError::Invalid(e.to_string()))?;
+        let config: Config = merged
+            .try_deserialize()
+            .map_err(|e| ConfigError::Invalid(env_hint(e.to_string())))?;
+        config.validate()?;
+        Ok(config)
+    }
+
+    /// Checks that types alone cannot express.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        let field = |key, message: &str| {
+            Err(ConfigError::Field {
+                key,
+                message: message.to_string(),
+            })
+        };
+        if self.data_dir.as_os_str().is_empty() {
+            return field("data_dir", "must not be empty");
+        }
+        if self.server.request_timeout_secs == 0 {
+            return field("server.request_timeout_secs", "must be at least 1");
+        }
+        if self.server.body_limit_bytes < 1024 {
+            return field("server.body_limit_bytes", "must be at least 1024");
+        }
+        if self.database.pool_max_size == 0 {
+            return field("database.pool_max_size", "must be at least 1");
+        }
+        if self.database.connect_timeout_secs == 0 {
+            return field("database.connect_timeout_secs", "must be at least 1");
+        }
+        if self.embedded.max_connections < 10 {
+            return field("embedded.max_connections", "must be at least 10");
+        }
+        if self.embedded.port == 0 {
+            return field("embedded.port", "must not be 0");
+        }
+        if self.embedded.os_user.is_empty() {
+            return field("embedded.os_user", "must not be empty");
+        }
+        let sb = &self.embedded.shared_buffers;
+        let digits = sb.trim_end_matches(|c: char| c.is_ascii_alphabetic());
+        let unit = &sb[digits.len()..];
+        if digits.parse::<u64>().is_err() || !["", "kB", "MB", "GB"].contains(&unit) {
+            return field(
+                "embedded.shared_buffers",
+                "must be a number with an optional unit kB, MB or GB, e.g. \"128MB\"",
+            );
+        }
+        if let Some(url) = &self.database.url
+            && !(url.expose().starts_with("postgres://")
+                || url.expose().starts_with("postgresql://"))
+        {
+            return field(
+                "database.url",
+                "must start with postgres:// or postgresql://",
+            );
+        }
+        if let Some(url) = &self.database.runtime_url
+            && !(url.expose().starts_with("postgres://")
+                || url.expose().starts_with("postgresql://"))
+        {
+            return field(
+                "database.runtime_url",
+                "must start with postgres:// or postgresql://",
+            );
+        }
+        Ok(())
+    }
+
+    /// True when orgbase runs its own PostgreSQL cluster under `data_dir`.
+    pub fn embedded(&self) -> bool {
+        self.database.url.is_none()
+    }
+}
+
+fn is_top_level_env(key: &str) -> bool {
+    key == "ORGBASE_DATA_DIR"
+}
+
+/// The config crate lowercases environment keys; say which variable an unknown key came from.
+fn env_hint(message: String) -> String {
+    if message.contains("unknown field") {
+        format!("{message} (check orgbase.toml and ORGBASE_* environment variables)")
+    } else {
+        message
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::io::Write;
+
+    fn env(pairs: &[(&str, &str)]) -> HashMap<String, String> {
+        pairs
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect()
+    }
+
+    fn file(text: &str) -> tempfile_lite::NamedFile {
+        tempfile_lite::NamedFile::new(text)
+    }
+
+    mod tempfile_lite {
+        //! A tiny named temp file, to keep `tempfile` out of this crate's dependencies.
+        use std::path::PathBuf;
+        #[derive(Debug)]
+        pub struct NamedFile(pub PathBuf);
+        impl NamedFile {
+            pub fn new(text: &str) -> Self {
+                static N: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+                let n = N.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                let path = std::env::temp_dir().join(format!(
+                    "orgbase-config-test-{}-{n}.toml",
+                    std::process::id()
+                ));
+                std::fs::write(&path, text).unwrap_or_else(|e| panic!("write {path:?}: {e}"));
+                Self(path)
+            }
+        }
+        impl Drop for NamedFile {
+            fn drop(&mut self) {
+                let _ = std::fs::remove_file(&self.0);
+            }
+        }
+    }
+
+    #[test]
+    fn defaults_validate() {
+        let c = Config::load(Sources::default()).unwrap();
+        assert_eq!(c, Config::default());
+        assert!(c.embedded());
+    }
+
+    #[test]
+    fn example_file_is_the_defaults() {
+        let f = file(EXAMPLE);
+        let c = Config::load(Sources {
+            file: Some(&f.0),
+            ..Default::default()
+        })
+        .unwrap();
+        assert_eq!(c, Config::default());
+    }
+
+    #[test]
+    fn layers_apply_in_order() {
+        let f = file("[server]\nlisten = \"127.0.0.1:9000\"\nrequest_timeout_secs = 7\n");
+        let c = Config::load(Sources {
+            file: Some(&f.0),
+            env: env(&[
+                ("ORGBASE_SERVER__REQUEST_TIMEOUT_SECS", "9"),
+                ("ORGBASE_DATABASE__POOL_MAX_SIZE", "3"),
+                ("HOME", "/root"),
+            ]),
+            overrides: vec![("server.listen", "127.0.0.1:9100".into())],
+        })
+        .unwrap();
+        assert_eq!(c.server.listen, "127.0.0.1:9100".parse().unwrap());
+        assert_eq!(c.server.request_timeout_secs, 9);
+        assert_eq!(c.database.pool_max_size, 3);
+    }
+
+    #[test]
+    fn unknown_file_key_is_named_with_its_line() {
+        let f = file("data_dir = \"x\"\n[server]\nlisen = \"127.0.0.1:1\"\n");
+        let err = Config::load(Sources {
+            file: Some(&f.0),
+            ..Default::default()
+        })
+        .unwrap_err()
+        .to_string();
+        assert!(err.contains("lisen"), "{err}");
+        assert!(err.contains("line 3"), "{err}");
+        assert!(err.contains(&f.0.display().to_string()), "{err}");
+    }
+
+    #[test]
+    fn unknown_env_key_is_named() {
+        let err = Config::load(Sources {
+            env: env(&[("ORGBASE_SERVER__LISEN", "127.0.0.1:1")]),
+            ..Default::default()
+        })
+        .unwrap_err()
+        .to_string();
+        assert!(err.contains("lisen"), "{err}");
+        let err = Config::load(Sources {
+            env: env(&[("ORGBASE_LISEN", "x")]),
+            ..Default::default()
+        })
+        .unwrap_err()
+        .to_string();
+        assert!(err.contains("ORGBASE_LISEN"), "{err}");
+    }
+
+    #[test]
+    fn bad_values_are_named() {
+        let err = Config::load(Sources {
+            overrides: vec![("database.pool_max_size", "0".into())],
+            ..Default::default()
+        })
+        .unwrap_err()
+        .to_string();
+        assert!(err.contains("database.pool_max_size"), "{err}");
+        let f = file("[server]\nlisten = \"not an address\"\n");
+        let err = Config::load(Sources {
+            file: Some(&f.0),
+            ..Default::default()
+        })
+        .unwrap_err()
+        .to_string();
+        assert!(err.contains("line 2"), "{err}");
+        let err = Config::load(Sources {
+            overrides: vec![("database.url", "mysql://x".into())],
+            ..Default::default()
+        })
+        .unwrap_err()
+        .to_string();
+        assert!(err.contains("database.url"), "{err}");
+        let mut missing = std::env::temp_dir();
+        missing.push("orgbase-no-such-config.toml");
+        let err = Config::load(Sources {
+            file: Some(&missing),
+            ..Default::default()
+        })
+        .unwrap_err()
+        .to_string();
+        assert!(err.contains("orgbase-no-such-config.toml"), "{err}");
+        let _ = std::io::stdout().flush();
+    }
+}

@@ -1,0 +1,245 @@
+//! The API error type: one enum, one `match` to status and a stable problem `type`
+//! (RFC 9457 problem+json). Internal causes are logged, never returned.
+
+use axum::http::{HeaderValue, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use serde::Serialize;
+
+pub const PROBLEM_JSON: &str = "application/problem+json";
+
+/// A problem document as sent to clients.
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+pub struct Problem {
+    /// Stable identifier of the kind of problem, e.g. `urn:orgbase:problem:not-found`.
+    #[serde(rename = "type")]
+    pub kind: String,
+    /// Short human summary of the kind of problem.
+    pub title: String,
+    /// HTTP status code.
+    pub status: u16,
+    /// What went wrong with this request.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub detail: Option<String>,
+    /// The request id (also in the `x-request-id` response header).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub request_id: Option<String>,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ApiError {
+    #[error("not found")]
+    NotFound,
+    #[error("method not allowed")]
+    MethodNotAllowed,
+    #[error("request body too large")]
+    PayloadTooLarge,
+    #[error("unsupported media type: {0}")]
+    UnsupportedMediaType(String),
+    #[error("bad request: {0}")]
+    BadRequest(String),
+    #[error("request timed out")]
+    Timeout,
+    #[error("service unavailable: {0}")]
+    Unavailable(String),
+    #[error("internal error")]
+    Internal(#[source] Box<dyn std::error::Error + Send + Sync>),
+    /// A status produced by a lower layer (e.g. an extractor) that has no variant of its own.
+    #[error("{0}")]
+    Status(StatusCode),
+}
+
+impl ApiError {
+    pub fn internal(e: impl std::error::Error + Send + Sync + 'static) -> Self {
+        Self::Internal(Box::new(e))
+    }
+
+    /// Status, stable problem slug and title.
+    pub fn parts(&self) -> (StatusCode, &'static str, &'static str) {
+        match self {
+            ApiError::NotFound => (StatusCode::NOT_FOUND, "not-found", "Not found"),
+            ApiError::MethodNotAllowed => (
+                StatusCode::METHOD_NOT_ALLOWED,
+                "method-not-allowed",
+                "Method not allowed",
+            ),
+            ApiError::PayloadTooLarge => (
+                StatusCode::PAYLOAD_TOO_LARGE,
+                "payload-too-large",
+                "Request body too large",
+            ),
+            ApiError::UnsupportedMediaType(_) => (
+                StatusCode::UNSUPPORTED_MEDIA_TYPE,
+                "unsupported-media-type",
+                "Unsupported media type",
+            ),
+            ApiError::BadRequest(_) => (StatusCode::BAD_REQUEST, "bad-request", "Bad request"),
+            ApiError::Timeout => (
+                StatusCode::SERVICE_UNAVAILABLE,
+                "timeout",
+                "The request took too long",
+            ),
+            ApiError::Unavailable(_) => (
+                StatusCode::SERVICE_UNAVAILABLE,
+                "unavailable",
+                "Service unavailable",
+            ),
+            ApiError::Internal(_) => (
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "internal",
+                "Internal server error",
+            ),
+            ApiError::Status(s) => (*s, status_slug(*s), "Error"),
+        }
+    }
+
+    fn detail(&self) -> Option<String> {
+        match self {
+            ApiError::UnsupportedMediaType(d)
+            | ApiError::BadRequest(d)
+            | ApiError::Unavailable(d) => Some(d.clone()),
+            ApiError::PayloadTooLarge => {
+                Some("the request body exceeds the configured limit".into())
+            }
+            ApiError::Timeout => Some("the server did not finish the request in time".into()),
+            _ => None,
+        }
+    }
+
+    pub fn to_problem(&self, request_id: Option<String>) -> Problem {
+        let (status, slug, title) = self.parts();
+        let title = match self {
+            ApiError::Status(s) => s.canonical_reason().unwrap_or(title),
+            _ => title,
+        };
+        Problem {
+            kind: format!("urn:orgbase:problem:{slug}"),
+            title: title.to_string(),
+            status: status.as_u16(),
+            detail: self.detail(),
+            request_id,
+        }
+    }
+}
+
+fn status_slug(s: StatusCode) -> &'static str {
+    match s.as_u16() {
+        400 => "bad-request",
+        401 => "unauthorized",
+        403 => "forbidden",
+        404 => "not-found",
+        405 => "method-not-allowed",
+        408 => "request-timeout",
+        409 => "conflict",
+        413 => "payload-too-large",
+        415 => "unsupported-media-type",
+        422 => "unprocessable",
+        429 => "too-many-requests",
+        503 => "unavailable",
+        500..=599 => "internal",
+        _ => "error",
+    }
+}
+
+impl From<StatusCode> for ApiError {
+    fn from(s: StatusCode) -> Self {
+        match s {
+            StatusCode::NOT_FOUND => ApiError::NotFound,
+            StatusCode::METHOD_NOT_ALLOWED => ApiError::MethodNotAllowed,
+            StatusCode::PAYLOAD_TOO_LARGE => ApiError::PayloadTooLarge,
+            other => ApiError::Status(other),
+        }
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        if let ApiError::Internal(cause) = &self {
+            tracing::error!(error = %cause, cause = ?cause, "internal error");
+        }
+        let problem = self.to_problem(None);
+        problem_response(
+            &problem,
+            matches!(self, ApiError::Timeout | ApiError::Unavailable(_)),
+        )
+    }
+}
+
+/// Render a problem document; the request-id middleware fills in `request_id` on the way out.
+pub fn problem_response(problem: &Problem, retry_after: bool) -> Response {
+    let status = StatusCode::from_u16(problem.status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+    let body = serde_json::to_vec(problem).unwrap_or_default();
+    let mut resp = (status, body).into_response();
+    resp.headers_mut()
+        .insert(header::CONTENT_TYPE, HeaderValue::from_static(PROBLEM_JSON));
+    if retry_after {
+        resp.headers_mut()
+            .insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
+    }
+    resp
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn status_mapping_is_stable() {
+        let cases: Vec<(ApiError, u16, &str)> = vec![
+            (ApiError::NotFound, 404, "urn:orgbase:problem:not-found"),
+            (
+                ApiError::MethodNotAllowed,
+                405,
+                "urn:orgbase:problem:method-not-allowed",
+            ),
+            (
+                ApiError::PayloadTooLarge,
+                413,
+                "urn:orgbase:problem:payload-too-large",
+            ),
+            (
+                ApiError::UnsupportedMediaType("x".into()),
+                415,
+                "urn:orgbase:problem:unsupported-media-type",
+            ),
+            (
+                ApiError::BadRequest("x".into()),
+                400,
+                "urn:orgbase:problem:bad-request",
+            ),
+            (ApiError::Timeout, 503, "urn:orgbase:problem:timeout"),
+            (
+                ApiError::Unavailable("db".into()),
+                503,
+                "urn:orgbase:problem:unavailable",
+            ),
+            (
+                ApiError::internal(std::io::Error::other("secret cause")),
+                500,
+                "urn:orgbase:problem:internal",
+            ),
+            (
+                ApiError::Status(StatusCode::REQUEST_TIMEOUT),
+                408,
+                "urn:orgbase:problem:request-timeout",
+            ),
+        ];
+        for (err, status, kind) in cases {
+            let p = err.to_problem(None);
+            assert_eq!(p.status, status, "{err:?}");
+            assert_eq!(p.kind, kind, "{err:?}");
+            assert!(!p.detail.unwrap_or_default().contains("secret cause"));
+        }
+    }
+
+    #[test]
+    fn statuses_map_to_variants() {
+        assert!(matches!(
+            ApiError::from(StatusCode::NOT_FOUND),
+            ApiError::NotFound
+        ));
+        assert!(matches!(
+            ApiError::from(StatusCode::PAYLOAD_TOO_LARGE),
+            ApiError::PayloadTooLarge
+        ));
+    }
+}
