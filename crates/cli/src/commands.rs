@@ -208,31 +208,30 @@ async fn serve(config: Config, _args: ServeArgs) -> anyhow::Result<ExitCode> {
         .with_context(|| format!("listening on {}", config.server.listen))?;
     let addr = listener.local_addr()?;
     let data = std::fs::canonicalize(&config.data_dir).unwrap_or(config.data_dir.clone());
-    let mut out = std::io::stdout().lock();
-    writeln!(
-        out,
+    // Output is best effort: a closed stdout must not stop the server.
+    let say = |line: String| {
+        let mut out = std::io::stdout().lock();
+        let _ = writeln!(out, "{line}").and_then(|()| out.flush());
+    };
+    say(format!(
         "orgbase {} listening on http://{addr}",
         orgbase_core::VERSION
-    )?;
+    ));
     if config.embedded() {
-        writeln!(
-            out,
+        say(format!(
             "  data:      {} (embedded PostgreSQL; psql: orgbase db psql)",
             data.display()
-        )?;
+        ));
     } else {
-        writeln!(
-            out,
+        say(format!(
             "  database:  {}",
             orgbase_db::database::describe(target.admin_config())
-        )?;
+        ));
     }
-    writeln!(out, "  ready:     http://{addr}/readyz")?;
-    writeln!(out, "  api:       http://{addr}/v1/openapi.json")?;
-    writeln!(out, "  metrics:   http://{addr}/metrics")?;
-    writeln!(out, "Press Ctrl-C to stop.")?;
-    out.flush()?;
-    drop(out);
+    say(format!("  ready:     http://{addr}/readyz"));
+    say(format!("  api:       http://{addr}/v1/openapi.json"));
+    say(format!("  metrics:   http://{addr}/metrics"));
+    say("Press Ctrl-C to stop.".into());
     orgbase_http::serve(
         listener,
         app,
@@ -243,7 +242,7 @@ async fn serve(config: Config, _args: ServeArgs) -> anyhow::Result<ExitCode> {
     .context("serving HTTP")?;
     pool.close();
     opened.close().await?;
-    println!("orgbase stopped");
+    say("orgbase stopped".into());
     Ok(ExitCode::SUCCESS)
 }
 

@@ -17,7 +17,7 @@ use std::io::{Read, Seek, Write};
 use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output, Stdio};
+use std::process::{Child, Command, Output, Stdio};
 
 use nix::unistd::{Gid, Uid, User};
 use orgbase_core::config::EmbeddedConfig;
@@ -123,7 +123,7 @@ impl BinSearch {
                         Some((v, e.path().join("bin")))
                     })
                     .collect();
-                versions.sort_by(|a, b| b.0.cmp(&a.0));
+                versions.sort_by_key(|v| std::cmp::Reverse(v.0));
                 candidates.extend(versions.into_iter().map(|(_, p)| p));
             }
         }
@@ -250,6 +250,7 @@ pub struct Cluster {
 #[derive(Debug)]
 pub struct RunningCluster {
     cluster: Cluster,
+    watchdog: Option<Child>,
     stopped: bool,
 }
 
@@ -416,10 +417,11 @@ impl Cluster {
                 ),
             });
         }
-        self.spawn_watchdog();
+        let watchdog = self.spawn_watchdog();
         tracing::info!(socket = %self.layout.socket_dir.display(), "embedded PostgreSQL started");
         Ok(RunningCluster {
             cluster: self,
+            watchdog,
             stopped: false,
         })
     }
@@ -449,17 +451,21 @@ impl Cluster {
     }
 
     /// A shell that outlives orgbase only long enough to stop PostgreSQL when orgbase dies
-    /// without stopping it (kill -9, abort, a test process ending).
-    fn spawn_watchdog(&self) {
-        let pid_file = self.layout.pgdata.join("postmaster.pid");
+    /// without stopping it (kill -9, abort, a test process ending). It signals only the
+    /// postmaster this process started, and is killed when orgbase stops PostgreSQL itself.
+    fn spawn_watchdog(&self) -> Option<Child> {
+        let postmaster = fs::read_to_string(self.layout.pgdata.join("postmaster.pid"))
+            .ok()
+            .and_then(|t| t.lines().next().map(|l| l.trim().to_string()))
+            .filter(|p| p.parse::<u32>().is_ok())?;
         let script = r#"
+            trap 'exit 0' TERM
             while kill -0 "$1" 2>/dev/null; do sleep 1; done
-            pm=$(head -n 1 "$2" 2>/dev/null)
-            if [ -n "$pm" ] && kill -INT "$pm" 2>/dev/null; then
+            if [ "$(head -n 1 "$3" 2>/dev/null)" = "$2" ] && kill -INT "$2" 2>/dev/null; then
                 i=0
-                while kill -0 "$pm" 2>/dev/null && [ $i -lt 60 ]; do sleep 0.5; i=$((i+1)); done
+                while kill -0 "$2" 2>/dev/null && [ $i -lt 120 ]; do sleep 0.5; i=$((i+1)); done
             fi
-            [ "$3" = remove ] && rm -rf -- "$4"
+            [ "$4" = remove ] && rm -rf -- "$5"
             exit 0
         "#;
         let spawned = Command::new("sh")
@@ -467,7 +473,8 @@ impl Cluster {
             .arg(script)
             .arg("orgbase-watchdog")
             .arg(std::process::id().to_string())
-            .arg(&pid_file)
+            .arg(&postmaster)
+            .arg(self.layout.pgdata.join("postmaster.pid"))
             .arg(if self.ephemeral { "remove" } else { "keep" })
             .arg(&self.layout.root)
             .stdin(Stdio::null())
@@ -475,8 +482,12 @@ impl Cluster {
             .stderr(Stdio::null())
             .process_group(0)
             .spawn();
-        if let Err(e) = spawned {
-            tracing::warn!(error = %e, "could not start the PostgreSQL watchdog");
+        match spawned {
+            Ok(child) => Some(child),
+            Err(e) => {
+                tracing::warn!(error = %e, "could not start the PostgreSQL watchdog");
+                None
+            }
         }
     }
 
@@ -540,17 +551,29 @@ impl RunningCluster {
     /// Stop PostgreSQL (fast shutdown: open transactions roll back, everything committed stays).
     pub fn stop(mut self) -> Result<(), ClusterError> {
         self.stopped = true;
+        self.dismiss_watchdog();
         self.cluster.pg_ctl_stop()?;
         tracing::info!("embedded PostgreSQL stopped");
         Ok(())
     }
 }
 
+impl RunningCluster {
+    fn dismiss_watchdog(&mut self) {
+        if let Some(mut w) = self.watchdog.take() {
+            let _ = w.kill();
+            let _ = w.wait();
+        }
+    }
+}
+
 impl Drop for RunningCluster {
     fn drop(&mut self) {
-        if !self.stopped
-            && let Err(e) = self.cluster.pg_ctl_stop()
-        {
+        if self.stopped {
+            return;
+        }
+        self.dismiss_watchdog();
+        if let Err(e) = self.cluster.pg_ctl_stop() {
             tracing::warn!(error = %e, "stopping the embedded PostgreSQL");
         }
     }

@@ -299,8 +299,11 @@ impl Migrator {
         target: Option<i64>,
         mut on_applied: impl FnMut(&Migration, u128),
     ) -> Result<Vec<i64>, MigrateError> {
-        Self::ensure_table(client).await?;
         lock(client).await?;
+        if let Err(e) = Self::ensure_table(client).await {
+            unlock(client).await?;
+            return Err(e);
+        }
         let result = async {
             let status = self.status(client).await?;
             if let Some(s) = status.iter().find(|s| s.state == State::Unknown) {
@@ -375,8 +378,11 @@ impl Migrator {
         target: i64,
         mut on_reverted: impl FnMut(&Migration, u128),
     ) -> Result<Vec<i64>, MigrateError> {
-        Self::ensure_table(client).await?;
         lock(client).await?;
+        if let Err(e) = Self::ensure_table(client).await {
+            unlock(client).await?;
+            return Err(e);
+        }
         let result = async {
             let status = self.status(client).await?;
             if let Some(s) = status

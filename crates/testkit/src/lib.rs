@@ -34,10 +34,10 @@ fn init_logging() {
 
 /// A test configuration whose data directory is a fresh temp dir.
 pub fn config() -> Config {
-    let mut config = Config::default();
-    config.data_dir = temp_dir("orgbase-test-");
-    config.database.pool_max_size = 4;
-    config
+    Config {
+        data_dir: temp_dir("orgbase-test-"),
+        ..Config::default()
+    }
 }
 
 /// A temp directory PostgreSQL's OS user can enter (tempfile makes them 0700). Not removed on
@@ -132,6 +132,19 @@ impl TestDb {
             .batch_execute(&sql)
             .await
             .expect("create test database");
+        if let Some(t) = template {
+            // CREATE DATABASE … TEMPLATE copies the schema but not the database's own ACL, which
+            // migration 0001 set on the template (no TEMP/CREATE for PUBLIC): carry it over.
+            let copied = admin
+                .execute(
+                    "UPDATE pg_database SET datacl = (SELECT datacl FROM pg_database WHERE datname = $1)
+                      WHERE datname = $2",
+                    &[&t, &name],
+                )
+                .await
+                .expect("copy database ACL");
+            assert_eq!(copied, 1);
+        }
         Self {
             target: shared.target.with_database(&name),
             name,

@@ -1,0 +1,272 @@
+//! The `orgbase` binary end to end: configuration errors, missing PostgreSQL, and the embedded
+//! cluster's life cycle (start, Ctrl-C, restart, kill -9 recovery, one orgbase per data dir).
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)] // tests fail loudly
+
+use std::io::{BufRead, BufReader};
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use orgbase_testkit::temp_dir;
+
+fn orgbase() -> Command {
+    let mut c = Command::new(env!("CARGO_BIN_EXE_orgbase"));
+    // A clean environment: no ORGBASE_* from the developer's shell.
+    for (k, _) in std::env::vars() {
+        if k.starts_with("ORGBASE_") {
+            c.env_remove(k);
+        }
+    }
+    c.env("ORGBASE_LOG", "warn").stdin(Stdio::null());
+    c
+}
+
+fn run(cmd: &mut Command) -> (bool, String, String) {
+    let out = cmd.output().unwrap();
+    (
+        out.status.success(),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+#[test]
+fn the_example_config_is_valid() {
+    let dir = temp_dir("orgbase-cli-");
+    let (ok, example, _) = run(orgbase().args(["config", "example"]));
+    assert!(ok);
+    let file = dir.join("orgbase.toml");
+    std::fs::write(&file, &example).unwrap();
+    let (ok, _, err) = run(orgbase().args(["config", "check", "--config"]).arg(&file));
+    assert!(ok, "{err}");
+    std::fs::remove_dir_all(dir).unwrap();
+}
+
+#[test]
+fn an_unknown_config_key_is_named_with_file_and_line() {
+    let dir = temp_dir("orgbase-cli-");
+    let file = dir.join("orgbase.toml");
+    std::fs::write(&file, "[server]\nlisten = \"127.0.0.1:1\"\nbody_limt = 5\n").unwrap();
+    let (ok, _, err) = run(orgbase().args(["config", "check", "--config"]).arg(&file));
+    assert!(!ok);
+    assert!(err.contains("body_limt"), "{err}");
+    assert!(err.contains("line 3"), "{err}");
+    assert!(err.contains(&file.display().to_string()), "{err}");
+    let (ok, _, err) = run(orgbase()
+        .args(["config", "check"])
+        .current_dir(&dir)
+        .env("ORGBASE_DATABASE__POOL_SIZE", "3"));
+    assert!(!ok);
+    assert!(err.contains("body_limt"), "reads ./orgbase.toml: {err}");
+    std::fs::remove_file(&file).unwrap();
+    let (ok, _, err) = run(orgbase()
+        .args(["config", "check"])
+        .current_dir(&dir)
+        .env("ORGBASE_DATABASE__POOL_SIZE", "3"));
+    assert!(!ok);
+    assert!(err.contains("pool_size"), "{err}");
+    std::fs::remove_dir_all(dir).unwrap();
+}
+
+#[test]
+fn missing_postgresql_binaries_say_what_to_install() {
+    let dir = temp_dir("orgbase-cli-");
+    let empty = dir.join("empty-bin");
+    std::fs::create_dir(&empty).unwrap();
+    let (ok, _, err) = run(orgbase()
+        .args(["migrate", "status", "--data-dir"])
+        .arg(dir.join("data"))
+        .env("ORGBASE_EMBEDDED__BIN_DIR", &empty));
+    assert!(!ok);
+    assert!(err.contains("PostgreSQL server binaries"), "{err}");
+    assert!(err.contains("apt-get install postgresql"), "{err}");
+    assert!(!dir.join("data").join("pg").exists(), "nothing was created");
+    std::fs::remove_dir_all(dir).unwrap();
+}
+
+struct Server {
+    child: Child,
+    base: String,
+}
+
+fn start_serve(data: &Path) -> Server {
+    let mut child = orgbase()
+        .args(["serve", "--listen", "127.0.0.1:0", "--data-dir"])
+        .arg(data)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::inherit())
+        .spawn()
+        .unwrap();
+    let mut first = String::new();
+    let mut reader = BufReader::new(child.stdout.take().unwrap());
+    reader.read_line(&mut first).unwrap();
+    // Keep draining stdout so the server never writes into a closed pipe.
+    std::thread::spawn(move || std::io::copy(&mut reader, &mut std::io::sink()));
+    let base = first
+        .split_whitespace()
+        .find(|w| w.starts_with("http://"))
+        .unwrap_or_else(|| panic!("no URL in {first:?}"))
+        .to_string();
+    Server { child, base }
+}
+
+fn ready(base: &str) -> bool {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while Instant::now() < deadline {
+        if let Ok(r) = reqwest::blocking_get(&format!("{base}/readyz"))
+            && r == 200
+        {
+            return true;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    false
+}
+
+mod reqwest {
+    //! A blocking GET via a tiny runtime (reqwest's blocking feature is not worth a dependency).
+    pub fn blocking_get(url: &str) -> Result<u16, String> {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .map_err(|e| e.to_string())?;
+        rt.block_on(async {
+            ::reqwest::get(url)
+                .await
+                .map(|r| r.status().as_u16())
+                .map_err(|e| e.to_string())
+        })
+    }
+}
+
+fn postmaster_running(data: &Path) -> bool {
+    let Ok(pid) = std::fs::read_to_string(data.join("pg/postmaster.pid")) else {
+        return false;
+    };
+    let Some(pid) = pid
+        .lines()
+        .next()
+        .and_then(|l| l.trim().parse::<i32>().ok())
+    else {
+        return false;
+    };
+    // A zombie (exited, not yet reaped) does not count as running.
+    std::fs::read_to_string(format!("/proc/{pid}/stat"))
+        .map(|s| !s.contains(") Z "))
+        .unwrap_or(false)
+}
+
+fn signal(child: &Child, sig: nix::sys::signal::Signal) {
+    nix::sys::signal::kill(nix::unistd::Pid::from_raw(child.id() as i32), sig).unwrap();
+}
+
+fn wait_until(what: &str, mut f: impl FnMut() -> bool) {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while !f() {
+        assert!(Instant::now() < deadline, "timed out waiting for {what}");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+#[test]
+fn serve_lifecycle_ctrl_c_restart_and_kill_9_recovery() {
+    use nix::sys::signal::Signal;
+    let dir = temp_dir("orgbase-serve-");
+    let data = dir.join("data");
+
+    // First run: initdb, migrate, serve.
+    let mut s = start_serve(&data);
+    assert!(ready(&s.base), "not ready within 10 s");
+    assert!(postmaster_running(&data));
+
+    // A second orgbase on the same data directory is refused.
+    let (ok, _, err) = run(orgbase()
+        .args(["serve", "--listen", "127.0.0.1:0", "--data-dir"])
+        .arg(&data));
+    assert!(!ok);
+    assert!(err.contains("in use by another orgbase"), "{err}");
+
+    // ...but CLI commands use the running cluster.
+    let (ok, out, err) = run(orgbase()
+        .args(["db", "psql", "--data-dir"])
+        .arg(&data)
+        .args([
+            "--",
+            "-tAc",
+            "select count(*) from orgbase.schema_migrations",
+        ]));
+    assert!(ok, "{err}");
+    assert_eq!(
+        out.trim(),
+        orgbase_db::Migrator::embedded("").latest().to_string()
+    );
+
+    // Ctrl-C stops orgbase and PostgreSQL.
+    signal(&s.child, Signal::SIGINT);
+    let status = s.child.wait().unwrap();
+    assert!(status.success(), "{status}");
+    assert!(
+        !postmaster_running(&data),
+        "PostgreSQL left running after Ctrl-C"
+    );
+
+    // A second run reuses the data.
+    let mut s = start_serve(&data);
+    assert!(ready(&s.base));
+
+    // kill -9: the watchdog stops PostgreSQL; the next serve recovers either way.
+    signal(&s.child, Signal::SIGKILL);
+    let _ = s.child.wait();
+    let mut s = start_serve(&data);
+    assert!(ready(&s.base), "no recovery after kill -9");
+    signal(&s.child, Signal::SIGTERM);
+    assert!(s.child.wait().unwrap().success());
+    wait_until("PostgreSQL to stop", || !postmaster_running(&data));
+    std::fs::remove_dir_all(dir).unwrap();
+}
+
+#[test]
+fn migrate_commands() {
+    let dir = temp_dir("orgbase-migrate-");
+    let data = dir.join("data");
+    let with_data = |args: &[&str]| {
+        let mut c = orgbase();
+        c.arg("--data-dir").arg(&data).args(args);
+        c
+    };
+    let (ok, out, err) = run(&mut with_data(&["migrate", "status"]));
+    assert!(ok, "{err}");
+    assert!(out.contains("pending"), "{out}");
+    let (ok, out, err) = run(&mut with_data(&["migrate", "up"]));
+    assert!(ok, "{err}");
+    assert!(out.contains("applied 0001"), "{out}");
+    let (ok, out, _) = run(&mut with_data(&["migrate", "verify"]));
+    assert!(ok, "{out}");
+    let (ok, _, err) = run(&mut with_data(&["migrate", "down"]));
+    assert!(!ok);
+    assert!(err.contains("--yes"), "{err}");
+    let (ok, out, err) = run(&mut with_data(&["migrate", "down", "--to", "0", "--yes"]));
+    assert!(ok, "{err}");
+    assert!(out.contains("reverted 0001"), "{out}");
+    // Drift: change the schema behind orgbase's back.
+    run(&mut with_data(&["migrate", "up"]));
+    let (ok, _, err) = run(&mut with_data(&[
+        "db",
+        "psql",
+        "--",
+        "-c",
+        "create table orgbase.drifted (id int)",
+    ]));
+    assert!(ok, "{err}");
+    let (ok, out, _) = run(&mut with_data(&["migrate", "verify"]));
+    assert!(!ok, "{out}");
+    assert!(
+        out.contains("schema drift") && out.contains("drifted"),
+        "{out}"
+    );
+    assert!(
+        !postmaster_running(&data),
+        "a CLI command left PostgreSQL running"
+    );
+    std::fs::remove_dir_all(dir).unwrap();
+}

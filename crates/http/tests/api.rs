@@ -1,0 +1,218 @@
+//! The HTTP skeleton, in-process on port 0 over a real database.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)] // tests fail loudly
+
+use std::time::Duration;
+
+use orgbase_http::{HttpSettings, app};
+use orgbase_testkit::{TestDb, spawn_app};
+use reqwest::StatusCode;
+use serde_json::Value;
+
+fn settings() -> HttpSettings {
+    HttpSettings {
+        request_timeout: Duration::from_secs(10),
+        body_limit_bytes: 64 * 1024,
+    }
+}
+
+async fn start(db: &TestDb) -> String {
+    let latest = orgbase_db::Migrator::embedded("t").latest();
+    spawn_app(app(db.pool(), latest, &settings())).await
+}
+
+async fn problem(resp: reqwest::Response, status: StatusCode, kind: &str) -> Value {
+    assert_eq!(resp.status(), status);
+    assert_eq!(
+        resp.headers()["content-type"],
+        "application/problem+json",
+        "{:?}",
+        resp.headers()
+    );
+    let id = resp.headers()["x-request-id"].to_str().unwrap().to_string();
+    let body: Value = resp.json().await.unwrap();
+    assert_eq!(body["type"], kind, "{body}");
+    assert_eq!(body["status"], status.as_u16(), "{body}");
+    assert_eq!(body["request_id"], id.as_str(), "{body}");
+    body
+}
+
+#[tokio::test]
+async fn health_and_readiness() {
+    let db = TestDb::migrated().await;
+    let base = start(&db).await;
+    let r = reqwest::get(format!("{base}/healthz")).await.unwrap();
+    assert_eq!(r.status(), 200);
+    let r = reqwest::get(format!("{base}/readyz")).await.unwrap();
+    assert_eq!(r.status(), 200);
+    let body: Value = r.json().await.unwrap();
+    assert_eq!(body["status"], "ok");
+}
+
+#[tokio::test]
+async fn readiness_fails_on_an_unmigrated_database() {
+    let db = TestDb::empty().await;
+    let base = start(&db).await;
+    let r = reqwest::get(format!("{base}/readyz")).await.unwrap();
+    assert!(r.headers().contains_key("retry-after"));
+    let body = problem(
+        r,
+        StatusCode::SERVICE_UNAVAILABLE,
+        "urn:orgbase:problem:unavailable",
+    )
+    .await;
+    assert!(
+        body["detail"].as_str().unwrap().contains("not migrated"),
+        "{body}"
+    );
+}
+
+#[tokio::test]
+async fn unknown_routes_and_methods_are_problems() {
+    let db = TestDb::migrated().await;
+    let base = start(&db).await;
+    let c = reqwest::Client::new();
+    let r = c.get(format!("{base}/no/such/route")).send().await.unwrap();
+    problem(r, StatusCode::NOT_FOUND, "urn:orgbase:problem:not-found").await;
+    let r = c.delete(format!("{base}/healthz")).send().await.unwrap();
+    problem(
+        r,
+        StatusCode::METHOD_NOT_ALLOWED,
+        "urn:orgbase:problem:method-not-allowed",
+    )
+    .await;
+}
+
+#[tokio::test]
+async fn oversized_bodies_are_413_problems() {
+    let db = TestDb::migrated().await;
+    let base = start(&db).await;
+    let c = reqwest::Client::new();
+    let big = vec![b'x'; 65 * 1024];
+    let r = c
+        .post(format!("{base}/healthz"))
+        .header("content-type", "application/json")
+        .body(big)
+        .send()
+        .await
+        .unwrap();
+    problem(
+        r,
+        StatusCode::PAYLOAD_TOO_LARGE,
+        "urn:orgbase:problem:payload-too-large",
+    )
+    .await;
+}
+
+#[tokio::test]
+async fn request_ids_are_kept_when_sane_and_replaced_otherwise() {
+    let db = TestDb::migrated().await;
+    let base = start(&db).await;
+    let c = reqwest::Client::new();
+    let r = c
+        .get(format!("{base}/healthz"))
+        .header("x-request-id", "abc-123_x.y")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.headers()["x-request-id"], "abc-123_x.y");
+    let forged = "a".repeat(65);
+    for bad in [forged.as_str(), "has space", "semi;colon"] {
+        let r = c
+            .get(format!("{base}/healthz"))
+            .header("x-request-id", bad)
+            .send()
+            .await
+            .unwrap();
+        let id = r.headers()["x-request-id"].to_str().unwrap();
+        assert_ne!(id, bad);
+        assert!(uuid::Uuid::parse_str(id).is_ok(), "{id}");
+    }
+}
+
+#[tokio::test]
+async fn metrics_label_by_matched_route_never_raw_path() {
+    let db = TestDb::migrated().await;
+    let base = start(&db).await;
+    reqwest::get(format!("{base}/healthz")).await.unwrap();
+    reqwest::get(format!("{base}/secret-raw-path-123"))
+        .await
+        .unwrap();
+    let r = reqwest::get(format!("{base}/metrics")).await.unwrap();
+    assert_eq!(r.status(), 200);
+    let text = r.text().await.unwrap();
+    assert!(
+        text.contains(r#"orgbase_http_request_duration_seconds_count{method="GET",route="/healthz",status="200"} 1"#),
+        "{text}"
+    );
+    assert!(text.contains(r#"route="unmatched",status="404""#), "{text}");
+    assert!(!text.contains("secret-raw-path"), "{text}");
+    assert!(text.contains("orgbase_db_pool_connections"), "{text}");
+}
+
+#[tokio::test]
+async fn every_documented_route_exists_and_every_route_is_documented() {
+    let db = TestDb::migrated().await;
+    let base = start(&db).await;
+    let doc: Value = reqwest::get(format!("{base}/v1/openapi.json"))
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert!(doc["openapi"].as_str().unwrap().starts_with("3.1"), "{doc}");
+    let paths = doc["paths"].as_object().unwrap();
+    let mut documented: Vec<String> = Vec::new();
+    for (path, ops) in paths {
+        for (method, _) in ops.as_object().unwrap() {
+            documented.push(format!("{} {path}", method.to_uppercase()));
+            let r = reqwest::Client::new()
+                .request(
+                    method.to_uppercase().parse().unwrap(),
+                    format!("{base}{path}"),
+                )
+                .send()
+                .await
+                .unwrap();
+            assert!(
+                r.status() != 404 && r.status() != 405,
+                "{method} {path} is documented but answers {}",
+                r.status()
+            );
+        }
+    }
+    documented.sort();
+    // The router is built from the same `routes!` list as the document (utoipa-axum), so this is
+    // the full route table; a route added without documentation fails to compile into it.
+    assert_eq!(
+        documented,
+        vec![
+            "GET /healthz",
+            "GET /metrics",
+            "GET /readyz",
+            "GET /v1/openapi.json"
+        ]
+    );
+}
+
+#[tokio::test]
+async fn slow_handlers_time_out_as_problems() {
+    use axum::routing::get;
+    let slow = axum::Router::new()
+        .route(
+            "/slow",
+            get(|| async {
+                tokio::time::sleep(Duration::from_secs(5)).await;
+                "late"
+            }),
+        )
+        .layer(axum::middleware::from_fn_with_state(
+            Duration::from_millis(50),
+            orgbase_http::middleware::timeout,
+        ));
+    let base = spawn_app(slow).await;
+    let r = reqwest::get(format!("{base}/slow")).await.unwrap();
+    assert_eq!(r.status(), 503);
+    assert_eq!(r.headers()["content-type"], "application/problem+json");
+    let body: Value = r.json().await.unwrap();
+    assert_eq!(body["type"], "urn:orgbase:problem:timeout");
+}
