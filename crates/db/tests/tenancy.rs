@@ -1,0 +1,421 @@
+//! Database-enforced tenant isolation (SPEC R1–R4), attacked from the runtime role.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)] // tests fail loudly
+
+use orgbase_testkit::TestDb;
+use tokio_postgres::{Client, Transaction};
+use uuid::Uuid;
+
+struct Fixture {
+    db: TestDb,
+    org_a: Uuid,
+    org_b: Uuid,
+    /// token hashes
+    a_admin: Vec<u8>,
+    a_editor: Vec<u8>,
+    a_viewer: Vec<u8>,
+    a_member: Vec<u8>,
+    b_admin: Vec<u8>,
+    expired: Vec<u8>,
+    users: std::collections::HashMap<&'static str, Uuid>,
+}
+
+fn hash(n: u8) -> Vec<u8> {
+    vec![n; 32]
+}
+
+async fn fixture() -> Fixture {
+    let db = TestDb::migrated().await;
+    let admin = db.admin().await;
+    let org_a = Uuid::now_v7();
+    let org_b = Uuid::now_v7();
+    let mut users = std::collections::HashMap::new();
+    // (name, token byte, org, org role, notes app role)
+    let people: [(&str, u8, Uuid, &str, Option<&str>); 6] = [
+        ("a_admin", 1, org_a, "admin", None),
+        ("a_editor", 2, org_a, "member", Some("editor")),
+        ("a_viewer", 3, org_a, "member", Some("viewer")),
+        ("a_member", 4, org_a, "member", None),
+        ("b_admin", 5, org_b, "owner", None),
+        ("expired", 6, org_a, "member", Some("editor")),
+    ];
+    for (name, _, _, _, _) in &people {
+        let id = Uuid::now_v7();
+        admin
+            .execute(
+                "INSERT INTO orgbase.users (id, email) VALUES ($1, $2)",
+                &[&id, &format!("{name}@example.com")],
+            )
+            .await
+            .unwrap();
+        users.insert(*name, id);
+    }
+    for (org, slug, owner) in [(org_a, "org-a", "a_admin"), (org_b, "org-b", "b_admin")] {
+        admin
+            .execute(
+                "INSERT INTO orgbase.organizations (id, name, slug, owner_id) VALUES ($1, $2, $2, $3)",
+                &[&org, &slug, &users[owner]],
+            )
+            .await
+            .unwrap();
+    }
+    for (name, token, org, role, app_role) in &people {
+        let user = users[name];
+        admin
+            .execute(
+                "INSERT INTO orgbase.members (org_id, user_id, role) VALUES ($1, $2, $3)",
+                &[org, &user, role],
+            )
+            .await
+            .unwrap();
+        if let Some(r) = app_role {
+            admin
+                .execute(
+                    "INSERT INTO orgbase.app_permissions (org_id, user_id, app, role) VALUES ($1, $2, 'notes', $3)",
+                    &[org, &user, r],
+                )
+                .await
+                .unwrap();
+        }
+        let expires = if *name == "expired" {
+            "-1 hour"
+        } else {
+            "1 day"
+        };
+        admin
+            .execute(
+                &format!(
+                    "INSERT INTO orgbase.sessions (id, user_id, token_hash, refresh_hash, expires_at)
+                     VALUES ($1, $2, $3, $4, now() + interval '{expires}')"
+                ),
+                &[&Uuid::now_v7(), &user, &hash(*token), &hash(100 + token)],
+            )
+            .await
+            .unwrap();
+    }
+    // Notes: two by a_admin, one by a_member in org A; one in org B. Inserted as the
+    // administrator (superuser: not subject to RLS).
+    for (org, by, title) in [
+        (org_a, "a_admin", "a1"),
+        (org_a, "a_admin", "a2"),
+        (org_a, "a_member", "a-member-own"),
+        (org_b, "b_admin", "b-secret"),
+    ] {
+        admin
+            .execute(
+                "INSERT INTO orgbase.notes (org_id, id, title, created_by, updated_by) VALUES ($1, $2, $3, $4, $4)",
+                &[&org, &Uuid::now_v7(), &title, &users[by]],
+            )
+            .await
+            .unwrap();
+    }
+    Fixture {
+        db,
+        org_a,
+        org_b,
+        a_admin: hash(1),
+        a_editor: hash(2),
+        a_viewer: hash(3),
+        a_member: hash(4),
+        b_admin: hash(5),
+        expired: hash(6),
+        users,
+    }
+}
+
+async fn runtime(f: &Fixture) -> deadpool_postgres::Object {
+    f.db.pool().get().await.unwrap()
+}
+
+async fn as_user<'a>(client: &'a mut Client, token: &[u8], org: &str) -> Transaction<'a> {
+    let tx = client.transaction().await.unwrap();
+    tx.query_one(
+        "SELECT * FROM orgbase.begin_request($1, $2)",
+        &[&token, &org],
+    )
+    .await
+    .unwrap();
+    tx
+}
+
+async fn titles(tx: &Transaction<'_>) -> Vec<String> {
+    let mut t: Vec<String> = tx
+        .query("SELECT title FROM orgbase.notes", &[])
+        .await
+        .unwrap()
+        .iter()
+        .map(|r| r.get(0))
+        .collect();
+    t.sort();
+    t
+}
+
+fn db_error(e: &tokio_postgres::Error) -> (String, String) {
+    let d = e
+        .as_db_error()
+        .unwrap_or_else(|| panic!("not a database error: {e:?}"));
+    (
+        d.message().to_string(),
+        d.hint().unwrap_or_default().to_string(),
+    )
+}
+
+#[tokio::test]
+async fn each_org_sees_only_its_own_rows() {
+    let f = fixture().await;
+    let mut c = runtime(&f).await;
+    let tx = as_user(&mut c, &f.a_admin, "org-a").await;
+    assert_eq!(titles(&tx).await, ["a-member-own", "a1", "a2"]);
+    tx.commit().await.unwrap();
+    let tx = as_user(&mut c, &f.b_admin, &f.org_b.to_string()).await;
+    assert_eq!(titles(&tx).await, ["b-secret"]);
+    // Even naming the other org's rows explicitly finds nothing.
+    let n: i64 = tx
+        .query_one(
+            "SELECT count(*) FROM orgbase.notes WHERE org_id = $1",
+            &[&f.org_a],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(n, 0);
+    tx.commit().await.unwrap();
+}
+
+#[tokio::test]
+async fn no_context_fails_closed() {
+    let f = fixture().await;
+    let c = runtime(&f).await;
+    let e = c
+        .query("SELECT * FROM orgbase.notes", &[])
+        .await
+        .unwrap_err();
+    assert_eq!(db_error(&e).1, "orgbase_no_context", "{e:?}");
+    // Context never outlives its transaction, so a pooled connection is clean for the next user.
+    let mut c = c;
+    let tx = as_user(&mut c, &f.a_admin, "org-a").await;
+    tx.commit().await.unwrap();
+    let e = c
+        .query("SELECT * FROM orgbase.notes", &[])
+        .await
+        .unwrap_err();
+    assert_eq!(db_error(&e).1, "orgbase_no_context", "{e:?}");
+}
+
+#[tokio::test]
+async fn injected_set_config_cannot_switch_orgs() {
+    let f = fixture().await;
+    let mut c = runtime(&f).await;
+    let attacks = [
+        format!("SELECT set_config('orgbase.org_id', '{}', true)", f.org_b),
+        "SELECT set_config('orgbase.app_roles', 'notes=admin', true)".to_string(),
+        "SELECT set_config('orgbase.org_role', 'owner', true)".to_string(),
+        format!("SET LOCAL orgbase.org_id = '{}'", f.org_b),
+        format!(
+            "SELECT set_config('orgbase.user_id', '{}', true)",
+            f.users["b_admin"]
+        ),
+    ];
+    for attack in &attacks {
+        let tx = as_user(&mut c, &f.a_member, "org-a").await;
+        tx.batch_execute(attack).await.unwrap();
+        let e = tx
+            .query("SELECT title FROM orgbase.notes", &[])
+            .await
+            .unwrap_err();
+        assert_eq!(db_error(&e).1, "orgbase_bad_context", "{attack}: {e:?}");
+        tx.rollback().await.unwrap();
+    }
+    // A forged context from scratch (no begin_request) fails the same way.
+    let tx = c.transaction().await.unwrap();
+    tx.batch_execute(&format!(
+        "SELECT set_config('orgbase.org_id', '{}', true), set_config('orgbase.ctx_mac', repeat('0', 64), true)",
+        f.org_b
+    ))
+    .await
+    .unwrap();
+    let e = tx
+        .query("SELECT title FROM orgbase.notes", &[])
+        .await
+        .unwrap_err();
+    assert_eq!(db_error(&e).1, "orgbase_bad_context");
+    tx.rollback().await.unwrap();
+    // Session-level SET is no better.
+    c.batch_execute(&format!("SET orgbase.org_id = '{}'", f.org_b))
+        .await
+        .unwrap();
+    let e = c
+        .query("SELECT title FROM orgbase.notes", &[])
+        .await
+        .unwrap_err();
+    assert_eq!(db_error(&e).1, "orgbase_no_context");
+}
+
+#[tokio::test]
+async fn the_runtime_role_cannot_reach_the_keys_or_identity_tables() {
+    let f = fixture().await;
+    let c = runtime(&f).await;
+    for sql in [
+        "SELECT * FROM orgbase.context_key",
+        "SELECT orgbase.ctx_mac('a', 'b', 'c', 'd')",
+        "SELECT token_hash FROM orgbase.sessions",
+        "SELECT password_hash FROM orgbase.users",
+        "INSERT INTO orgbase.members (org_id, user_id, role) SELECT id, owner_id, 'owner' FROM orgbase.organizations",
+        "UPDATE orgbase.app_permissions SET role = 'admin'",
+        "ALTER TABLE orgbase.notes DISABLE ROW LEVEL SECURITY",
+        "DROP POLICY tenant_select ON orgbase.notes",
+    ] {
+        let e = c.batch_execute(sql).await.unwrap_err();
+        let (msg, _) = db_error(&e);
+        assert!(
+            msg.contains("permission denied") || msg.contains("must be owner"),
+            "{sql}: {msg}"
+        );
+    }
+}
+
+#[tokio::test]
+async fn bad_sessions_and_foreign_orgs_are_refused() {
+    let f = fixture().await;
+    let mut c = runtime(&f).await;
+    for (token, org, hint) in [
+        (f.expired.clone(), "org-a", "orgbase_unauthenticated"),
+        (vec![9u8; 32], "org-a", "orgbase_unauthenticated"),
+        (f.a_admin.clone(), "org-b", "orgbase_not_member"),
+        (
+            f.a_admin.clone(),
+            &f.org_b.to_string() as &str,
+            "orgbase_not_member",
+        ),
+        (f.a_admin.clone(), "no-such-org", "orgbase_not_member"),
+    ] {
+        let tx = c.transaction().await.unwrap();
+        let e = tx
+            .query_one(
+                "SELECT * FROM orgbase.begin_request($1, $2)",
+                &[&token, &org],
+            )
+            .await
+            .unwrap_err();
+        assert_eq!(db_error(&e).1, hint, "{org}: {e:?}");
+        tx.rollback().await.unwrap();
+    }
+}
+
+#[tokio::test]
+async fn the_role_matrix_holds() {
+    let f = fixture().await;
+    let mut c = runtime(&f).await;
+    let insert = "INSERT INTO orgbase.notes (org_id, id, title, created_by, updated_by)
+                  VALUES ($1, $2, 'new', orgbase.ctx_user(), orgbase.ctx_user())";
+
+    // A member without an app role reads only its own rows and cannot insert.
+    let tx = as_user(&mut c, &f.a_member, "org-a").await;
+    assert_eq!(titles(&tx).await, ["a-member-own"]);
+    let e = tx
+        .execute(insert, &[&f.org_a, &Uuid::now_v7()])
+        .await
+        .unwrap_err();
+    assert!(db_error(&e).0.contains("row-level security"), "{e:?}");
+    tx.rollback().await.unwrap();
+
+    // A viewer reads everything in the org, writes nothing, updates nothing of others.
+    let tx = as_user(&mut c, &f.a_viewer, "org-a").await;
+    assert_eq!(titles(&tx).await.len(), 3);
+    let n = tx
+        .execute("UPDATE orgbase.notes SET title = 'x'", &[])
+        .await
+        .unwrap();
+    assert_eq!(n, 0);
+    assert!(
+        tx.execute(insert, &[&f.org_a, &Uuid::now_v7()])
+            .await
+            .is_err()
+    );
+    tx.rollback().await.unwrap();
+
+    // An editor inserts as itself in its own org only, updates others' rows, deletes none of them.
+    let tx = as_user(&mut c, &f.a_editor, "org-a").await;
+    assert_eq!(
+        tx.execute(insert, &[&f.org_a, &Uuid::now_v7()])
+            .await
+            .unwrap(),
+        1
+    );
+    let e = tx
+        .execute(insert, &[&f.org_b, &Uuid::now_v7()])
+        .await
+        .unwrap_err();
+    assert!(db_error(&e).0.contains("row-level security"), "{e:?}");
+    tx.rollback().await.unwrap();
+    let tx = as_user(&mut c, &f.a_editor, "org-a").await;
+    let e = tx
+        .execute(
+            "INSERT INTO orgbase.notes (org_id, id, title, created_by, updated_by) VALUES ($1, $2, 'x', $3, $3)",
+            &[&f.org_a, &Uuid::now_v7(), &f.users["a_admin"]],
+        )
+        .await
+        .unwrap_err();
+    assert!(
+        db_error(&e).0.contains("row-level security"),
+        "impersonation: {e:?}"
+    );
+    tx.rollback().await.unwrap();
+    let tx = as_user(&mut c, &f.a_editor, "org-a").await;
+    assert_eq!(
+        tx.execute("UPDATE orgbase.notes SET title = title || '!'", &[])
+            .await
+            .unwrap(),
+        3
+    );
+    assert_eq!(
+        tx.execute("DELETE FROM orgbase.notes", &[]).await.unwrap(),
+        0
+    );
+    // Moving a row to another org is refused.
+    let e = tx
+        .execute("UPDATE orgbase.notes SET org_id = $1", &[&f.org_b])
+        .await;
+    // touch_row pins org_id, so the row stays where it is.
+    assert!(e.is_ok());
+    tx.commit().await.unwrap();
+    let admin = f.db.admin().await;
+    let in_b: i64 = admin
+        .query_one(
+            "SELECT count(*) FROM orgbase.notes WHERE org_id = $1",
+            &[&f.org_b],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(in_b, 1);
+
+    // An org admin deletes anything in its org, nothing elsewhere.
+    let tx = as_user(&mut c, &f.a_admin, "org-a").await;
+    assert_eq!(
+        tx.execute("DELETE FROM orgbase.notes", &[]).await.unwrap(),
+        3
+    );
+    tx.commit().await.unwrap();
+    let left: i64 = admin
+        .query_one("SELECT count(*) FROM orgbase.notes", &[])
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(left, 1);
+}
+
+#[tokio::test]
+async fn rows_cannot_point_into_another_org() {
+    let f = fixture().await;
+    let admin = f.db.admin().await;
+    // created_by must be a member of the row's org (composite foreign key).
+    let e = admin
+        .execute(
+            "INSERT INTO orgbase.notes (org_id, id, title, created_by, updated_by) VALUES ($1, $2, 'x', $3, $3)",
+            &[&f.org_a, &Uuid::now_v7(), &f.users["b_admin"]],
+        )
+        .await
+        .unwrap_err();
+    assert!(db_error(&e).0.contains("foreign key"), "{e:?}");
+    let _ = (f.org_b, f.a_editor.len());
+}

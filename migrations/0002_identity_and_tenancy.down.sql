@@ -1,0 +1,17 @@
+DELETE FROM orgbase.tenant_tables WHERE table_name = 'orgbase.notes'::regclass;
+DROP TABLE orgbase.notes;
+DROP FUNCTION orgbase.make_tenant_table(regclass, text);
+DROP FUNCTION orgbase.touch_row();
+DROP TABLE orgbase.tenant_tables;
+DROP FUNCTION orgbase.begin_request(bytea, text);
+DROP FUNCTION orgbase.ctx_allows(uuid, uuid, text, text);
+DROP FUNCTION orgbase.ctx_user();
+DROP FUNCTION orgbase.ctx_org();
+DROP FUNCTION orgbase.ctx();
+DROP FUNCTION orgbase.ctx_mac(text, text, text, text);
+DROP TABLE orgbase.app_permissions;
+DROP TABLE orgbase.members;
+DROP TABLE orgbase.organizations;
+DROP TABLE orgbase.sessions;
+DROP TABLE orgbase.users;
+DROP TABLE orgbase.context_key;
