@@ -379,24 +379,9 @@ async fn psql(config: Config, args: Vec<String>) -> anyhow::Result<ExitCode> {
             cmd.arg(url.expose());
         }
         _ => {
-            let c = opened.target.admin_config();
-            if let Some(tokio_postgres_host) = c.get_hosts().first() {
-                let host = match tokio_postgres_host {
-                    tokio_postgres::config::Host::Unix(p) => p.display().to_string(),
-                    tokio_postgres::config::Host::Tcp(h) => h.clone(),
-                };
-                cmd.env("PGHOST", host);
-            }
-            cmd.env(
-                "PGPORT",
-                c.get_ports().first().copied().unwrap_or(5432).to_string(),
-            )
-            .env("PGUSER", c.get_user().unwrap_or_default())
-            .env(
-                "PGPASSWORD",
-                String::from_utf8_lossy(c.get_password().unwrap_or_default()).to_string(),
-            )
-            .env("PGDATABASE", c.get_dbname().unwrap_or_default());
+            cmd.envs(orgbase_db::database::libpq_env(
+                opened.target.admin_config(),
+            ));
         }
     }
     let status = cmd

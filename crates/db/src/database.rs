@@ -62,16 +62,37 @@ impl std::fmt::Debug for Target {
     }
 }
 
-/// `user@host/db` — never the password.
-pub fn describe(c: &tokio_postgres::Config) -> String {
-    let host = c
-        .get_hosts()
+fn host_of(c: &tokio_postgres::Config) -> String {
+    c.get_hosts()
         .first()
         .map(|h| match h {
             tokio_postgres::config::Host::Tcp(s) => s.clone(),
             tokio_postgres::config::Host::Unix(p) => p.display().to_string(),
         })
-        .unwrap_or_default();
+        .unwrap_or_default()
+}
+
+/// The connection as libpq environment variables (`PGHOST`, …, `PGPASSWORD`), for psql and
+/// pg_dump.
+pub fn libpq_env(c: &tokio_postgres::Config) -> Vec<(&'static str, String)> {
+    vec![
+        ("PGHOST", host_of(c)),
+        (
+            "PGPORT",
+            c.get_ports().first().copied().unwrap_or(5432).to_string(),
+        ),
+        ("PGUSER", c.get_user().unwrap_or_default().to_string()),
+        (
+            "PGPASSWORD",
+            String::from_utf8_lossy(c.get_password().unwrap_or_default()).into_owned(),
+        ),
+        ("PGDATABASE", c.get_dbname().unwrap_or_default().to_string()),
+    ]
+}
+
+/// `user@host/db` — never the password.
+pub fn describe(c: &tokio_postgres::Config) -> String {
+    let host = host_of(c);
     format!(
         "{}@{}/{}",
         c.get_user().unwrap_or("?"),

@@ -160,29 +160,8 @@ impl TestDb {
     }
 
     /// Connection parameters as libpq environment variables, for pg_dump/psql.
-    pub fn libpq_env(&self) -> Vec<(String, String)> {
-        let c = self.target.admin_config();
-        let host = match c.get_hosts().first() {
-            Some(tokio_postgres::config::Host::Unix(p)) => p.display().to_string(),
-            Some(tokio_postgres::config::Host::Tcp(h)) => h.clone(),
-            None => String::new(),
-        };
-        vec![
-            ("PGHOST".into(), host),
-            (
-                "PGPORT".into(),
-                c.get_ports().first().copied().unwrap_or(5432).to_string(),
-            ),
-            (
-                "PGUSER".into(),
-                c.get_user().unwrap_or_default().to_string(),
-            ),
-            (
-                "PGPASSWORD".into(),
-                String::from_utf8_lossy(c.get_password().unwrap_or_default()).to_string(),
-            ),
-            ("PGDATABASE".into(), self.name.clone()),
-        ]
+    pub fn libpq_env(&self) -> Vec<(&'static str, String)> {
+        orgbase_db::database::libpq_env(self.target.admin_config())
     }
 }
 
