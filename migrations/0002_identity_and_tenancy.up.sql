@@ -247,7 +247,10 @@ SET search_path = pg_catalog, orgbase
 AS $$
 BEGIN
     NEW.updated_at := now();
-    NEW.updated_by := orgbase.ctx_user();
+    -- Requests always have a context (the policies demand it); maintenance by the owner may not.
+    IF coalesce(current_setting('orgbase.ctx_mac', true), '') <> '' THEN
+        NEW.updated_by := orgbase.ctx_user();
+    END IF;
     NEW.created_at := OLD.created_at;
     NEW.created_by := OLD.created_by;
     NEW.org_id := OLD.org_id;

@@ -222,16 +222,19 @@ impl Migrator {
         Ok(())
     }
 
-    /// Applied rows, or none when the table does not exist yet (read-only: creates nothing).
-    pub async fn applied(client: &Client) -> Result<Vec<Applied>, MigrateError> {
-        let exists: bool = client
+    async fn table_exists(client: &Client) -> Result<bool, MigrateError> {
+        Ok(client
             .query_one(
                 "SELECT to_regclass('orgbase.schema_migrations') IS NOT NULL",
                 &[],
             )
             .await?
-            .get(0);
-        if !exists {
+            .get(0))
+    }
+
+    /// Applied rows, or none when the table does not exist yet (read-only: creates nothing).
+    pub async fn applied(client: &Client) -> Result<Vec<Applied>, MigrateError> {
+        if !Self::table_exists(client).await? {
             return Ok(Vec::new());
         }
         let rows = client
@@ -460,16 +463,17 @@ impl Migrator {
                 _ => {}
             }
         }
+        if !Self::table_exists(client).await? {
+            return Ok(drift);
+        }
         let last = client
             .query_opt(
                 "SELECT version, schema_snapshot FROM orgbase.schema_migrations
-                  WHERE to_regclass('orgbase.schema_migrations') IS NOT NULL
                   ORDER BY version DESC LIMIT 1",
                 &[],
             )
-            .await;
-        // The table may not exist at all on a fresh database.
-        if let Ok(Some(row)) = last {
+            .await?;
+        if let Some(row) = last {
             let version: i64 = row.get(0);
             let recorded: String = row.get(1);
             let current = snapshot(client).await?;
