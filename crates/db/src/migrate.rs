@@ -302,11 +302,7 @@ impl Migrator {
         target: Option<i64>,
         mut on_applied: impl FnMut(&Migration, u128),
     ) -> Result<Vec<i64>, MigrateError> {
-        lock(client).await?;
-        if let Err(e) = Self::ensure_table(client).await {
-            unlock(client).await?;
-            return Err(e);
-        }
+        lock_and_prepare(client).await?;
         let result = async {
             let status = self.status(client).await?;
             if let Some(s) = status.iter().find(|s| s.state == State::Unknown) {
@@ -347,12 +343,7 @@ impl Migrator {
         };
         let started = Instant::now();
         let tx = client.transaction().await?;
-        if !Migration::runs_as_admin(&m.up) {
-            tx.batch_execute("SET LOCAL ROLE orgbase_owner")
-                .await
-                .map_err(failed)?;
-        }
-        tx.batch_execute(&m.up).await.map_err(failed)?;
+        run_script(&tx, &m.up).await.map_err(failed)?;
         let snapshot = snapshot(&tx).await?;
         let ms = started.elapsed().as_millis();
         tx.execute(
@@ -381,11 +372,7 @@ impl Migrator {
         target: i64,
         mut on_reverted: impl FnMut(&Migration, u128),
     ) -> Result<Vec<i64>, MigrateError> {
-        lock(client).await?;
-        if let Err(e) = Self::ensure_table(client).await {
-            unlock(client).await?;
-            return Err(e);
-        }
+        lock_and_prepare(client).await?;
         let result = async {
             let status = self.status(client).await?;
             if let Some(s) = status
@@ -417,12 +404,7 @@ impl Migrator {
                     source,
                 };
                 let tx = client.transaction().await?;
-                if !Migration::runs_as_admin(&m.down) {
-                    tx.batch_execute("SET LOCAL ROLE orgbase_owner")
-                        .await
-                        .map_err(failed)?;
-                }
-                tx.batch_execute(&m.down).await.map_err(failed)?;
+                run_script(&tx, &m.down).await.map_err(failed)?;
                 tx.execute(
                     "DELETE FROM orgbase.schema_migrations WHERE version = $1",
                     &[&m.version],
@@ -489,6 +471,28 @@ impl Migrator {
         }
         Ok(drift)
     }
+}
+
+/// Take the migration lock and make sure the bookkeeping table exists (under the lock, so two
+/// first runs do not race to create it).
+async fn lock_and_prepare(client: &Client) -> Result<(), MigrateError> {
+    lock(client).await?;
+    if let Err(e) = Migrator::ensure_table(client).await {
+        unlock(client).await?;
+        return Err(e);
+    }
+    Ok(())
+}
+
+/// Run one migration script in `tx`, as `orgbase_owner` unless it says `-- orgbase:run-as admin`.
+async fn run_script(
+    tx: &tokio_postgres::Transaction<'_>,
+    script: &str,
+) -> Result<(), tokio_postgres::Error> {
+    if !Migration::runs_as_admin(script) {
+        tx.batch_execute("SET LOCAL ROLE orgbase_owner").await?;
+    }
+    tx.batch_execute(script).await
 }
 
 async fn lock(client: &Client) -> Result<(), MigrateError> {
