@@ -15,6 +15,7 @@ DROP FUNCTION orgbase.login_lookup(text, bigint, bytea);
 DROP FUNCTION orgbase.signup(uuid, text, text, text);
 DROP FUNCTION orgbase.session_of(bytea);
 DROP FUNCTION orgbase.begin_request(bytea, text, inet);
+DROP FUNCTION orgbase.org_of_ref(text);
 DROP FUNCTION orgbase.member_app_roles(uuid, uuid);
 
 DROP TABLE orgbase.member_roles;

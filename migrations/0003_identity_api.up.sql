@@ -393,6 +393,20 @@ AS $$
 $$;
 REVOKE ALL ON FUNCTION orgbase.member_app_roles(uuid, uuid) FROM PUBLIC;
 
+-- An organization id from an id or a slug (NULL when neither), each by its own index.
+CREATE FUNCTION orgbase.org_of_ref(org_ref text) RETURNS uuid
+LANGUAGE plpgsql STABLE
+SET search_path = pg_catalog, orgbase
+AS $$
+BEGIN
+    IF org_ref ~* '^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$' THEN
+        RETURN (SELECT o.id FROM orgbase.organizations o WHERE o.id = org_ref::uuid AND o.deleted_at IS NULL);
+    END IF;
+    RETURN (SELECT o.id FROM orgbase.organizations o WHERE o.slug = org_ref AND o.deleted_at IS NULL);
+END
+$$;
+REVOKE ALL ON FUNCTION orgbase.org_of_ref(text) FROM PUBLIC;
+
 DROP FUNCTION orgbase.begin_request(bytea, text);
 -- Establish the tenant context of this transaction from a credential hash (session token or
 -- API key) and an organization id or slug. Errors carry a HINT the server maps to a status:
@@ -416,6 +430,7 @@ DECLARE
     r text;
     a text;
     need_mfa boolean;
+    target uuid;
 BEGIN
     IF coalesce(current_setting('orgbase.ctx_mac', true), '') <> '' THEN
         RAISE EXCEPTION 'the tenant context is already set in this transaction'
@@ -432,11 +447,11 @@ BEGIN
         IF seen < now() - interval '60 seconds' THEN
             UPDATE orgbase.sessions SET last_seen_at = now() WHERE id = sid;
         END IF;
+        target := orgbase.org_of_ref(org_ref);
         SELECT m.org_id, m.role, coalesce((og.settings ->> 'require_mfa')::boolean, false)
           INTO o, r, need_mfa
           FROM orgbase.members m JOIN orgbase.organizations og ON og.id = m.org_id
-         WHERE m.user_id = uid AND m.deleted_at IS NULL AND og.deleted_at IS NULL
-           AND (og.slug = org_ref OR og.id::text = org_ref);
+         WHERE m.org_id = target AND m.user_id = uid AND m.deleted_at IS NULL AND og.deleted_at IS NULL;
         IF NOT FOUND THEN
             RAISE EXCEPTION 'no such organization, or not a member'
                 USING ERRCODE = 'insufficient_privilege', HINT = 'orgbase_not_member';
@@ -448,7 +463,7 @@ BEGIN
         a := orgbase.member_app_roles(o, uid);
     ELSE
         SELECT ak.id, ak.org_id, ak.user_id, ak.scopes, ak.ip_allow, ak.last_used_at, m.role,
-               (og.slug = org_ref OR og.id::text = org_ref) AS org_matches
+               ak.org_id IS NOT DISTINCT FROM orgbase.org_of_ref(org_ref) AS org_matches
           INTO k
           FROM orgbase.api_keys ak
           JOIN orgbase.organizations og ON og.id = ak.org_id
@@ -593,7 +608,7 @@ GRANT EXECUTE ON FUNCTION orgbase.create_session(uuid, uuid, bytea, bytea, inet,
 -- Rotate a session: the old token and refresh token stop working, the absolute expiry stays.
 CREATE FUNCTION orgbase.refresh_session(refresh_hash bytea, new_id uuid, new_token_hash bytea,
                                         new_refresh_hash bytea, ip inet, user_agent text)
-RETURNS timestamptz
+RETURNS TABLE (expires_at timestamptz, user_id uuid, mfa_passed boolean)
 LANGUAGE plpgsql VOLATILE SECURITY DEFINER
 SET search_path = pg_catalog, orgbase
 AS $$
@@ -615,7 +630,10 @@ BEGIN
                                   mfa_passed, idle_timeout, expires_at)
     VALUES (new_id, s.user_id, new_token_hash, new_refresh_hash, ip, left(user_agent, 512),
             s.mfa_passed, s.idle_timeout, s.expires_at);
-    RETURN s.expires_at;
+    expires_at := s.expires_at;
+    user_id := s.user_id;
+    mfa_passed := s.mfa_passed;
+    RETURN NEXT;
 END
 $$;
 REVOKE ALL ON FUNCTION orgbase.refresh_session(bytea, uuid, bytea, bytea, inet, text) FROM PUBLIC;

@@ -10,7 +10,7 @@ use orgbase_db::cluster::{ClusterError, Layout};
 use orgbase_db::migrate::State;
 use orgbase_db::{BinSearch, Cluster, Migrator, RunningCluster, Target};
 
-use crate::{Cli, Command, ConfigCommand, DbCommand, MigrateCommand, ServeArgs};
+use crate::{BenchCommand, Cli, Command, ConfigCommand, DbCommand, MigrateCommand, ServeArgs};
 
 pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     match &cli.command {
@@ -53,6 +53,30 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 );
                 eprintln!("configuration ok");
                 Ok(ExitCode::SUCCESS)
+            }
+            Command::Check => {
+                let opened = open(&config, true).await?;
+                let code = crate::tools::check(opened.target.clone()).await;
+                opened.close().await?;
+                code
+            }
+            Command::Purge(args) => {
+                let opened = open(&config, true).await?;
+                let code = crate::tools::purge(&opened.target, &args).await;
+                opened.close().await?;
+                code
+            }
+            Command::Demo => {
+                let opened = open(&config, true).await?;
+                let code = crate::tools::demo(&opened.target, &config).await;
+                opened.close().await?;
+                code
+            }
+            Command::Bench(BenchCommand::Seed(args)) => {
+                let opened = open(&config, true).await?;
+                let code = crate::tools::bench_seed(&opened.target, &args).await;
+                opened.close().await?;
+                code
             }
             Command::Config(ConfigCommand::Example) | Command::Version => Ok(ExitCode::SUCCESS),
         }
@@ -198,8 +222,12 @@ async fn serve(config: Config, _args: ServeArgs) -> anyhow::Result<ExitCode> {
     }
     target.ensure_runtime_login().await?;
     let pool = target.runtime_pool(config.database.pool_max_size)?;
+    let services = {
+        let admin = target.admin().await?;
+        orgbase_http::Services::load(pool.clone(), &admin).await?
+    };
     let app = orgbase_http::app(
-        pool.clone(),
+        services,
         migrator.latest(),
         &orgbase_http::HttpSettings::from(&config),
     );

@@ -1,6 +1,7 @@
 //! The one `orgbase` binary: clap subcommands over the core, db and http crates.
 
 mod commands;
+mod tools;
 
 use std::process::ExitCode;
 
@@ -66,8 +67,58 @@ pub enum Command {
     /// Configuration helpers.
     #[command(subcommand)]
     Config(ConfigCommand),
+    /// Inspect the database for tenant tables that break the isolation rules (SPEC R6).
+    ///
+    /// Reports, one line per finding, every tenant table (registered, or any table with an org_id
+    /// column) without forced row-level security, without a policy for a command, with org_id
+    /// nullable or missing from its primary key, or with a foreign key to another tenant table
+    /// that is not composite over org_id; SECURITY DEFINER functions without a pinned
+    /// search_path; views over tenant tables without security_invoker; a runtime role with
+    /// BYPASSRLS or owning objects. Exits 1 on findings.
+    Check,
+    /// Hard-delete rows soft-deleted longer ago than the grace period, in every tenant table.
+    Purge(PurgeArgs),
+    /// Create a demo data set: two organizations with an admin, a manager and an employee each,
+    /// notes, projects and tasks; print the credentials and curl commands to try.
+    Demo,
+    /// Benchmark helpers.
+    #[command(subcommand)]
+    Bench(BenchCommand),
     /// Print the orgbase version and the schema version it carries.
     Version,
+}
+
+#[derive(Debug, Args)]
+pub struct PurgeArgs {
+    /// Grace period in days: rows deleted longer ago than this are removed for good.
+    #[arg(long, default_value_t = 30, value_name = "DAYS")]
+    pub older_than_days: u32,
+    /// Only report what would be removed.
+    #[arg(long)]
+    pub dry_run: bool,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum BenchCommand {
+    /// Create the "tenant notes" data set (../shared/bench) through orgbase's own tables and
+    /// write the fixtures wrk needs: DIR/users.tsv (token, org, user) and DIR/notes.tsv (org,
+    /// note id).
+    Seed(SeedArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct SeedArgs {
+    #[arg(long, default_value_t = 100)]
+    pub orgs: u32,
+    /// Users per organization (members with the notes editor role).
+    #[arg(long, default_value_t = 5)]
+    pub users: u32,
+    /// Notes per organization.
+    #[arg(long, default_value_t = 1000)]
+    pub notes: u32,
+    /// Where to write users.tsv and notes.tsv.
+    #[arg(long, value_name = "DIR")]
+    pub out: std::path::PathBuf,
 }
 
 #[derive(Debug, Args)]

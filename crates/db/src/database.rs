@@ -37,6 +37,8 @@ pub enum DbError {
     NotMigrated(String),
     #[error("building the connection pool: {0}")]
     Pool(String),
+    #[error("cryptography: {0}")]
+    Crypto(String),
     #[error("PostgreSQL: {0}")]
     Query(#[from] tokio_postgres::Error),
 }

@@ -1,12 +1,19 @@
 //! The PostgreSQL side of orgbase: the embedded cluster manager, connections and the request
 //! pool, and the migration runner with its embedded SQL files.
 
+pub mod auth;
+pub mod catalog;
+pub mod check;
 pub mod cluster;
 pub mod database;
 pub mod migrate;
+pub mod records;
+pub mod request;
 pub mod secrets;
 
+pub use check::{Finding, check};
 pub use cluster::{BinSearch, Cluster, ClusterError, RunningCluster};
 pub use database::{DbError, Target};
 pub use deadpool_postgres::Pool;
 pub use migrate::{Drift, Migrator};
+pub use request::{Caller, Context, ReqError};

@@ -23,6 +23,17 @@ pub struct Problem {
     /// The request id (also in the `x-request-id` response header).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub request_id: Option<String>,
+    /// For validation problems: what is wrong with which field or query parameter.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub errors: Vec<FieldProblem>,
+}
+
+/// One invalid input field.
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
+pub struct FieldProblem {
+    /// Body field or query parameter name.
+    pub field: String,
+    pub message: String,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -37,6 +48,24 @@ pub enum ApiError {
     UnsupportedMediaType(String),
     #[error("bad request: {0}")]
     BadRequest(String),
+    #[error("the request body is not valid JSON: {0}")]
+    InvalidJson(String),
+    #[error("invalid input")]
+    Validation(Vec<FieldProblem>),
+    #[error("authentication required: {0}")]
+    Unauthorized(String),
+    #[error("forbidden: {0}")]
+    Forbidden(String),
+    #[error("multi-factor authentication required")]
+    MfaRequired,
+    #[error("address not allowed for this API key")]
+    IpNotAllowed,
+    #[error("conflict: {0}")]
+    Conflict(String),
+    #[error("precondition failed: {0}")]
+    PreconditionFailed(String),
+    #[error("too many requests")]
+    TooManyRequests,
     #[error("request timed out")]
     Timeout,
     #[error("service unavailable: {0}")]
@@ -73,6 +102,43 @@ impl ApiError {
                 "Unsupported media type",
             ),
             ApiError::BadRequest(_) => (StatusCode::BAD_REQUEST, "bad-request", "Bad request"),
+            ApiError::InvalidJson(_) => (
+                StatusCode::BAD_REQUEST,
+                "invalid-json",
+                "The request body is not valid JSON",
+            ),
+            ApiError::Validation(_) => (
+                StatusCode::UNPROCESSABLE_ENTITY,
+                "validation",
+                "Invalid input",
+            ),
+            ApiError::Unauthorized(_) => (
+                StatusCode::UNAUTHORIZED,
+                "unauthorized",
+                "Authentication required",
+            ),
+            ApiError::Forbidden(_) => (StatusCode::FORBIDDEN, "forbidden", "Forbidden"),
+            ApiError::MfaRequired => (
+                StatusCode::FORBIDDEN,
+                "mfa-required",
+                "Multi-factor authentication required",
+            ),
+            ApiError::IpNotAllowed => (
+                StatusCode::FORBIDDEN,
+                "ip-not-allowed",
+                "Address not allowed for this API key",
+            ),
+            ApiError::Conflict(_) => (StatusCode::CONFLICT, "conflict", "Conflict"),
+            ApiError::PreconditionFailed(_) => (
+                StatusCode::PRECONDITION_FAILED,
+                "precondition-failed",
+                "Precondition failed",
+            ),
+            ApiError::TooManyRequests => (
+                StatusCode::TOO_MANY_REQUESTS,
+                "too-many-requests",
+                "Too many requests",
+            ),
             ApiError::Timeout => (
                 StatusCode::SERVICE_UNAVAILABLE,
                 "timeout",
@@ -96,7 +162,27 @@ impl ApiError {
         match self {
             ApiError::UnsupportedMediaType(d)
             | ApiError::BadRequest(d)
+            | ApiError::InvalidJson(d)
+            | ApiError::Unauthorized(d)
+            | ApiError::Forbidden(d)
+            | ApiError::Conflict(d)
+            | ApiError::PreconditionFailed(d)
             | ApiError::Unavailable(d) => Some(d.clone()),
+            ApiError::Validation(errors) => Some(
+                errors
+                    .iter()
+                    .map(|e| format!("{}: {}", e.field, e.message))
+                    .collect::<Vec<_>>()
+                    .join("; "),
+            ),
+            ApiError::MfaRequired => Some(
+                "this organization requires multi-factor authentication: verify a TOTP code \
+                 (POST /v1/auth/mfa/totp/verify) or log in with one"
+                    .into(),
+            ),
+            ApiError::IpNotAllowed => {
+                Some("this API key may not be used from this address".into())
+            }
             ApiError::PayloadTooLarge => {
                 Some("the request body exceeds the configured limit".into())
             }
@@ -117,6 +203,10 @@ impl ApiError {
             status: status.as_u16(),
             detail: self.detail(),
             request_id,
+            errors: match self {
+                ApiError::Validation(e) => e.clone(),
+                _ => Vec::new(),
+            },
         }
     }
 }
@@ -140,6 +230,60 @@ fn status_slug(s: StatusCode) -> &'static str {
     }
 }
 
+impl ApiError {
+    /// One invalid field.
+    pub fn field(field: &str, message: impl Into<String>) -> Self {
+        ApiError::Validation(vec![FieldProblem {
+            field: field.to_string(),
+            message: message.into(),
+        }])
+    }
+}
+
+impl From<Vec<orgbase_db::records::FieldError>> for ApiError {
+    fn from(errors: Vec<orgbase_db::records::FieldError>) -> Self {
+        ApiError::Validation(
+            errors
+                .into_iter()
+                .map(|e| FieldProblem {
+                    field: e.field,
+                    message: e.message,
+                })
+                .collect(),
+        )
+    }
+}
+
+impl From<orgbase_db::ReqError> for ApiError {
+    fn from(e: orgbase_db::ReqError) -> Self {
+        use orgbase_db::ReqError as R;
+        match e {
+            R::Unauthenticated => {
+                ApiError::Unauthorized("invalid, expired or revoked credentials".into())
+            }
+            R::NotMember | R::NotFound => ApiError::NotFound,
+            R::MfaRequired => ApiError::MfaRequired,
+            R::IpNotAllowed => ApiError::IpNotAllowed,
+            R::Forbidden(m) => ApiError::Forbidden(m),
+            R::Conflict(m) => ApiError::Conflict(m),
+            R::PreconditionFailed(m) => ApiError::PreconditionFailed(m),
+            R::Invalid(field, message) => ApiError::Validation(vec![FieldProblem {
+                field: field.unwrap_or_else(|| "body".into()),
+                message,
+            }]),
+            R::Timeout => ApiError::Timeout,
+            R::Unavailable(m) => ApiError::Unavailable(m),
+            R::Db(e) => ApiError::internal(e),
+        }
+    }
+}
+
+impl From<orgbase_db::DbError> for ApiError {
+    fn from(e: orgbase_db::DbError) -> Self {
+        ApiError::internal(e)
+    }
+}
+
 impl From<StatusCode> for ApiError {
     fn from(s: StatusCode) -> Self {
         match s {
@@ -157,10 +301,17 @@ impl IntoResponse for ApiError {
             tracing::error!(error = %cause, cause = ?cause, "internal error");
         }
         let problem = self.to_problem(None);
-        problem_response(
+        let mut resp = problem_response(
             &problem,
             matches!(self, ApiError::Timeout | ApiError::Unavailable(_)),
-        )
+        );
+        if matches!(self, ApiError::Unauthorized(_)) {
+            resp.headers_mut().insert(
+                header::WWW_AUTHENTICATE,
+                HeaderValue::from_static("Bearer realm=\"orgbase\""),
+            );
+        }
+        resp
     }
 }
 

@@ -2,19 +2,25 @@
 //! document. Handlers never touch the pool directly except through the db crate's services.
 
 pub mod error;
+pub mod extract;
 pub mod health;
+pub mod identity;
 pub mod metrics;
 pub mod middleware;
+pub mod orgs;
+pub mod tables;
 
 use std::future::Future;
 use std::net::SocketAddr;
-use std::sync::Arc;
-use std::time::Duration;
+use std::sync::{Arc, RwLock};
+use std::time::{Duration, Instant};
 
 use axum::Router;
 use axum::extract::DefaultBodyLimit;
 use orgbase_core::Config;
 use orgbase_db::Pool;
+use orgbase_db::auth::ServerKey;
+use orgbase_db::catalog::Catalog;
 use tower_http::limit::RequestBodyLimitLayer;
 use utoipa::OpenApi;
 use utoipa_axum::router::OpenApiRouter;
@@ -23,14 +29,73 @@ use utoipa_axum::routes;
 pub use error::{ApiError, Problem};
 pub use metrics::Metrics;
 
+/// What the handlers work with: the runtime pool, the server key (read with the
+/// administrative connection at start) and the catalog of tenant tables.
+#[derive(Debug, Clone)]
+pub struct Services {
+    pub pool: Pool,
+    pub key: ServerKey,
+    pub catalog: Catalog,
+}
+
+impl Services {
+    /// Read the server key over `admin` and the catalog over the runtime pool.
+    pub async fn load(
+        pool: Pool,
+        admin: &tokio_postgres::Client,
+    ) -> Result<Self, orgbase_db::DbError> {
+        let key = ServerKey::load(admin).await?;
+        let catalog = Catalog::load(admin).await?;
+        Ok(Self { pool, key, catalog })
+    }
+}
+
 /// Shared state of every handler.
 #[derive(Clone, Debug)]
 pub struct AppState {
     pub pool: Pool,
+    pub key: Arc<ServerKey>,
     pub metrics: Arc<Metrics>,
     /// The newest migration this binary carries; `/readyz` wants the database at it.
     pub latest_migration: i64,
+    catalog: Arc<RwLock<(Arc<Catalog>, Option<Instant>)>>,
     openapi: Arc<String>,
+}
+
+impl AppState {
+    /// The tenant tables as last loaded.
+    pub fn catalog(&self) -> Arc<Catalog> {
+        self.catalog
+            .read()
+            .map(|g| g.0.clone())
+            .unwrap_or_default()
+    }
+
+    /// Reload the catalog, at most once a second (unknown table names must not become a way
+    /// to load the database).
+    pub async fn reload_catalog(&self) -> Result<(), ApiError> {
+        let due = self
+            .catalog
+            .read()
+            .map(|g| g.1.is_none_or(|t| t.elapsed() >= Duration::from_secs(1)))
+            .unwrap_or(false);
+        if !due {
+            return Ok(());
+        }
+        if let Ok(mut g) = self.catalog.write() {
+            g.1 = Some(Instant::now());
+        }
+        let client = self
+            .pool
+            .get()
+            .await
+            .map_err(|e| ApiError::Unavailable(e.to_string()))?;
+        let fresh = Catalog::load(&**client).await?;
+        if let Ok(mut g) = self.catalog.write() {
+            g.0 = Arc::new(fresh);
+        }
+        Ok(())
+    }
 }
 
 #[derive(OpenApi)]
@@ -41,10 +106,38 @@ pub struct AppState {
                        RFC 9457 problem+json documents with a stable `type`.",
         license(name = "Apache-2.0")
     ),
-    tags((name = "operations", description = "Health, readiness, metrics and this document")),
+    tags(
+        (name = "operations", description = "Health, readiness, metrics and this document"),
+        (name = "auth", description = "Accounts, sessions and multi-factor authentication"),
+        (name = "organizations", description = "Organizations (by id or slug in paths)"),
+        (name = "members", description = "Members, org roles, app roles, custom roles, invitations"),
+        (name = "teams", description = "Teams within an organization"),
+        (name = "api-keys", description = "Organization API keys (Bearer credentials with scopes)"),
+        (name = "records", description = "The generic API over every tenant table (notes, projects, tasks, …)"),
+    ),
+    modifiers(&BearerAuth),
+    security(("bearer" = [])),
     components(schemas(Problem))
 )]
 struct ApiDoc;
+
+struct BearerAuth;
+
+impl utoipa::Modify for BearerAuth {
+    fn modify(&self, openapi: &mut utoipa::openapi::OpenApi) {
+        use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
+        let components = openapi.components.get_or_insert_with(Default::default);
+        components.add_security_scheme(
+            "bearer",
+            SecurityScheme::Http(
+                HttpBuilder::new()
+                    .scheme(HttpAuthScheme::Bearer)
+                    .description(Some("A session token (`obs_…`, from /v1/auth/login) or an API key (`obk_…`)"))
+                    .build(),
+            ),
+        );
+    }
+}
 
 /// Every route with its OpenAPI description: the router and the document cannot disagree.
 fn routes() -> OpenApiRouter<AppState> {
@@ -53,6 +146,31 @@ fn routes() -> OpenApiRouter<AppState> {
         .routes(routes!(health::readyz))
         .routes(routes!(health::metrics))
         .routes(routes!(health::openapi))
+        .routes(routes!(identity::signup))
+        .routes(routes!(identity::login))
+        .routes(routes!(identity::refresh))
+        .routes(routes!(identity::logout))
+        .routes(routes!(identity::me))
+        .routes(routes!(identity::totp_enroll))
+        .routes(routes!(identity::totp_verify))
+        .routes(routes!(orgs::create_org, orgs::list_orgs))
+        .routes(routes!(orgs::get_org, orgs::update_org))
+        .routes(routes!(orgs::list_members, orgs::add_member))
+        .routes(routes!(orgs::get_member, orgs::update_member, orgs::remove_member))
+        .routes(routes!(orgs::set_app_role, orgs::remove_app_role))
+        .routes(routes!(orgs::grant_role, orgs::revoke_role))
+        .routes(routes!(orgs::list_roles, orgs::create_role))
+        .routes(routes!(orgs::create_invitation, orgs::list_invitations))
+        .routes(routes!(orgs::revoke_invitation))
+        .routes(routes!(orgs::accept_invitation))
+        .routes(routes!(orgs::list_teams, orgs::create_team))
+        .routes(routes!(orgs::delete_team))
+        .routes(routes!(orgs::add_team_member, orgs::remove_team_member))
+        .routes(routes!(orgs::create_api_key, orgs::list_api_keys))
+        .routes(routes!(orgs::revoke_api_key))
+        .routes(routes!(tables::list, tables::create))
+        .routes(routes!(tables::get, tables::update, tables::delete))
+        .routes(routes!(tables::restore))
 }
 
 /// The OpenAPI document of this binary.
@@ -79,13 +197,15 @@ impl From<&Config> for HttpSettings {
 }
 
 /// Build the application.
-pub fn app(pool: Pool, latest_migration: i64, settings: &HttpSettings) -> Router {
+pub fn app(services: Services, latest_migration: i64, settings: &HttpSettings) -> Router {
     let (router, mut doc) = routes().split_for_parts();
     doc.info.version = orgbase_core::VERSION.to_string();
     let state = AppState {
-        pool,
+        pool: services.pool,
+        key: Arc::new(services.key),
         metrics: Arc::new(Metrics::new()),
         latest_migration,
+        catalog: Arc::new(RwLock::new((Arc::new(services.catalog), None))),
         openapi: Arc::new(doc.to_json().unwrap_or_else(|_| "{}".into())),
     };
     router

@@ -1,0 +1,11 @@
+-- R1, one request as a server runs it: newest 20 notes of a random org, under RLS.
+-- Run as bench_app (see ../reference.sql). Four round trips: BEGIN, context, query, COMMIT.
+\set o random(1, 100)
+BEGIN;
+SELECT set_config('app.org_id', md5('org' || :o)::uuid::text, true);
+SELECT org_id, id, title, body, tags, created_at, updated_at, deleted_at, created_by, updated_by
+  FROM notes
+ WHERE org_id = md5('org' || :o)::uuid AND deleted_at IS NULL
+ ORDER BY created_at DESC, id DESC
+ LIMIT 20;
+COMMIT;

@@ -1,0 +1,348 @@
+//! Operator tools: `check`, `purge`, `demo`, `bench seed`. They work as administrator (not
+//! subject to row-level security), like migrations.
+
+use std::io::Write;
+use std::process::ExitCode;
+
+use anyhow::Context;
+use orgbase_core::Config;
+use orgbase_db::Target;
+use orgbase_db::auth::{self, SESSION_PREFIX};
+use tokio_postgres::Client;
+use uuid::Uuid;
+
+use crate::{PurgeArgs, SeedArgs};
+
+pub async fn check(target: Target) -> anyhow::Result<ExitCode> {
+    let client = target.admin().await?;
+    let findings = orgbase_db::check(&client).await?;
+    let db = orgbase_db::database::describe(target.admin_config());
+    if findings.is_empty() {
+        println!("{db}: no findings");
+        return Ok(ExitCode::SUCCESS);
+    }
+    for f in &findings {
+        println!("{f}");
+    }
+    eprintln!("{db}: {} finding(s)", findings.len());
+    Ok(ExitCode::FAILURE)
+}
+
+/// Tenant tables, children before parents (a table referencing another comes first).
+async fn tables_children_first(client: &Client) -> anyhow::Result<Vec<String>> {
+    let rows = client
+        .query(
+            "SELECT t.table_name::oid, t.table_name::text FROM orgbase.tenant_tables t ORDER BY 2",
+            &[],
+        )
+        .await?;
+    let tables: Vec<(u32, String)> = rows.iter().map(|r| (r.get(0), r.get(1))).collect();
+    let edges = client
+        .query(
+            "SELECT conrelid::oid, confrelid::oid FROM pg_constraint WHERE contype = 'f' \
+             AND conrelid IN (SELECT table_name FROM orgbase.tenant_tables) \
+             AND confrelid IN (SELECT table_name FROM orgbase.tenant_tables) AND conrelid <> confrelid",
+            &[],
+        )
+        .await?;
+    let edges: Vec<(u32, u32)> = edges.iter().map(|r| (r.get(0), r.get(1))).collect();
+    // Kahn's algorithm on "child before parent".
+    let mut order = Vec::new();
+    let mut left = tables.clone();
+    while !left.is_empty() {
+        let before = left.len();
+        let mut next = Vec::new();
+        for (oid, name) in &left {
+            // A table is ready when no remaining table references it.
+            let referenced = edges
+                .iter()
+                .any(|(child, parent)| parent == oid && left.iter().any(|(o, _)| o == child));
+            if referenced {
+                next.push((*oid, name.clone()));
+            } else {
+                order.push(name.clone());
+            }
+        }
+        left = next;
+        if left.len() == before {
+            // a cycle: take the rest as they are
+            order.extend(left.drain(..).map(|(_, n)| n));
+        }
+    }
+    Ok(order)
+}
+
+pub async fn purge(target: &Target, args: &PurgeArgs) -> anyhow::Result<ExitCode> {
+    let mut client = target.admin().await?;
+    let tables = tables_children_first(&client).await?;
+    let tx = client.transaction().await?;
+    let days = args.older_than_days as i32;
+    let mut total = 0u64;
+    for t in &tables {
+        let sql = if args.dry_run {
+            format!(
+                "SELECT count(*) FROM {t} WHERE deleted_at < now() - make_interval(days => $1)"
+            )
+        } else {
+            format!(
+                "WITH d AS (DELETE FROM {t} WHERE deleted_at < now() - make_interval(days => $1) \
+                 RETURNING 1) SELECT count(*) FROM d"
+            )
+        };
+        tx.batch_execute("SAVEPOINT purge_table").await?;
+        match tx.query_one(&sql, &[&days]).await {
+            Ok(row) => {
+                let n: i64 = row.get(0);
+                total += n as u64;
+                if n > 0 {
+                    println!(
+                        "{t}: {n} row(s) {}",
+                        if args.dry_run { "would be removed" } else { "removed" }
+                    );
+                }
+                tx.batch_execute("RELEASE SAVEPOINT purge_table").await?;
+            }
+            Err(e) => {
+                tx.batch_execute("ROLLBACK TO SAVEPOINT purge_table").await?;
+                let msg = e
+                    .as_db_error()
+                    .map(|d| d.message().to_string())
+                    .unwrap_or_else(|| e.to_string());
+                println!("{t}: kept — {msg} (rows still referenced by live rows)");
+            }
+        }
+    }
+    tx.commit().await?;
+    println!(
+        "{total} row(s) {} (deleted more than {days} days ago)",
+        if args.dry_run { "to remove" } else { "removed" }
+    );
+    Ok(ExitCode::SUCCESS)
+}
+
+/// A user with a password hash and a session; returns (user id, session token).
+async fn upsert_user(
+    client: &impl tokio_postgres::GenericClient,
+    email: &str,
+    name: &str,
+    password_hash: &str,
+) -> anyhow::Result<(Uuid, String)> {
+    let id: Uuid = client
+        .query_one(
+            "INSERT INTO orgbase.users (id, email, name, password_hash) VALUES ($1, $2, $3, $4) \
+             ON CONFLICT (email) DO UPDATE SET password_hash = EXCLUDED.password_hash, \
+             status = 'active', deleted_at = NULL RETURNING id",
+            &[&Uuid::now_v7(), &email, &name, &password_hash],
+        )
+        .await?
+        .get(0);
+    let (token, hash) = auth::new_token(SESSION_PREFIX)?;
+    let (_, refresh) = auth::new_token(auth::REFRESH_PREFIX)?;
+    client
+        .execute(
+            "INSERT INTO orgbase.sessions (id, user_id, token_hash, refresh_hash, expires_at) \
+             VALUES ($1, $2, $3, $4, now() + interval '7 days')",
+            &[&Uuid::now_v7(), &id, &&hash[..], &&refresh[..]],
+        )
+        .await?;
+    Ok((id, token))
+}
+
+pub async fn demo(target: &Target, config: &Config) -> anyhow::Result<ExitCode> {
+    let mut client = target.admin().await?;
+    let password = format!("demo-{}", &hex::encode(auth::random_bytes::<6>()?));
+    let hash = auth::hash_password(password.clone()).await?;
+    let tx = client.transaction().await?;
+    let mut tokens = Vec::new();
+    for (slug, name) in [("acme", "Acme Corp"), ("globex", "Globex Inc")] {
+        let mut people = Vec::new();
+        for (who, org_role, apps) in [
+            ("admin", "admin", vec![]),
+            ("manager", "manager", vec![("notes", "editor"), ("projects", "editor")]),
+            ("employee", "member", vec![("notes", "editor"), ("projects", "viewer")]),
+        ] {
+            let email = format!("{who}@{slug}.example");
+            let (id, token) = upsert_user(&tx, &email, &format!("{name} {who}"), &hash).await?;
+            people.push((who, id, org_role, apps, email, token));
+        }
+        let owner = people[0].1;
+        let org: Uuid = tx
+            .query_one(
+                "INSERT INTO orgbase.organizations (id, name, slug, owner_id, compliance) \
+                 VALUES ($1, $2, $3, $4, '{gdpr}') ON CONFLICT (slug) DO UPDATE SET name = EXCLUDED.name \
+                 RETURNING id",
+                &[&Uuid::now_v7(), &name, &slug, &owner],
+            )
+            .await?
+            .get(0);
+        for (_, id, role, apps, _, _) in &people {
+            tx.execute(
+                "INSERT INTO orgbase.members (org_id, user_id, role) VALUES ($1, $2, $3) \
+                 ON CONFLICT (org_id, user_id) DO UPDATE SET role = EXCLUDED.role, deleted_at = NULL",
+                &[&org, id, role],
+            )
+            .await?;
+            for (app, app_role) in apps {
+                tx.execute(
+                    "INSERT INTO orgbase.app_permissions (org_id, user_id, app, role, granted_by) \
+                     VALUES ($1, $2, $3, $4, $5) ON CONFLICT (org_id, user_id, app) DO UPDATE SET role = EXCLUDED.role",
+                    &[&org, id, app, app_role, &owner],
+                )
+                .await?;
+            }
+        }
+        // The owner must be an owner for the organization to keep one.
+        tx.execute(
+            "UPDATE orgbase.members SET role = 'owner' WHERE org_id = $1 AND user_id = $2",
+            &[&org, &owner],
+        )
+        .await?;
+        let have: i64 = tx
+            .query_one("SELECT count(*) FROM orgbase.notes WHERE org_id = $1", &[&org])
+            .await?
+            .get(0);
+        if have == 0 {
+            let by = people[2].1;
+            for (title, body) in [
+                ("Welcome to orgbase", "Every row here belongs to this organization only."),
+                ("Quarterly plan", "Ship the tenant API; measure it."),
+                ("Customer call notes", "They asked about GDPR exports and data residency."),
+            ] {
+                tx.execute(
+                    "INSERT INTO orgbase.notes (org_id, id, title, body, tags, created_by, updated_by) \
+                     VALUES ($1, $2, $3 || ' (' || $5 || ')', $4, '{demo}', $6, $6)",
+                    &[&org, &Uuid::now_v7(), &title, &body, &slug, &by],
+                )
+                .await?;
+            }
+            let project = Uuid::now_v7();
+            let manager = people[1].1;
+            tx.execute(
+                "INSERT INTO orgbase.projects (org_id, id, name, description, created_by, updated_by) \
+                 VALUES ($1, $2, 'Launch', 'Everything for the launch', $3, $3)",
+                &[&org, &project, &manager],
+            )
+            .await?;
+            for (title, status, priority) in [
+                ("Write the docs", "in_progress", "high"),
+                ("Load test", "todo", "urgent"),
+                ("Pick a name", "done", "low"),
+            ] {
+                tx.execute(
+                    "INSERT INTO orgbase.tasks (org_id, id, project_id, title, status, priority, \
+                     assignee_id, due_date, created_by, updated_by) \
+                     VALUES ($1, $2, $3, $4, $5, $6, $7, current_date + 14, $8, $8)",
+                    &[&org, &Uuid::now_v7(), &project, &title, &status, &priority, &by, &manager],
+                )
+                .await?;
+            }
+        }
+        tokens.push((slug, people));
+    }
+    tx.commit().await?;
+    let base = format!("http://{}", config.server.listen);
+    let mut out = std::io::stdout().lock();
+    writeln!(out, "Demo data ready. Every account's password: {password}")?;
+    for (slug, people) in &tokens {
+        writeln!(out, "  organization {slug}:")?;
+        for (who, _, role, _, email, _) in people {
+            let role = if *who == "admin" { "owner" } else { role };
+            writeln!(out, "    {email:<24} org role {role}")?;
+        }
+    }
+    let acme_employee = &tokens[0].1[2].5;
+    let acme_admin = &tokens[0].1[0].5;
+    writeln!(out, "\nTry (with `orgbase serve` running on {base}):")?;
+    writeln!(
+        out,
+        "  curl -s -X POST {base}/v1/auth/login -H 'content-type: application/json' \
+         -d '{{\"email\":\"employee@acme.example\",\"password\":\"{password}\"}}'"
+    )?;
+    writeln!(
+        out,
+        "  curl -s -H 'Authorization: Bearer {acme_employee}' '{base}/v1/orgs/acme/notes?limit=5'"
+    )?;
+    writeln!(
+        out,
+        "  curl -s -H 'Authorization: Bearer {acme_admin}' {base}/v1/orgs/globex/notes   # another org: 404"
+    )?;
+    Ok(ExitCode::SUCCESS)
+}
+
+pub async fn bench_seed(target: &Target, args: &SeedArgs) -> anyhow::Result<ExitCode> {
+    if args.orgs == 0 || args.users == 0 {
+        anyhow::bail!("--orgs and --users must be at least 1");
+    }
+    std::fs::create_dir_all(&args.out)
+        .with_context(|| format!("creating {}", args.out.display()))?;
+    let mut client = target.admin().await?;
+    let hash = auth::hash_password("bench-password".into()).await?;
+    let tx = client.transaction().await?;
+    let progress = indicatif::ProgressBar::new(args.orgs as u64);
+    progress.set_style(
+        indicatif::ProgressStyle::with_template("seeding {bar:30} {pos}/{len} orgs {eta}")
+            .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
+    );
+    let mut users_tsv = String::new();
+    let mut notes_tsv = String::new();
+    let run = &hex::encode(auth::random_bytes::<3>()?);
+    for o in 1..=args.orgs {
+        let org = Uuid::now_v7();
+        let mut user_ids = Vec::new();
+        for u in 1..=args.users {
+            let email = format!("user{u}@org{o}-{run}.bench.example");
+            let (id, token) = upsert_user(&tx, &email, &format!("Bench user {u}"), &hash).await?;
+            user_ids.push(id);
+            users_tsv.push_str(&format!("{token}\t{org}\t{id}\n"));
+        }
+        tx.execute(
+            "INSERT INTO orgbase.organizations (id, name, slug, owner_id) VALUES ($1, $2, $3, $4)",
+            &[&org, &format!("Bench org {o}"), &format!("bench-{run}-{o}"), &user_ids[0]],
+        )
+        .await?;
+        tx.execute(
+            "INSERT INTO orgbase.members (org_id, user_id, role) \
+             SELECT $1, u, CASE WHEN n = 1 THEN 'owner' ELSE 'member' END \
+             FROM unnest($2::uuid[]) WITH ORDINALITY AS x(u, n)",
+            &[&org, &user_ids],
+        )
+        .await?;
+        tx.execute(
+            "INSERT INTO orgbase.app_permissions (org_id, user_id, app, role) \
+             SELECT $1, u, 'notes', 'editor' FROM unnest($2::uuid[]) u",
+            &[&org, &user_ids],
+        )
+        .await?;
+        let rows = tx
+            .query(
+                "INSERT INTO orgbase.notes (org_id, id, title, body, created_by, updated_by, created_at, updated_at) \
+                 SELECT $1, gen_random_uuid(), \
+                        left('Note ' || n || ' ' || md5(n::text), 40), \
+                        left(repeat(md5(n::text || 'body') || ' ', 16), 500), \
+                        u, u, now() - n * interval '1 second', now() - n * interval '1 second' \
+                   FROM generate_series(1, $3::int) n, \
+                        LATERAL (SELECT ($2::uuid[])[1 + n % cardinality($2::uuid[])] AS u) x \
+                 RETURNING id",
+                &[&org, &user_ids, &(args.notes as i32)],
+            )
+            .await?;
+        for r in rows {
+            let id: Uuid = r.get(0);
+            notes_tsv.push_str(&format!("{org}\t{id}\n"));
+        }
+        progress.inc(1);
+    }
+    tx.commit().await?;
+    progress.finish_and_clear();
+    client.batch_execute("ANALYZE").await?;
+    std::fs::write(args.out.join("users.tsv"), users_tsv)?;
+    std::fs::write(args.out.join("notes.tsv"), notes_tsv)?;
+    println!(
+        "seeded {} organizations × {} users × {} notes; fixtures in {}",
+        args.orgs,
+        args.users,
+        args.notes,
+        args.out.display()
+    );
+    Ok(ExitCode::SUCCESS)
+}

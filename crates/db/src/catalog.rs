@@ -1,0 +1,172 @@
+//! The catalog of tenant tables the generic API serves (`orgbase.tenant_tables` plus
+//! PostgreSQL's own catalog), and the SQL it runs on them. Identifiers only ever come from the
+//! catalog (quoted); values are always bound parameters.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+use tokio_postgres::GenericClient;
+
+use crate::DbError;
+
+/// Columns every tenant table has and the API manages itself.
+pub const SYSTEM_COLUMNS: [&str; 6] = [
+    "org_id",
+    "created_at",
+    "updated_at",
+    "deleted_at",
+    "created_by",
+    "updated_by",
+];
+
+/// How a column's JSON value is checked before it reaches the database.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Kind {
+    Text,
+    Uuid,
+    Integer,
+    Number,
+    Boolean,
+    Json,
+    Date,
+    Timestamp,
+    TextArray,
+    Other,
+}
+
+impl Kind {
+    fn of(type_name: &str) -> Self {
+        match type_name {
+            "text" | "character varying" | "citext" | "name" => Kind::Text,
+            "uuid" => Kind::Uuid,
+            "smallint" | "integer" | "bigint" => Kind::Integer,
+            "numeric" | "real" | "double precision" => Kind::Number,
+            "boolean" => Kind::Boolean,
+            "json" | "jsonb" => Kind::Json,
+            "date" => Kind::Date,
+            "timestamp with time zone" | "timestamp without time zone" => Kind::Timestamp,
+            "text[]" | "character varying[]" => Kind::TextArray,
+            t if t.starts_with("character varying(") => Kind::Text,
+            t if t.starts_with("numeric(") => Kind::Number,
+            _ => Kind::Other,
+        }
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct Column {
+    pub name: String,
+    /// `format_type()` of the column: used in casts.
+    pub sql_type: String,
+    pub kind: Kind,
+    pub not_null: bool,
+    pub has_default: bool,
+    /// Second column of an index that starts with org_id (or the id): may be filtered and
+    /// sorted on.
+    pub indexed: bool,
+}
+
+#[derive(Debug, Clone)]
+pub struct Table {
+    /// The name in URLs: the table's name, schema-qualified only when ambiguous.
+    pub name: String,
+    /// `"schema"."table"`, quoted.
+    pub qualified: String,
+    pub app: String,
+    pub columns: Vec<Column>,
+}
+
+impl Table {
+    pub fn column(&self, name: &str) -> Option<&Column> {
+        self.columns.iter().find(|c| c.name == name)
+    }
+
+    /// Columns a client may set on create (`id` included) and on update (`id` excluded).
+    pub fn writable(&self, name: &str, creating: bool) -> bool {
+        !SYSTEM_COLUMNS.contains(&name) && (creating || name != "id") && self.column(name).is_some()
+    }
+}
+
+/// All tenant tables, by URL name.
+#[derive(Debug, Clone, Default)]
+pub struct Catalog {
+    pub tables: BTreeMap<String, Arc<Table>>,
+}
+
+pub fn quote_ident(s: &str) -> String {
+    format!("\"{}\"", s.replace('"', "\"\""))
+}
+
+impl Catalog {
+    /// Read the catalog (any role that may read `orgbase.tenant_tables`).
+    pub async fn load(client: &impl GenericClient) -> Result<Self, DbError> {
+        let rows = client
+            .query(
+                "SELECT t.table_name::oid, n.nspname::text, c.relname::text, t.app,
+                        count(*) OVER (PARTITION BY c.relname) AS same_name
+                   FROM orgbase.tenant_tables t
+                   JOIN pg_class c ON c.oid = t.table_name
+                   JOIN pg_namespace n ON n.oid = c.relnamespace
+                  ORDER BY n.nspname, c.relname",
+                &[],
+            )
+            .await?;
+        let mut tables = BTreeMap::new();
+        for r in rows {
+            let oid: u32 = r.get(0);
+            let schema: String = r.get(1);
+            let rel: String = r.get(2);
+            let app: String = r.get(3);
+            let same: i64 = r.get(4);
+            let cols = client
+                .query(
+                    "SELECT a.attname::text, format_type(a.atttypid, a.atttypmod), a.attnotnull,
+                            a.atthasdef OR a.attidentity <> '' OR a.attgenerated <> '',
+                            EXISTS (SELECT 1 FROM pg_index i
+                                     WHERE i.indrelid = a.attrelid
+                                       AND ((i.indkey[0] = (SELECT attnum FROM pg_attribute
+                                                              WHERE attrelid = a.attrelid AND attname = 'org_id')
+                                             AND i.indkey[1] = a.attnum)
+                                            OR a.attname IN ('id', 'created_at')))
+                       FROM pg_attribute a
+                      WHERE a.attrelid = $1 AND a.attnum > 0 AND NOT a.attisdropped
+                      ORDER BY a.attnum",
+                    &[&oid],
+                )
+                .await?;
+            let columns = cols
+                .iter()
+                .map(|c| {
+                    let sql_type: String = c.get(1);
+                    Column {
+                        name: c.get(0),
+                        kind: Kind::of(&sql_type),
+                        sql_type,
+                        not_null: c.get(2),
+                        has_default: c.get(3),
+                        indexed: c.get(4),
+                    }
+                })
+                .collect();
+            let name = if same > 1 {
+                format!("{schema}.{rel}")
+            } else {
+                rel.clone()
+            };
+            tables.insert(
+                name.clone(),
+                Arc::new(Table {
+                    name,
+                    qualified: format!("{}.{}", quote_ident(&schema), quote_ident(&rel)),
+                    app,
+                    columns,
+                }),
+            );
+        }
+        Ok(Self { tables })
+    }
+
+    pub fn get(&self, name: &str) -> Option<Arc<Table>> {
+        self.tables.get(name).cloned()
+    }
+}

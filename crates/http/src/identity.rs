@@ -1,0 +1,363 @@
+//! Accounts and sessions: sign-up, login (password, then TOTP when enabled), refresh, logout,
+//! the caller's profile, and TOTP enrolment.
+
+use axum::Json;
+use axum::extract::State;
+use axum::http::{HeaderMap, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use orgbase_db::auth::{self, REFRESH_PREFIX, SESSION_PREFIX};
+use orgbase_db::request::plain;
+use serde::{Deserialize, Serialize};
+use uuid::Uuid;
+
+use crate::AppState;
+use crate::error::ApiError;
+use crate::extract::{Bearer, JsonBody, PeerIp, json_text};
+
+/// A session ends after this long without use…
+pub const SESSION_IDLE: &str = "24 hours";
+/// …and at the latest this long after login (refreshing keeps the absolute expiry).
+pub const SESSION_LIFETIME: &str = "7 days";
+
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct Signup {
+    /// Unique, case-insensitive.
+    pub email: String,
+    /// 8 to 1024 characters.
+    pub password: String,
+    #[serde(default)]
+    pub name: String,
+}
+
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+pub struct User {
+    pub id: Uuid,
+    pub email: String,
+    pub name: String,
+}
+
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct Login {
+    pub email: String,
+    pub password: String,
+    /// The current TOTP code; required when the account has MFA enabled.
+    #[serde(default)]
+    pub totp: Option<String>,
+}
+
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+pub struct Session {
+    /// Send as `Authorization: Bearer <token>`.
+    pub token: String,
+    /// Trade for a new token pair at `/v1/auth/refresh`.
+    pub refresh_token: String,
+    /// Absolute expiry (RFC 3339); the token also lapses after 24 h unused.
+    pub expires_at: String,
+    pub user_id: Uuid,
+    /// Whether this session passed multi-factor authentication.
+    pub mfa_passed: bool,
+}
+
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct Refresh {
+    pub refresh_token: String,
+}
+
+fn normalize_email(email: &str) -> Result<String, ApiError> {
+    let e = email.trim().to_lowercase();
+    let valid = e.len() <= 320
+        && e.split_once('@')
+            .is_some_and(|(l, d)| !l.is_empty() && d.contains('.') && !d.starts_with('.'))
+        && !e.chars().any(char::is_whitespace);
+    if valid {
+        Ok(e)
+    } else {
+        Err(ApiError::field("email", "not a valid email address"))
+    }
+}
+
+fn client_meta(headers: &HeaderMap, bearer_ip: Option<std::net::IpAddr>) -> (Option<std::net::IpAddr>, Option<String>) {
+    let ua = headers
+        .get(header::USER_AGENT)
+        .and_then(|v| v.to_str().ok())
+        .map(|s| s.chars().take(512).collect());
+    (bearer_ip, ua)
+}
+
+/// Create an account. Answers the user (without a session: log in next).
+#[utoipa::path(post, path = "/v1/auth/signup", tag = "auth", request_body = Signup,
+    responses((status = 201, body = User), (status = 409, description = "Email taken", body = crate::error::Problem),
+              (status = 422, description = "Invalid email or password", body = crate::error::Problem)))]
+pub async fn signup(
+    State(state): State<AppState>,
+    JsonBody(body): JsonBody<Signup>,
+) -> Result<Response, ApiError> {
+    let email = normalize_email(&body.email)?;
+    if !(8..=1024).contains(&body.password.chars().count()) {
+        return Err(ApiError::field("password", "must be 8 to 1024 characters"));
+    }
+    let name = body.name.trim().to_string();
+    if name.chars().count() > 200 {
+        return Err(ApiError::field("name", "must be at most 200 characters"));
+    }
+    let hash = auth::hash_password(body.password).await?;
+    let id = Uuid::now_v7();
+    plain(
+        &state.pool,
+        "SELECT orgbase.signup($1, $2, $3, $4)",
+        &[&id, &email, &name, &hash],
+    )
+    .await?;
+    Ok((StatusCode::CREATED, Json(User { id, email, name })).into_response())
+}
+
+async fn new_session(
+    state: &AppState,
+    user_id: Uuid,
+    mfa_passed: bool,
+    ip: Option<std::net::IpAddr>,
+    ua: Option<String>,
+) -> Result<Session, ApiError> {
+    let (token, token_hash) = auth::new_token(SESSION_PREFIX)?;
+    let (refresh, refresh_hash) = auth::new_token(REFRESH_PREFIX)?;
+    let msg = format!(
+        "{user_id}|{}|{}|{mfa_passed}",
+        hex::encode(token_hash),
+        hex::encode(refresh_hash)
+    );
+    let (issued_at, proof) = state.key.proof("session", &msg);
+    let rows = plain(
+        &state.pool,
+        "SELECT to_char(orgbase.create_session($1, $2, $3, $4, $5, $6, $7, $8::text::interval, \
+         $9::text::interval, $10, $11) AT TIME ZONE 'UTC', 'YYYY-MM-DD\"T\"HH24:MI:SS\"Z\"')",
+        &[
+            &Uuid::now_v7(),
+            &user_id,
+            &&token_hash[..],
+            &&refresh_hash[..],
+            &ip,
+            &ua,
+            &mfa_passed,
+            &SESSION_IDLE,
+            &SESSION_LIFETIME,
+            &issued_at,
+            &proof,
+        ],
+    )
+    .await?;
+    let expires_at = rows.first().map(|r| r.get(0)).unwrap_or_default();
+    Ok(Session {
+        token,
+        refresh_token: refresh,
+        expires_at,
+        user_id,
+        mfa_passed,
+    })
+}
+
+/// Log in with email and password (and `totp` when MFA is enabled). Wrong email and wrong
+/// password are indistinguishable, in answer and in time.
+#[utoipa::path(post, path = "/v1/auth/login", tag = "auth", request_body = Login,
+    responses((status = 200, body = Session),
+              (status = 401, description = "Wrong email or password", body = crate::error::Problem),
+              (status = 403, description = "TOTP code required or wrong (`mfa-required`)", body = crate::error::Problem)))]
+pub async fn login(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    PeerIp(peer): PeerIp,
+    JsonBody(body): JsonBody<Login>,
+) -> Result<Json<Session>, ApiError> {
+    let email = body.email.trim().to_lowercase();
+    let (issued_at, proof) = state.key.proof("login", &email);
+    let rows = plain(
+        &state.pool,
+        "SELECT user_id, password_hash, status, totp_enabled, totp_secret \
+         FROM orgbase.login_lookup($1, $2, $3)",
+        &[&email, &issued_at, &proof],
+    )
+    .await?;
+    let row = rows.first();
+    let hash: Option<String> = row.and_then(|r| r.get(1));
+    let ok = auth::verify_password(body.password, hash).await?;
+    let Some(row) = row.filter(|_| ok) else {
+        return Err(ApiError::Unauthorized("wrong email or password".into()));
+    };
+    let status: String = row.get(2);
+    if status != "active" {
+        return Err(ApiError::Unauthorized(format!("this account is {status}")));
+    }
+    let user_id: Uuid = row.get(0);
+    let totp_enabled: bool = row.get(3);
+    let mut mfa_passed = false;
+    if totp_enabled {
+        let secret: Option<Vec<u8>> = row.get(4);
+        let code = body.totp.ok_or(ApiError::MfaRequired)?;
+        let totp = auth::totp(&secret.unwrap_or_default(), &email)?;
+        if !totp.check_current(code.trim()).unwrap_or(false) {
+            return Err(ApiError::MfaRequired);
+        }
+        mfa_passed = true;
+    }
+    let (ip, ua) = client_meta(&headers, peer);
+    Ok(Json(new_session(&state, user_id, mfa_passed, ip, ua).await?))
+}
+
+/// Trade a refresh token for a new token pair. The old pair stops working; the absolute expiry
+/// of the session stays.
+#[utoipa::path(post, path = "/v1/auth/refresh", tag = "auth", request_body = Refresh,
+    responses((status = 200, body = Session), (status = 401, body = crate::error::Problem)))]
+pub async fn refresh(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    PeerIp(peer): PeerIp,
+    JsonBody(body): JsonBody<Refresh>,
+) -> Result<Json<Session>, ApiError> {
+    let old = auth::token_hash(body.refresh_token.trim());
+    let (token, token_hash) = auth::new_token(SESSION_PREFIX)?;
+    let (refresh, refresh_hash) = auth::new_token(REFRESH_PREFIX)?;
+    let (ip, ua) = client_meta(&headers, peer);
+    let rows = plain(
+        &state.pool,
+        "SELECT to_char(expires_at AT TIME ZONE 'UTC', 'YYYY-MM-DD\"T\"HH24:MI:SS\"Z\"'), \
+         user_id, mfa_passed FROM orgbase.refresh_session($1, $2, $3, $4, $5, $6)",
+        &[
+            &&old[..],
+            &Uuid::now_v7(),
+            &&token_hash[..],
+            &&refresh_hash[..],
+            &ip,
+            &ua,
+        ],
+    )
+    .await?;
+    let row = rows
+        .first()
+        .ok_or_else(|| ApiError::Unauthorized("invalid refresh token".into()))?;
+    Ok(Json(Session {
+        token,
+        refresh_token: refresh,
+        expires_at: row.get(0),
+        user_id: row.get(1),
+        mfa_passed: row.get(2),
+    }))
+}
+
+/// End the current session (its token and refresh token stop working).
+#[utoipa::path(post, path = "/v1/auth/logout", tag = "auth",
+    responses((status = 204), (status = 401, body = crate::error::Problem)))]
+pub async fn logout(
+    State(state): State<AppState>,
+    Bearer(caller): Bearer,
+) -> Result<StatusCode, ApiError> {
+    let rows = plain(
+        &state.pool,
+        "SELECT orgbase.logout($1)",
+        &[&&caller.cred_hash[..]],
+    )
+    .await?;
+    if rows.first().is_some_and(|r| r.get::<_, bool>(0)) {
+        Ok(StatusCode::NO_CONTENT)
+    } else {
+        Err(ApiError::Unauthorized("no such session".into()))
+    }
+}
+
+/// The caller's account and organizations.
+#[utoipa::path(get, path = "/v1/me", tag = "auth",
+    responses((status = 200, description = "Account, MFA state and organizations with roles", body = Object),
+              (status = 401, body = crate::error::Problem)))]
+pub async fn me(State(state): State<AppState>, Bearer(caller): Bearer) -> Result<Response, ApiError> {
+    let rows = plain(
+        &state.pool,
+        "SELECT orgbase.me($1)::text",
+        &[&&caller.cred_hash[..]],
+    )
+    .await?;
+    let body = rows.first().map(|r| r.get(0)).unwrap_or_default();
+    Ok(json_text(StatusCode::OK, body))
+}
+
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+pub struct TotpEnrollment {
+    /// Base32 secret for authenticator apps.
+    pub secret: String,
+    /// `otpauth://` URL (QR code content).
+    pub otpauth_url: String,
+}
+
+/// Start TOTP enrolment: a new secret for the caller's account (not active until verified).
+#[utoipa::path(post, path = "/v1/auth/mfa/totp/enroll", tag = "auth",
+    responses((status = 200, body = TotpEnrollment), (status = 401, body = crate::error::Problem),
+              (status = 409, description = "MFA already enabled", body = crate::error::Problem)))]
+pub async fn totp_enroll(
+    State(state): State<AppState>,
+    Bearer(caller): Bearer,
+) -> Result<Json<TotpEnrollment>, ApiError> {
+    let secret = auth::random_bytes::<20>()?;
+    let rows = plain(
+        &state.pool,
+        "SELECT orgbase.totp_enroll($1, $2)",
+        &[&&caller.cred_hash[..], &&secret[..]],
+    )
+    .await?;
+    let email: String = rows.first().map(|r| r.get(0)).unwrap_or_default();
+    let totp = auth::totp(&secret, &email)?;
+    Ok(Json(TotpEnrollment {
+        secret: totp.get_secret_base32(),
+        otpauth_url: totp.get_url(),
+    }))
+}
+
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct TotpCode {
+    /// The 6-digit code from the authenticator app.
+    pub code: String,
+}
+
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+pub struct MfaState {
+    pub mfa_enabled: bool,
+    pub mfa_passed: bool,
+}
+
+/// Verify a TOTP code: completes enrolment, and marks the current session as having passed MFA.
+#[utoipa::path(post, path = "/v1/auth/mfa/totp/verify", tag = "auth", request_body = TotpCode,
+    responses((status = 200, body = MfaState), (status = 401, body = crate::error::Problem),
+              (status = 422, description = "Wrong or expired code", body = crate::error::Problem)))]
+pub async fn totp_verify(
+    State(state): State<AppState>,
+    Bearer(caller): Bearer,
+    JsonBody(body): JsonBody<TotpCode>,
+) -> Result<Json<MfaState>, ApiError> {
+    let hash_hex = hex::encode(caller.cred_hash);
+    let (issued_at, proof) = state.key.proof("totp", &hash_hex);
+    let rows = plain(
+        &state.pool,
+        "SELECT orgbase.totp_secret($1, $2, $3)",
+        &[&&caller.cred_hash[..], &issued_at, &proof],
+    )
+    .await?;
+    let secret: Option<Vec<u8>> = rows.first().and_then(|r| r.get(0));
+    let secret = secret.ok_or_else(|| {
+        ApiError::Conflict("no TOTP enrolment: POST /v1/auth/mfa/totp/enroll first".into())
+    })?;
+    let totp = auth::totp(&secret, "account")?;
+    if !totp.check_current(body.code.trim()).unwrap_or(false) {
+        return Err(ApiError::field("code", "incorrect or expired code"));
+    }
+    let (issued_at, proof) = state.key.proof("totp-ok", &hash_hex);
+    plain(
+        &state.pool,
+        "SELECT orgbase.totp_confirm($1, $2, $3)",
+        &[&&caller.cred_hash[..], &issued_at, &proof],
+    )
+    .await?;
+    Ok(Json(MfaState {
+        mfa_enabled: true,
+        mfa_passed: true,
+    }))
+}
