@@ -80,9 +80,7 @@ pub async fn purge(target: &Target, args: &PurgeArgs) -> anyhow::Result<ExitCode
     let mut total = 0u64;
     for t in &tables {
         let sql = if args.dry_run {
-            format!(
-                "SELECT count(*) FROM {t} WHERE deleted_at < now() - make_interval(days => $1)"
-            )
+            format!("SELECT count(*) FROM {t} WHERE deleted_at < now() - make_interval(days => $1)")
         } else {
             format!(
                 "WITH d AS (DELETE FROM {t} WHERE deleted_at < now() - make_interval(days => $1) \
@@ -97,13 +95,18 @@ pub async fn purge(target: &Target, args: &PurgeArgs) -> anyhow::Result<ExitCode
                 if n > 0 {
                     println!(
                         "{t}: {n} row(s) {}",
-                        if args.dry_run { "would be removed" } else { "removed" }
+                        if args.dry_run {
+                            "would be removed"
+                        } else {
+                            "removed"
+                        }
                     );
                 }
                 tx.batch_execute("RELEASE SAVEPOINT purge_table").await?;
             }
             Err(e) => {
-                tx.batch_execute("ROLLBACK TO SAVEPOINT purge_table").await?;
+                tx.batch_execute("ROLLBACK TO SAVEPOINT purge_table")
+                    .await?;
                 let msg = e
                     .as_db_error()
                     .map(|d| d.message().to_string())
@@ -158,8 +161,16 @@ pub async fn demo(target: &Target, config: &Config) -> anyhow::Result<ExitCode> 
         let mut people = Vec::new();
         for (who, org_role, apps) in [
             ("admin", "admin", vec![]),
-            ("manager", "manager", vec![("notes", "editor"), ("projects", "editor")]),
-            ("employee", "member", vec![("notes", "editor"), ("projects", "viewer")]),
+            (
+                "manager",
+                "manager",
+                vec![("notes", "editor"), ("projects", "editor")],
+            ),
+            (
+                "employee",
+                "member",
+                vec![("notes", "editor"), ("projects", "viewer")],
+            ),
         ] {
             let email = format!("{who}@{slug}.example");
             let (id, token) = upsert_user(&tx, &email, &format!("{name} {who}"), &hash).await?;
@@ -198,15 +209,24 @@ pub async fn demo(target: &Target, config: &Config) -> anyhow::Result<ExitCode> 
         )
         .await?;
         let have: i64 = tx
-            .query_one("SELECT count(*) FROM orgbase.notes WHERE org_id = $1", &[&org])
+            .query_one(
+                "SELECT count(*) FROM orgbase.notes WHERE org_id = $1",
+                &[&org],
+            )
             .await?
             .get(0);
         if have == 0 {
             let by = people[2].1;
             for (title, body) in [
-                ("Welcome to orgbase", "Every row here belongs to this organization only."),
+                (
+                    "Welcome to orgbase",
+                    "Every row here belongs to this organization only.",
+                ),
                 ("Quarterly plan", "Ship the tenant API; measure it."),
-                ("Customer call notes", "They asked about GDPR exports and data residency."),
+                (
+                    "Customer call notes",
+                    "They asked about GDPR exports and data residency.",
+                ),
             ] {
                 tx.execute(
                     "INSERT INTO orgbase.notes (org_id, id, title, body, tags, created_by, updated_by) \
@@ -232,7 +252,16 @@ pub async fn demo(target: &Target, config: &Config) -> anyhow::Result<ExitCode> 
                     "INSERT INTO orgbase.tasks (org_id, id, project_id, title, status, priority, \
                      assignee_id, due_date, created_by, updated_by) \
                      VALUES ($1, $2, $3, $4, $5, $6, $7, current_date + 14, $8, $8)",
-                    &[&org, &Uuid::now_v7(), &project, &title, &status, &priority, &by, &manager],
+                    &[
+                        &org,
+                        &Uuid::now_v7(),
+                        &project,
+                        &title,
+                        &status,
+                        &priority,
+                        &by,
+                        &manager,
+                    ],
                 )
                 .await?;
             }
@@ -297,7 +326,12 @@ pub async fn bench_seed(target: &Target, args: &SeedArgs) -> anyhow::Result<Exit
         }
         tx.execute(
             "INSERT INTO orgbase.organizations (id, name, slug, owner_id) VALUES ($1, $2, $3, $4)",
-            &[&org, &format!("Bench org {o}"), &format!("bench-{run}-{o}"), &user_ids[0]],
+            &[
+                &org,
+                &format!("Bench org {o}"),
+                &format!("bench-{run}-{o}"),
+                &user_ids[0],
+            ],
         )
         .await?;
         tx.execute(

@@ -93,7 +93,10 @@ fn check_scalar(kind: Kind, field: &str, v: &str) -> Result<(), FieldError> {
     if ok {
         Ok(())
     } else {
-        Err(field_err(field, format!("not a valid {kind:?} value").to_lowercase()))
+        Err(field_err(
+            field,
+            format!("not a valid {kind:?} value").to_lowercase(),
+        ))
     }
 }
 
@@ -152,10 +155,9 @@ impl ListQuery {
                                 Err(e) => errors.push(e),
                             }
                         }
-                        Some(_) => errors.push(field_err(
-                            k,
-                            "filters are allowed on indexed columns only",
-                        )),
+                        Some(_) => {
+                            errors.push(field_err(k, "filters are allowed on indexed columns only"))
+                        }
                         None => errors.push(field_err(k, "unknown query parameter")),
                     }
                 }
@@ -164,11 +166,18 @@ impl ListQuery {
         if let Some(c) = cursor {
             match decode_cursor(&c) {
                 Some((sort, value, id)) if sort == q.sort => q.after = Some((value, id)),
-                Some(_) => errors.push(field_err("cursor", "this cursor belongs to another sort order")),
+                Some(_) => errors.push(field_err(
+                    "cursor",
+                    "this cursor belongs to another sort order",
+                )),
                 None => errors.push(field_err("cursor", "not a cursor this API issued")),
             }
         }
-        if errors.is_empty() { Ok(q) } else { Err(errors) }
+        if errors.is_empty() {
+            Ok(q)
+        } else {
+            Err(errors)
+        }
     }
 }
 
@@ -184,7 +193,9 @@ fn decode_cursor(s: &str) -> Option<(String, String, Uuid)> {
 }
 
 fn params_ref(p: &[Box<dyn ToSql + Sync + Send>]) -> Vec<&(dyn ToSql + Sync)> {
-    p.iter().map(|b| b.as_ref() as &(dyn ToSql + Sync)).collect()
+    p.iter()
+        .map(|b| b.as_ref() as &(dyn ToSql + Sync))
+        .collect()
 }
 
 /// `GET /v1/orgs/{org}/{table}`.
@@ -296,9 +307,7 @@ fn check_value(table: &Table, field: &str, v: &Value) -> Result<(), FieldError> 
         Kind::Timestamp => v
             .as_str()
             .is_some_and(|s| chrono::DateTime::parse_from_rfc3339(s).is_ok()),
-        Kind::TextArray => v
-            .as_array()
-            .is_some_and(|a| a.iter().all(Value::is_string)),
+        Kind::TextArray => v.as_array().is_some_and(|a| a.iter().all(Value::is_string)),
         Kind::Json | Kind::Other => true,
     };
     if ok {
@@ -347,7 +356,11 @@ pub fn validate(
     } else if body.is_empty() {
         errors.push(field_err("body", "no fields to change"));
     }
-    if errors.is_empty() { Ok(()) } else { Err(errors) }
+    if errors.is_empty() {
+        Ok(())
+    } else {
+        Err(errors)
+    }
 }
 
 /// `POST /v1/orgs/{org}/{table}` with a validated body.
@@ -396,15 +409,23 @@ pub async fn update(
     );
     let body = Value::Object(body);
     let exists = format!("SELECT 1 FROM {q} t WHERE t.id = $1 AND t.deleted_at IS NULL");
-    request::many(pool, caller, org, async |client: &tokio_postgres::Client, _: &Context| {
-        let rows = client.query(&sql, &[&body, &id, &if_match]).await?;
-        if rows.is_empty() && if_match.is_some() && !client.query(&exists, &[&id]).await?.is_empty() {
-            return Err(ReqError::PreconditionFailed(
-                "the row changed since you read it (If-Match does not match its ETag)".into(),
-            ));
-        }
-        record(&rows)
-    })
+    request::many(
+        pool,
+        caller,
+        org,
+        async |client: &tokio_postgres::Client, _: &Context| {
+            let rows = client.query(&sql, &[&body, &id, &if_match]).await?;
+            if rows.is_empty()
+                && if_match.is_some()
+                && !client.query(&exists, &[&id]).await?.is_empty()
+            {
+                return Err(ReqError::PreconditionFailed(
+                    "the row changed since you read it (If-Match does not match its ETag)".into(),
+                ));
+            }
+            record(&rows)
+        },
+    )
     .await
 }
 

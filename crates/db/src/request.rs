@@ -90,7 +90,9 @@ pub fn classify(e: tokio_postgres::Error) -> ReqError {
         Some("orgbase_last_owner") => return ReqError::Conflict(db.message().to_string()),
         Some("orgbase_no_invitation") => return ReqError::NotFound,
         Some("orgbase_forbidden") => return ReqError::Forbidden(db.message().to_string()),
-        Some("orgbase_bad_proof") | Some("orgbase_no_context") | Some("orgbase_bad_context")
+        Some("orgbase_bad_proof")
+        | Some("orgbase_no_context")
+        | Some("orgbase_bad_context")
         | Some("orgbase_context_twice") => return ReqError::Db(e),
         _ => {}
     }
@@ -122,7 +124,8 @@ pub fn classify(e: tokio_postgres::Error) -> ReqError {
         ReqError::Invalid(None, db.message().to_string())
     } else if *code == SqlState::QUERY_CANCELED {
         ReqError::Timeout
-    } else if *code == SqlState::T_R_SERIALIZATION_FAILURE || *code == SqlState::T_R_DEADLOCK_DETECTED
+    } else if *code == SqlState::T_R_SERIALIZATION_FAILURE
+        || *code == SqlState::T_R_DEADLOCK_DETECTED
     {
         ReqError::Conflict("a concurrent change got in the way; retry".into())
     } else {
@@ -178,7 +181,8 @@ impl Drop for Conn {
     }
 }
 
-const BEGIN_REQUEST: &str = "SELECT org_id, user_id, org_role, app_roles FROM orgbase.begin_request($1, $2, $3)";
+const BEGIN_REQUEST: &str =
+    "SELECT org_id, user_id, org_role, app_roles FROM orgbase.begin_request($1, $2, $3)";
 
 async fn statements(
     client: &deadpool_postgres::ClientWrapper,

@@ -180,9 +180,7 @@ impl ApiError {
                  (POST /v1/auth/mfa/totp/verify) or log in with one"
                     .into(),
             ),
-            ApiError::IpNotAllowed => {
-                Some("this API key may not be used from this address".into())
-            }
+            ApiError::IpNotAllowed => Some("this API key may not be used from this address".into()),
             ApiError::PayloadTooLarge => {
                 Some("the request body exceeds the configured limit".into())
             }

@@ -79,7 +79,10 @@ fn normalize_email(email: &str) -> Result<String, ApiError> {
     }
 }
 
-fn client_meta(headers: &HeaderMap, bearer_ip: Option<std::net::IpAddr>) -> (Option<std::net::IpAddr>, Option<String>) {
+fn client_meta(
+    headers: &HeaderMap,
+    bearer_ip: Option<std::net::IpAddr>,
+) -> (Option<std::net::IpAddr>, Option<String>) {
     let ua = headers
         .get(header::USER_AGENT)
         .and_then(|v| v.to_str().ok())
@@ -128,7 +131,7 @@ async fn new_session(
         hex::encode(token_hash),
         hex::encode(refresh_hash)
     );
-    let (issued_at, proof) = state.key.proof("session", &msg);
+    let (issued_at, proof) = state.key()?.proof("session", &msg);
     let rows = plain(
         &state.pool,
         "SELECT to_char(orgbase.create_session($1, $2, $3, $4, $5, $6, $7, $8::text::interval, \
@@ -171,7 +174,7 @@ pub async fn login(
     JsonBody(body): JsonBody<Login>,
 ) -> Result<Json<Session>, ApiError> {
     let email = body.email.trim().to_lowercase();
-    let (issued_at, proof) = state.key.proof("login", &email);
+    let (issued_at, proof) = state.key()?.proof("login", &email);
     let rows = plain(
         &state.pool,
         "SELECT user_id, password_hash, status, totp_enabled, totp_secret \
@@ -202,7 +205,9 @@ pub async fn login(
         mfa_passed = true;
     }
     let (ip, ua) = client_meta(&headers, peer);
-    Ok(Json(new_session(&state, user_id, mfa_passed, ip, ua).await?))
+    Ok(Json(
+        new_session(&state, user_id, mfa_passed, ip, ua).await?,
+    ))
 }
 
 /// Trade a refresh token for a new token pair. The old pair stops working; the absolute expiry
@@ -269,7 +274,10 @@ pub async fn logout(
 #[utoipa::path(get, path = "/v1/me", tag = "auth",
     responses((status = 200, description = "Account, MFA state and organizations with roles", body = Object),
               (status = 401, body = crate::error::Problem)))]
-pub async fn me(State(state): State<AppState>, Bearer(caller): Bearer) -> Result<Response, ApiError> {
+pub async fn me(
+    State(state): State<AppState>,
+    Bearer(caller): Bearer,
+) -> Result<Response, ApiError> {
     let rows = plain(
         &state.pool,
         "SELECT orgbase.me($1)::text",
@@ -334,7 +342,7 @@ pub async fn totp_verify(
     JsonBody(body): JsonBody<TotpCode>,
 ) -> Result<Json<MfaState>, ApiError> {
     let hash_hex = hex::encode(caller.cred_hash);
-    let (issued_at, proof) = state.key.proof("totp", &hash_hex);
+    let (issued_at, proof) = state.key()?.proof("totp", &hash_hex);
     let rows = plain(
         &state.pool,
         "SELECT orgbase.totp_secret($1, $2, $3)",
@@ -349,7 +357,7 @@ pub async fn totp_verify(
     if !totp.check_current(body.code.trim()).unwrap_or(false) {
         return Err(ApiError::field("code", "incorrect or expired code"));
     }
-    let (issued_at, proof) = state.key.proof("totp-ok", &hash_hex);
+    let (issued_at, proof) = state.key()?.proof("totp-ok", &hash_hex);
     plain(
         &state.pool,
         "SELECT orgbase.totp_confirm($1, $2, $3)",

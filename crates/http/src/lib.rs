@@ -34,7 +34,8 @@ pub use metrics::Metrics;
 #[derive(Debug, Clone)]
 pub struct Services {
     pub pool: Pool,
-    pub key: ServerKey,
+    /// `None` while the database is not migrated (readiness says so; identity routes answer 503).
+    pub key: Option<ServerKey>,
     pub catalog: Catalog,
 }
 
@@ -44,9 +45,24 @@ impl Services {
         pool: Pool,
         admin: &tokio_postgres::Client,
     ) -> Result<Self, orgbase_db::DbError> {
+        let migrated = admin
+            .query_one("SELECT to_regclass('orgbase.context_key') IS NOT NULL", &[])
+            .await?
+            .get::<_, bool>(0);
+        if !migrated {
+            return Ok(Self {
+                pool,
+                key: None,
+                catalog: Catalog::default(),
+            });
+        }
         let key = ServerKey::load(admin).await?;
         let catalog = Catalog::load(admin).await?;
-        Ok(Self { pool, key, catalog })
+        Ok(Self {
+            pool,
+            key: Some(key),
+            catalog,
+        })
     }
 }
 
@@ -54,7 +70,7 @@ impl Services {
 #[derive(Clone, Debug)]
 pub struct AppState {
     pub pool: Pool,
-    pub key: Arc<ServerKey>,
+    key: Option<Arc<ServerKey>>,
     pub metrics: Arc<Metrics>,
     /// The newest migration this binary carries; `/readyz` wants the database at it.
     pub latest_migration: i64,
@@ -63,12 +79,16 @@ pub struct AppState {
 }
 
 impl AppState {
+    /// The server key, or 503 while the database is not migrated.
+    pub fn key(&self) -> Result<&ServerKey, ApiError> {
+        self.key.as_deref().ok_or_else(|| {
+            ApiError::Unavailable("the database is not migrated: run `orgbase migrate up`".into())
+        })
+    }
+
     /// The tenant tables as last loaded.
     pub fn catalog(&self) -> Arc<Catalog> {
-        self.catalog
-            .read()
-            .map(|g| g.0.clone())
-            .unwrap_or_default()
+        self.catalog.read().map(|g| g.0.clone()).unwrap_or_default()
     }
 
     /// Reload the catalog, at most once a second (unknown table names must not become a way
@@ -132,7 +152,9 @@ impl utoipa::Modify for BearerAuth {
             SecurityScheme::Http(
                 HttpBuilder::new()
                     .scheme(HttpAuthScheme::Bearer)
-                    .description(Some("A session token (`obs_…`, from /v1/auth/login) or an API key (`obk_…`)"))
+                    .description(Some(
+                        "A session token (`obs_…`, from /v1/auth/login) or an API key (`obk_…`)",
+                    ))
                     .build(),
             ),
         );
@@ -156,7 +178,11 @@ fn routes() -> OpenApiRouter<AppState> {
         .routes(routes!(orgs::create_org, orgs::list_orgs))
         .routes(routes!(orgs::get_org, orgs::update_org))
         .routes(routes!(orgs::list_members, orgs::add_member))
-        .routes(routes!(orgs::get_member, orgs::update_member, orgs::remove_member))
+        .routes(routes!(
+            orgs::get_member,
+            orgs::update_member,
+            orgs::remove_member
+        ))
         .routes(routes!(orgs::set_app_role, orgs::remove_app_role))
         .routes(routes!(orgs::grant_role, orgs::revoke_role))
         .routes(routes!(orgs::list_roles, orgs::create_role))
@@ -202,7 +228,7 @@ pub fn app(services: Services, latest_migration: i64, settings: &HttpSettings) -
     doc.info.version = orgbase_core::VERSION.to_string();
     let state = AppState {
         pool: services.pool,
-        key: Arc::new(services.key),
+        key: services.key.map(Arc::new),
         metrics: Arc::new(Metrics::new()),
         latest_migration,
         catalog: Arc::new(RwLock::new((Arc::new(services.catalog), None))),

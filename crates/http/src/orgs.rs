@@ -17,7 +17,8 @@ use crate::AppState;
 use crate::error::{ApiError, Problem};
 use crate::extract::{Bearer, JsonBody, json_text};
 
-const SLUG_RULE: &str = "2–63 characters: lowercase letters, digits and '-', starting with a letter or digit";
+const SLUG_RULE: &str =
+    "2–63 characters: lowercase letters, digits and '-', starting with a letter or digit";
 
 fn valid_slug(s: &str) -> bool {
     (2..=63).contains(&s.len())
@@ -345,25 +346,30 @@ async fn member_write(
     user: Uuid,
     role: Option<String>,
 ) -> Result<StatusCode, ApiError> {
-    request::many(&state.pool, caller, org, async |c: &Client, ctx: &Context| {
-        admin_only(ctx)?;
-        if c.query(sql, &[&user, &role]).await?.is_empty() {
-            let visible = !c
-                .query(
-                    "SELECT 1 FROM orgbase.members WHERE org_id = orgbase.ctx_org() \
+    request::many(
+        &state.pool,
+        caller,
+        org,
+        async |c: &Client, ctx: &Context| {
+            admin_only(ctx)?;
+            if c.query(sql, &[&user, &role]).await?.is_empty() {
+                let visible = !c
+                    .query(
+                        "SELECT 1 FROM orgbase.members WHERE org_id = orgbase.ctx_org() \
                      AND user_id = $1 AND deleted_at IS NULL",
-                    &[&user],
-                )
-                .await?
-                .is_empty();
-            return Err(if visible {
-                ReqError::Forbidden("only owners may change or remove owners".into())
-            } else {
-                ReqError::NotFound
-            });
-        }
-        Ok(StatusCode::NO_CONTENT)
-    })
+                        &[&user],
+                    )
+                    .await?
+                    .is_empty();
+                return Err(if visible {
+                    ReqError::Forbidden("only owners may change or remove owners".into())
+                } else {
+                    ReqError::NotFound
+                });
+            }
+            Ok(StatusCode::NO_CONTENT)
+        },
+    )
     .await
     .map_err(ApiError::from)
 }
@@ -379,7 +385,10 @@ pub async fn set_app_role(
     JsonBody(body): JsonBody<RoleChange>,
 ) -> Result<StatusCode, ApiError> {
     if !matches!(body.role.as_str(), "admin" | "editor" | "viewer") {
-        return Err(ApiError::field("role", "must be one of admin, editor, viewer"));
+        return Err(ApiError::field(
+            "role",
+            "must be one of admin, editor, viewer",
+        ));
     }
     if app.is_empty()
         || app.len() > 63
@@ -423,21 +432,26 @@ pub async fn remove_app_role(
     Bearer(caller): Bearer,
     Path((org, user, app)): Path<(String, Uuid, String)>,
 ) -> Result<StatusCode, ApiError> {
-    request::many(&state.pool, &caller, &org, async |c: &Client, ctx: &Context| {
-        admin_only(ctx)?;
-        let n = c
-            .execute(
-                "DELETE FROM orgbase.app_permissions WHERE org_id = orgbase.ctx_org() \
+    request::many(
+        &state.pool,
+        &caller,
+        &org,
+        async |c: &Client, ctx: &Context| {
+            admin_only(ctx)?;
+            let n = c
+                .execute(
+                    "DELETE FROM orgbase.app_permissions WHERE org_id = orgbase.ctx_org() \
                  AND user_id = $1 AND app = $2",
-                &[&user, &app],
-            )
-            .await?;
-        if n == 0 {
-            Err(ReqError::NotFound)
-        } else {
-            Ok(StatusCode::NO_CONTENT)
-        }
-    })
+                    &[&user, &app],
+                )
+                .await?;
+            if n == 0 {
+                Err(ReqError::NotFound)
+            } else {
+                Ok(StatusCode::NO_CONTENT)
+            }
+        },
+    )
     .await
     .map_err(ApiError::from)
 }
@@ -468,7 +482,10 @@ pub async fn create_invitation(
     JsonBody(body): JsonBody<NewInvitation>,
 ) -> Result<Response, ApiError> {
     if !matches!(body.role.as_str(), "admin" | "manager" | "member") {
-        return Err(ApiError::field("role", "must be one of admin, manager, member"));
+        return Err(ApiError::field(
+            "role",
+            "must be one of admin, manager, member",
+        ));
     }
     let days = body.expires_in_days.unwrap_or(7);
     if !(1..=30).contains(&days) {
@@ -479,9 +496,13 @@ pub async fn create_invitation(
         return Err(ApiError::field("email", "not a valid email address"));
     }
     let (token, hash) = auth::new_token(INVITATION_PREFIX)?;
-    let json = request::many(&state.pool, &caller, &org, async |c: &Client, ctx: &Context| {
-        admin_only(ctx)?;
-        let rows = c
+    let json = request::many(
+        &state.pool,
+        &caller,
+        &org,
+        async |c: &Client, ctx: &Context| {
+            admin_only(ctx)?;
+            let rows = c
             .query(
                 "INSERT INTO orgbase.invitations (org_id, id, email, role, token_hash, expires_at) \
                  VALUES (orgbase.ctx_org(), $1, $2, $3, $4, now() + make_interval(days => $5)) \
@@ -490,8 +511,9 @@ pub async fn create_invitation(
                 &[&Uuid::now_v7(), &email, &body.role, &&hash[..], &days, &token],
             )
             .await?;
-        first_json(&rows)
-    })
+            first_json(&rows)
+        },
+    )
     .await?;
     Ok(json_text(StatusCode::CREATED, json))
 }
@@ -505,9 +527,13 @@ pub async fn list_invitations(
     Bearer(caller): Bearer,
     Path(org): Path<String>,
 ) -> Result<Response, ApiError> {
-    let json = request::many(&state.pool, &caller, &org, async |c: &Client, ctx: &Context| {
-        admin_only(ctx)?;
-        first_json(
+    let json = request::many(
+        &state.pool,
+        &caller,
+        &org,
+        async |c: &Client, ctx: &Context| {
+            admin_only(ctx)?;
+            first_json(
             &c.query(
                 "SELECT json_build_object('items', coalesce(json_agg(json_build_object('id', id, \
                  'email', email, 'role', role, 'invited_by', invited_by, 'created_at', created_at, \
@@ -518,7 +544,8 @@ pub async fn list_invitations(
             )
             .await?,
         )
-    })
+        },
+    )
     .await?;
     Ok(json_text(StatusCode::OK, json))
 }
@@ -750,7 +777,8 @@ pub async fn create_api_key(
                             })))
             })
     };
-    if body.scopes.is_empty() || body.scopes.len() > 64 || !body.scopes.iter().all(|s| scope_ok(s)) {
+    if body.scopes.is_empty() || body.scopes.len() > 64 || !body.scopes.iter().all(|s| scope_ok(s))
+    {
         return Err(ApiError::field(
             "scopes",
             "1 to 64 of `<app>:read|write|admin`, `*:read|write|admin`, `admin`",
@@ -765,14 +793,20 @@ pub async fn create_api_key(
             None => c.parse::<std::net::IpAddr>().is_ok(),
         };
         if !ok {
-            return Err(ApiError::field("ip_allow", format!("{c:?} is not an address or CIDR")));
+            return Err(ApiError::field(
+                "ip_allow",
+                format!("{c:?} is not an address or CIDR"),
+            ));
         }
         cidrs.push(c.clone());
     }
     if let Some(e) = &body.expires_at
         && chrono::DateTime::parse_from_rfc3339(e).is_err()
     {
-        return Err(ApiError::field("expires_at", "must be an RFC 3339 timestamp"));
+        return Err(ApiError::field(
+            "expires_at",
+            "must be an RFC 3339 timestamp",
+        ));
     }
     let (key, hash) = auth::new_token(API_KEY_PREFIX)?;
     let prefix: String = key.chars().take(12).collect();
@@ -782,25 +816,30 @@ pub async fn create_api_key(
          RETURNING id, name, prefix, user_id, scopes, ip_allow, expires_at, last_used_at, created_at, revoked_at) \
          SELECT ({API_KEY_JSON}::jsonb || jsonb_build_object('key', $8::text))::text FROM k"
     );
-    let json = request::many(&state.pool, &caller, &org, async |c: &Client, ctx: &Context| {
-        admin_only(ctx)?;
-        first_json(
-            &c.query(
-                &sql,
-                &[
-                    &Uuid::now_v7(),
-                    &name,
-                    &prefix,
-                    &&hash[..],
-                    &body.scopes,
-                    &cidrs,
-                    &body.expires_at,
-                    &key,
-                ],
+    let json = request::many(
+        &state.pool,
+        &caller,
+        &org,
+        async |c: &Client, ctx: &Context| {
+            admin_only(ctx)?;
+            first_json(
+                &c.query(
+                    &sql,
+                    &[
+                        &Uuid::now_v7(),
+                        &name,
+                        &prefix,
+                        &&hash[..],
+                        &body.scopes,
+                        &cidrs,
+                        &body.expires_at,
+                        &key,
+                    ],
+                )
+                .await?,
             )
-            .await?,
-        )
-    })
+        },
+    )
     .await?;
     Ok(json_text(StatusCode::CREATED, json))
 }
@@ -817,10 +856,15 @@ pub async fn list_api_keys(
         "SELECT json_build_object('items', coalesce(json_agg({API_KEY_JSON} ORDER BY k.created_at DESC), '[]'))::text \
          FROM orgbase.api_keys k WHERE k.org_id = orgbase.ctx_org()"
     );
-    let json = request::many(&state.pool, &caller, &org, async |c: &Client, ctx: &Context| {
-        admin_only(ctx)?;
-        first_json(&c.query(&sql, &[]).await?)
-    })
+    let json = request::many(
+        &state.pool,
+        &caller,
+        &org,
+        async |c: &Client, ctx: &Context| {
+            admin_only(ctx)?;
+            first_json(&c.query(&sql, &[]).await?)
+        },
+    )
     .await?;
     Ok(json_text(StatusCode::OK, json))
 }
@@ -834,21 +878,26 @@ pub async fn revoke_api_key(
     Bearer(caller): Bearer,
     Path((org, id)): Path<(String, Uuid)>,
 ) -> Result<StatusCode, ApiError> {
-    request::many(&state.pool, &caller, &org, async |c: &Client, ctx: &Context| {
-        admin_only(ctx)?;
-        let n = c
+    request::many(
+        &state.pool,
+        &caller,
+        &org,
+        async |c: &Client, ctx: &Context| {
+            admin_only(ctx)?;
+            let n = c
             .execute(
                 "UPDATE orgbase.api_keys SET revoked_at = now() WHERE org_id = orgbase.ctx_org() \
                  AND id = $1 AND revoked_at IS NULL",
                 &[&id],
             )
             .await?;
-        if n == 0 {
-            Err(ReqError::NotFound)
-        } else {
-            Ok(StatusCode::NO_CONTENT)
-        }
-    })
+            if n == 0 {
+                Err(ReqError::NotFound)
+            } else {
+                Ok(StatusCode::NO_CONTENT)
+            }
+        },
+    )
     .await
     .map_err(ApiError::from)
 }

@@ -21,10 +21,7 @@ async fn table(state: &AppState, name: &str) -> Result<Arc<Table>, ApiError> {
     }
     // A table registered since start (a migration applied by another process): reload once.
     state.reload_catalog().await?;
-    state
-        .catalog()
-        .get(name)
-        .ok_or_else(|| ApiError::NotFound)
+    state.catalog().get(name).ok_or_else(|| ApiError::NotFound)
 }
 
 fn parse_id(id: &str) -> Result<Uuid, ApiError> {

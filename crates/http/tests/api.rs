@@ -17,7 +17,11 @@ fn settings() -> HttpSettings {
 
 async fn start(db: &TestDb) -> String {
     let latest = orgbase_db::Migrator::embedded("t").latest();
-    spawn_app(app(db.pool(), latest, &settings())).await
+    let admin = db.admin().await;
+    let services = orgbase_http::Services::load(db.pool(), &admin)
+        .await
+        .unwrap();
+    spawn_app(app(services, latest, &settings())).await
 }
 
 async fn problem(resp: reqwest::Response, status: StatusCode, kind: &str) -> Value {
@@ -186,10 +190,50 @@ async fn every_documented_route_exists_and_every_route_is_documented() {
     assert_eq!(
         documented,
         vec![
+            "DELETE /v1/orgs/{org}/api-keys/{id}",
+            "DELETE /v1/orgs/{org}/invitations/{id}",
+            "DELETE /v1/orgs/{org}/members/{user}",
+            "DELETE /v1/orgs/{org}/members/{user}/apps/{app}",
+            "DELETE /v1/orgs/{org}/members/{user}/roles/{role}",
+            "DELETE /v1/orgs/{org}/teams/{team}",
+            "DELETE /v1/orgs/{org}/teams/{team}/members/{user}",
+            "DELETE /v1/orgs/{org}/{table}/{id}",
             "GET /healthz",
             "GET /metrics",
             "GET /readyz",
-            "GET /v1/openapi.json"
+            "GET /v1/me",
+            "GET /v1/openapi.json",
+            "GET /v1/orgs",
+            "GET /v1/orgs/{org}",
+            "GET /v1/orgs/{org}/api-keys",
+            "GET /v1/orgs/{org}/invitations",
+            "GET /v1/orgs/{org}/members",
+            "GET /v1/orgs/{org}/members/{user}",
+            "GET /v1/orgs/{org}/roles",
+            "GET /v1/orgs/{org}/teams",
+            "GET /v1/orgs/{org}/{table}",
+            "GET /v1/orgs/{org}/{table}/{id}",
+            "PATCH /v1/orgs/{org}",
+            "PATCH /v1/orgs/{org}/members/{user}",
+            "PATCH /v1/orgs/{org}/{table}/{id}",
+            "POST /v1/auth/login",
+            "POST /v1/auth/logout",
+            "POST /v1/auth/mfa/totp/enroll",
+            "POST /v1/auth/mfa/totp/verify",
+            "POST /v1/auth/refresh",
+            "POST /v1/auth/signup",
+            "POST /v1/invitations/{token}/accept",
+            "POST /v1/orgs",
+            "POST /v1/orgs/{org}/api-keys",
+            "POST /v1/orgs/{org}/invitations",
+            "POST /v1/orgs/{org}/members",
+            "POST /v1/orgs/{org}/roles",
+            "POST /v1/orgs/{org}/teams",
+            "POST /v1/orgs/{org}/{table}",
+            "POST /v1/orgs/{org}/{table}/{id}/restore",
+            "PUT /v1/orgs/{org}/members/{user}/apps/{app}",
+            "PUT /v1/orgs/{org}/members/{user}/roles/{role}",
+            "PUT /v1/orgs/{org}/teams/{team}/members/{user}",
         ]
     );
 }

@@ -1,0 +1,1472 @@
+//! The isolation suite (SPEC R1–R10): two organizations × roles over real HTTP and a real
+//! database, attacking every route with another org's ids, forged headers, stale and revoked
+//! credentials, out-of-scope API keys and SQL injected into the request transaction.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)] // tests fail loudly
+
+use std::time::Duration;
+
+use orgbase_http::{HttpSettings, Services, app};
+use orgbase_testkit::{TestDb, spawn_app};
+use reqwest::{Method, StatusCode};
+use serde_json::{Value, json};
+
+struct Api {
+    base: String,
+    http: reqwest::Client,
+}
+
+impl Api {
+    async fn call(
+        &self,
+        method: Method,
+        path: &str,
+        token: Option<&str>,
+        body: Option<Value>,
+    ) -> (StatusCode, Value) {
+        let mut req = self.http.request(method, format!("{}{path}", self.base));
+        if let Some(t) = token {
+            req = req.bearer_auth(t);
+        }
+        if let Some(b) = body {
+            req = req.json(&b);
+        }
+        let resp = req.send().await.unwrap();
+        let status = resp.status();
+        if status.is_client_error() || status.is_server_error() {
+            assert_eq!(
+                resp.headers()["content-type"],
+                "application/problem+json",
+                "{path}"
+            );
+        }
+        let text = resp.text().await.unwrap();
+        let v = if text.is_empty() {
+            Value::Null
+        } else {
+            serde_json::from_str(&text).unwrap_or(Value::String(text))
+        };
+        (status, v)
+    }
+
+    async fn ok(&self, method: Method, path: &str, token: &str, body: Option<Value>) -> Value {
+        let (s, v) = self.call(method.clone(), path, Some(token), body).await;
+        assert!(s.is_success(), "{method} {path}: {s} {v}");
+        v
+    }
+
+    async fn expect(
+        &self,
+        method: Method,
+        path: &str,
+        token: Option<&str>,
+        body: Option<Value>,
+        status: u16,
+        kind: &str,
+    ) -> Value {
+        let (s, v) = self.call(method.clone(), path, token, body).await;
+        assert_eq!(s.as_u16(), status, "{method} {path}: {v}");
+        assert_eq!(
+            v["type"],
+            format!("urn:orgbase:problem:{kind}"),
+            "{method} {path}: {v}"
+        );
+        v
+    }
+
+    async fn user(&self, email: &str) -> (String, String) {
+        let (s, v) = self
+            .call(
+                Method::POST,
+                "/v1/auth/signup",
+                None,
+                Some(json!({"email": email, "password": "password-1234", "name": email})),
+            )
+            .await;
+        assert_eq!(s, StatusCode::CREATED, "{v}");
+        let id = v["id"].as_str().unwrap().to_string();
+        let (s, v) = self
+            .call(
+                Method::POST,
+                "/v1/auth/login",
+                None,
+                Some(json!({"email": email, "password": "password-1234"})),
+            )
+            .await;
+        assert_eq!(s, StatusCode::OK, "{v}");
+        (id, v["token"].as_str().unwrap().to_string())
+    }
+}
+
+struct World {
+    db: TestDb,
+    api: Api,
+    a_owner: (String, String),
+    a_editor: (String, String),
+    a_viewer: (String, String),
+    a_member: (String, String),
+    b_owner: (String, String),
+    org_b_id: String,
+    a_note: String,
+    b_note: String,
+    b_project: String,
+}
+
+async fn world() -> World {
+    let db = TestDb::migrated().await;
+    let admin = db.admin().await;
+    let services = Services::load(db.pool(), &admin).await.unwrap();
+    let settings = HttpSettings {
+        request_timeout: Duration::from_secs(20),
+        body_limit_bytes: 64 * 1024,
+    };
+    let base = spawn_app(app(
+        services,
+        orgbase_db::Migrator::embedded("t").latest(),
+        &settings,
+    ))
+    .await;
+    let api = Api {
+        base,
+        http: reqwest::Client::new(),
+    };
+    let a_owner = api.user("owner@a.example").await;
+    let a_editor = api.user("editor@a.example").await;
+    let a_viewer = api.user("viewer@a.example").await;
+    let a_member = api.user("member@a.example").await;
+    let b_owner = api.user("owner@b.example").await;
+    api.ok(
+        Method::POST,
+        "/v1/orgs",
+        &a_owner.1,
+        Some(json!({"name": "A", "slug": "org-a"})),
+    )
+    .await;
+    let b = api
+        .ok(
+            Method::POST,
+            "/v1/orgs",
+            &b_owner.1,
+            Some(json!({"name": "B", "slug": "org-b"})),
+        )
+        .await;
+    for (email, app_role) in [
+        ("editor@a.example", Some("editor")),
+        ("viewer@a.example", Some("viewer")),
+        ("member@a.example", None),
+    ] {
+        let m = api
+            .ok(
+                Method::POST,
+                "/v1/orgs/org-a/members",
+                &a_owner.1,
+                Some(json!({"email": email, "role": "member"})),
+            )
+            .await;
+        if let Some(r) = app_role {
+            let uid = m["user_id"].as_str().unwrap();
+            api.ok(
+                Method::PUT,
+                &format!("/v1/orgs/org-a/members/{uid}/apps/notes"),
+                &a_owner.1,
+                Some(json!({"role": r})),
+            )
+            .await;
+        }
+    }
+    let a_note = api
+        .ok(
+            Method::POST,
+            "/v1/orgs/org-a/notes",
+            &a_owner.1,
+            Some(json!({"title": "a-secret", "body": "x"})),
+        )
+        .await;
+    let b_note = api
+        .ok(
+            Method::POST,
+            "/v1/orgs/org-b/notes",
+            &b_owner.1,
+            Some(json!({"title": "b-secret", "body": "y"})),
+        )
+        .await;
+    let b_project = api
+        .ok(
+            Method::POST,
+            "/v1/orgs/org-b/projects",
+            &b_owner.1,
+            Some(json!({"name": "B project"})),
+        )
+        .await;
+    World {
+        db,
+        api,
+        a_owner,
+        a_editor,
+        a_viewer,
+        a_member,
+        b_owner,
+        org_b_id: b["id"].as_str().unwrap().to_string(),
+        a_note: a_note["id"].as_str().unwrap().to_string(),
+        b_note: b_note["id"].as_str().unwrap().to_string(),
+        b_project: b_project["id"].as_str().unwrap().to_string(),
+    }
+}
+
+#[tokio::test]
+async fn another_orgs_data_is_unreachable_on_every_route() {
+    let w = world().await;
+    let t = &w.a_owner.1;
+    let (b_note, b_user) = (&w.b_note, &w.b_owner.0);
+    for org in ["org-b", w.org_b_id.as_str()] {
+        for (m, path, body) in [
+            (Method::GET, format!("/v1/orgs/{org}"), None),
+            (
+                Method::PATCH,
+                format!("/v1/orgs/{org}"),
+                Some(json!({"name": "pwned"})),
+            ),
+            (Method::GET, format!("/v1/orgs/{org}/notes"), None),
+            (
+                Method::POST,
+                format!("/v1/orgs/{org}/notes"),
+                Some(json!({"title": "x"})),
+            ),
+            (Method::GET, format!("/v1/orgs/{org}/notes/{b_note}"), None),
+            (
+                Method::PATCH,
+                format!("/v1/orgs/{org}/notes/{b_note}"),
+                Some(json!({"title": "x"})),
+            ),
+            (
+                Method::DELETE,
+                format!("/v1/orgs/{org}/notes/{b_note}"),
+                None,
+            ),
+            (
+                Method::POST,
+                format!("/v1/orgs/{org}/notes/{b_note}/restore"),
+                None,
+            ),
+            (Method::GET, format!("/v1/orgs/{org}/members"), None),
+            (
+                Method::POST,
+                format!("/v1/orgs/{org}/members"),
+                Some(json!({"email": "owner@a.example", "role": "owner"})),
+            ),
+            (
+                Method::GET,
+                format!("/v1/orgs/{org}/members/{b_user}"),
+                None,
+            ),
+            (
+                Method::PATCH,
+                format!("/v1/orgs/{org}/members/{b_user}"),
+                Some(json!({"role": "member"})),
+            ),
+            (
+                Method::DELETE,
+                format!("/v1/orgs/{org}/members/{b_user}"),
+                None,
+            ),
+            (
+                Method::PUT,
+                format!("/v1/orgs/{org}/members/{b_user}/apps/notes"),
+                Some(json!({"role": "admin"})),
+            ),
+            (Method::GET, format!("/v1/orgs/{org}/invitations"), None),
+            (
+                Method::POST,
+                format!("/v1/orgs/{org}/invitations"),
+                Some(json!({"email": "x@a.example", "role": "admin"})),
+            ),
+            (Method::GET, format!("/v1/orgs/{org}/teams"), None),
+            (
+                Method::POST,
+                format!("/v1/orgs/{org}/teams"),
+                Some(json!({"name": "t"})),
+            ),
+            (Method::GET, format!("/v1/orgs/{org}/api-keys"), None),
+            (
+                Method::POST,
+                format!("/v1/orgs/{org}/api-keys"),
+                Some(json!({"name": "k", "scopes": ["*:admin"]})),
+            ),
+            (Method::GET, format!("/v1/orgs/{org}/roles"), None),
+            (Method::GET, format!("/v1/orgs/{org}/projects"), None),
+        ] {
+            w.api
+                .expect(m, &path, Some(t), body, 404, "not-found")
+                .await;
+        }
+    }
+    // Another org's ids inside one's own org: not found, and writes refuse them.
+    w.api
+        .expect(
+            Method::GET,
+            &format!("/v1/orgs/org-a/notes/{b_note}"),
+            Some(t),
+            None,
+            404,
+            "not-found",
+        )
+        .await;
+    w.api
+        .expect(
+            Method::PATCH,
+            &format!("/v1/orgs/org-a/notes/{b_note}"),
+            Some(t),
+            Some(json!({"title": "x"})),
+            404,
+            "not-found",
+        )
+        .await;
+    w.api
+        .expect(
+            Method::DELETE,
+            &format!("/v1/orgs/org-a/notes/{b_note}"),
+            Some(t),
+            None,
+            404,
+            "not-found",
+        )
+        .await;
+    w.api
+        .expect(
+            Method::POST,
+            "/v1/orgs/org-a/notes",
+            Some(t),
+            Some(json!({"title": "x", "org_id": w.org_b_id})),
+            422,
+            "validation",
+        )
+        .await;
+    w.api
+        .expect(
+            Method::POST,
+            "/v1/orgs/org-a/notes",
+            Some(t),
+            Some(json!({"title": "x", "created_by": b_user})),
+            422,
+            "validation",
+        )
+        .await;
+    let project_b = &w.b_project;
+    w.api
+        .expect(
+            Method::POST,
+            "/v1/orgs/org-a/tasks",
+            Some(t),
+            Some(json!({"title": "x", "project_id": project_b})),
+            422,
+            "validation",
+        )
+        .await;
+    let pa = w
+        .api
+        .ok(
+            Method::POST,
+            "/v1/orgs/org-a/projects",
+            t,
+            Some(json!({"name": "A project"})),
+        )
+        .await;
+    let pa = pa["id"].as_str().unwrap();
+    let v = w
+        .api
+        .expect(
+            Method::POST,
+            "/v1/orgs/org-a/tasks",
+            Some(t),
+            Some(json!({"title": "x", "project_id": pa, "assignee_id": b_user})),
+            422,
+            "validation",
+        )
+        .await;
+    assert_eq!(v["errors"][0]["field"], "assignee_id", "{v}");
+    w.api
+        .ok(
+            Method::POST,
+            "/v1/orgs/org-a/tasks",
+            t,
+            Some(json!({"title": "x", "project_id": pa, "assignee_id": w.a_editor.0})),
+        )
+        .await;
+    // A forged org header changes nothing; the path decides, and the database checks membership.
+    let resp = w
+        .api
+        .http
+        .get(format!("{}/v1/orgs/org-a/notes", w.api.base))
+        .bearer_auth(t)
+        .header("x-org-id", &w.org_b_id)
+        .header("x-user-id", b_user)
+        .send()
+        .await
+        .unwrap();
+    let body: Value = resp.json().await.unwrap();
+    let titles: Vec<&str> = body["items"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|n| n["title"].as_str().unwrap())
+        .collect();
+    assert_eq!(titles, vec!["a-secret"]);
+    // B still has exactly its own note, unchanged.
+    let b = w
+        .api
+        .ok(Method::GET, "/v1/orgs/org-b/notes", &w.b_owner.1, None)
+        .await;
+    assert_eq!(b["items"].as_array().unwrap().len(), 1);
+    assert_eq!(b["items"][0]["title"], "b-secret");
+    let org = w
+        .api
+        .ok(Method::GET, "/v1/orgs/org-b", &w.b_owner.1, None)
+        .await;
+    assert_eq!(org["name"], "B");
+}
+
+#[tokio::test]
+async fn the_role_matrix_is_enforced_over_http() {
+    let w = world().await;
+    let note = &w.a_note;
+    // viewer: reads, cannot write
+    let v = w
+        .api
+        .ok(Method::GET, "/v1/orgs/org-a/notes", &w.a_viewer.1, None)
+        .await;
+    assert_eq!(v["items"].as_array().unwrap().len(), 1);
+    w.api
+        .expect(
+            Method::POST,
+            "/v1/orgs/org-a/notes",
+            Some(&w.a_viewer.1),
+            Some(json!({"title": "v"})),
+            403,
+            "forbidden",
+        )
+        .await;
+    w.api
+        .expect(
+            Method::PATCH,
+            &format!("/v1/orgs/org-a/notes/{note}"),
+            Some(&w.a_viewer.1),
+            Some(json!({"title": "v"})),
+            404,
+            "not-found",
+        )
+        .await;
+    // editor: writes others' rows, cannot delete them
+    w.api
+        .ok(
+            Method::PATCH,
+            &format!("/v1/orgs/org-a/notes/{note}"),
+            &w.a_editor.1,
+            Some(json!({"title": "edited"})),
+        )
+        .await;
+    w.api
+        .expect(
+            Method::DELETE,
+            &format!("/v1/orgs/org-a/notes/{note}"),
+            Some(&w.a_editor.1),
+            None,
+            403,
+            "forbidden",
+        )
+        .await;
+    let own = w
+        .api
+        .ok(
+            Method::POST,
+            "/v1/orgs/org-a/notes",
+            &w.a_editor.1,
+            Some(json!({"title": "mine"})),
+        )
+        .await;
+    w.api
+        .ok(
+            Method::DELETE,
+            &format!("/v1/orgs/org-a/notes/{}", own["id"].as_str().unwrap()),
+            &w.a_editor.1,
+            None,
+        )
+        .await;
+    // member without an app role: sees nothing, writes nothing, no admin routes
+    let v = w
+        .api
+        .ok(Method::GET, "/v1/orgs/org-a/notes", &w.a_member.1, None)
+        .await;
+    assert_eq!(v["items"].as_array().unwrap().len(), 0);
+    w.api
+        .expect(
+            Method::POST,
+            "/v1/orgs/org-a/notes",
+            Some(&w.a_member.1),
+            Some(json!({"title": "m"})),
+            403,
+            "forbidden",
+        )
+        .await;
+    let m = &w.a_member.1;
+    for (method, path, body) in [
+        (
+            Method::PATCH,
+            "/v1/orgs/org-a".to_string(),
+            Some(json!({"name": "x"})),
+        ),
+        (
+            Method::POST,
+            "/v1/orgs/org-a/members".into(),
+            Some(json!({"email": "owner@b.example", "role": "admin"})),
+        ),
+        (
+            Method::PATCH,
+            format!("/v1/orgs/org-a/members/{}", w.a_viewer.0),
+            Some(json!({"role": "admin"})),
+        ),
+        (
+            Method::DELETE,
+            format!("/v1/orgs/org-a/members/{}", w.a_viewer.0),
+            None,
+        ),
+        (
+            Method::PUT,
+            format!("/v1/orgs/org-a/members/{}/apps/notes", w.a_member.0),
+            Some(json!({"role": "admin"})),
+        ),
+        (Method::GET, "/v1/orgs/org-a/invitations".into(), None),
+        (
+            Method::POST,
+            "/v1/orgs/org-a/invitations".into(),
+            Some(json!({"email": "x@y.example", "role": "admin"})),
+        ),
+        (Method::GET, "/v1/orgs/org-a/api-keys".into(), None),
+        (
+            Method::POST,
+            "/v1/orgs/org-a/api-keys".into(),
+            Some(json!({"name": "k", "scopes": ["*:admin"]})),
+        ),
+        (
+            Method::POST,
+            "/v1/orgs/org-a/roles".into(),
+            Some(json!({"name": "r", "permissions": ["notes:admin"]})),
+        ),
+    ] {
+        w.api
+            .expect(method, &path, Some(m), body, 403, "forbidden")
+            .await;
+    }
+    w.api
+        .expect(
+            Method::POST,
+            "/v1/orgs/org-a/teams",
+            Some(m),
+            Some(json!({"name": "t"})),
+            403,
+            "forbidden",
+        )
+        .await;
+    // a custom role grants app rights
+    let role = w
+        .api
+        .ok(
+            Method::POST,
+            "/v1/orgs/org-a/roles",
+            &w.a_owner.1,
+            Some(json!({"name": "writers", "permissions": ["notes:editor"]})),
+        )
+        .await;
+    w.api
+        .ok(
+            Method::PUT,
+            &format!(
+                "/v1/orgs/org-a/members/{}/roles/{}",
+                w.a_member.0,
+                role["id"].as_str().unwrap()
+            ),
+            &w.a_owner.1,
+            None,
+        )
+        .await;
+    w.api
+        .ok(
+            Method::POST,
+            "/v1/orgs/org-a/notes",
+            m,
+            Some(json!({"title": "now I can"})),
+        )
+        .await;
+    // admins cannot make owners; the last owner cannot leave
+    w.api
+        .ok(
+            Method::PATCH,
+            &format!("/v1/orgs/org-a/members/{}", w.a_editor.0),
+            &w.a_owner.1,
+            Some(json!({"role": "admin"})),
+        )
+        .await;
+    w.api
+        .expect(
+            Method::PATCH,
+            &format!("/v1/orgs/org-a/members/{}", w.a_viewer.0),
+            Some(&w.a_editor.1),
+            Some(json!({"role": "owner"})),
+            403,
+            "forbidden",
+        )
+        .await;
+    w.api
+        .expect(
+            Method::PATCH,
+            &format!("/v1/orgs/org-a/members/{}", w.a_owner.0),
+            Some(&w.a_editor.1),
+            Some(json!({"role": "member"})),
+            403,
+            "forbidden",
+        )
+        .await;
+    w.api
+        .expect(
+            Method::DELETE,
+            &format!("/v1/orgs/org-a/members/{}", w.a_owner.0),
+            Some(&w.a_owner.1),
+            None,
+            409,
+            "conflict",
+        )
+        .await;
+    // a removed member loses access at once
+    w.api
+        .ok(
+            Method::DELETE,
+            &format!("/v1/orgs/org-a/members/{}", w.a_viewer.0),
+            &w.a_owner.1,
+            None,
+        )
+        .await;
+    w.api
+        .expect(
+            Method::GET,
+            "/v1/orgs/org-a/notes",
+            Some(&w.a_viewer.1),
+            None,
+            404,
+            "not-found",
+        )
+        .await;
+}
+
+#[tokio::test]
+async fn credentials_are_checked_by_the_database() {
+    let w = world().await;
+    let api = &w.api;
+    let (s, _) = api
+        .call(Method::GET, "/v1/orgs/org-a/notes", None, None)
+        .await;
+    assert_eq!(s, StatusCode::UNAUTHORIZED);
+    let resp = api
+        .http
+        .get(format!("{}/v1/me", api.base))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(
+        resp.headers()["www-authenticate"],
+        "Bearer realm=\"orgbase\""
+    );
+    let resp = api
+        .http
+        .get(format!("{}/v1/me", api.base))
+        .header("authorization", "Basic YTpi")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), StatusCode::UNAUTHORIZED);
+    for bad in ["obs_0000", "not-a-token", &format!("{}x", w.a_owner.1)] {
+        api.expect(
+            Method::GET,
+            "/v1/orgs/org-a/notes",
+            Some(bad),
+            None,
+            401,
+            "unauthorized",
+        )
+        .await;
+        api.expect(Method::GET, "/v1/me", Some(bad), None, 401, "unauthorized")
+            .await;
+    }
+    // wrong password and unknown email look the same
+    let a = api
+        .expect(
+            Method::POST,
+            "/v1/auth/login",
+            None,
+            Some(json!({"email": "owner@a.example", "password": "nope-nope"})),
+            401,
+            "unauthorized",
+        )
+        .await;
+    let b = api
+        .expect(
+            Method::POST,
+            "/v1/auth/login",
+            None,
+            Some(json!({"email": "nobody@a.example", "password": "nope-nope"})),
+            401,
+            "unauthorized",
+        )
+        .await;
+    assert_eq!(a["detail"], b["detail"]);
+    // refresh rotates: the old pair dies
+    let login = api
+        .ok(
+            Method::POST,
+            "/v1/auth/login",
+            "",
+            Some(json!({"email": "editor@a.example", "password": "password-1234"})),
+        )
+        .await;
+    let (tok, refresh) = (
+        login["token"].as_str().unwrap(),
+        login["refresh_token"].as_str().unwrap(),
+    );
+    let fresh = api
+        .ok(
+            Method::POST,
+            "/v1/auth/refresh",
+            "",
+            Some(json!({"refresh_token": refresh})),
+        )
+        .await;
+    api.expect(Method::GET, "/v1/me", Some(tok), None, 401, "unauthorized")
+        .await;
+    api.expect(
+        Method::POST,
+        "/v1/auth/refresh",
+        None,
+        Some(json!({"refresh_token": refresh})),
+        401,
+        "unauthorized",
+    )
+    .await;
+    let new_tok = fresh["token"].as_str().unwrap();
+    api.ok(Method::GET, "/v1/orgs/org-a/notes", new_tok, None)
+        .await;
+    // logout revokes
+    api.ok(Method::POST, "/v1/auth/logout", new_tok, None).await;
+    api.expect(
+        Method::GET,
+        "/v1/orgs/org-a/notes",
+        Some(new_tok),
+        None,
+        401,
+        "unauthorized",
+    )
+    .await;
+    // an expired or idle session, and a suspended user
+    let admin = w.db.admin().await;
+    admin.batch_execute("UPDATE orgbase.sessions SET expires_at = now() - interval '1 second' WHERE user_id = (SELECT id FROM orgbase.users WHERE email = 'viewer@a.example')").await.unwrap();
+    api.expect(
+        Method::GET,
+        "/v1/orgs/org-a/notes",
+        Some(&w.a_viewer.1),
+        None,
+        401,
+        "unauthorized",
+    )
+    .await;
+    admin.batch_execute("UPDATE orgbase.sessions SET last_seen_at = now() - interval '25 hours' WHERE user_id = (SELECT id FROM orgbase.users WHERE email = 'member@a.example')").await.unwrap();
+    api.expect(
+        Method::GET,
+        "/v1/orgs/org-a/notes",
+        Some(&w.a_member.1),
+        None,
+        401,
+        "unauthorized",
+    )
+    .await;
+    admin
+        .batch_execute(
+            "UPDATE orgbase.users SET status = 'suspended' WHERE email = 'owner@b.example'",
+        )
+        .await
+        .unwrap();
+    api.expect(
+        Method::GET,
+        "/v1/orgs/org-b/notes",
+        Some(&w.b_owner.1),
+        None,
+        401,
+        "unauthorized",
+    )
+    .await;
+}
+
+#[tokio::test]
+async fn api_keys_are_scoped_to_org_scopes_and_addresses() {
+    let w = world().await;
+    let api = &w.api;
+    let owner = &w.a_owner.1;
+    let read = api
+        .ok(
+            Method::POST,
+            "/v1/orgs/org-a/api-keys",
+            owner,
+            Some(json!({"name": "reader", "scopes": ["notes:read"]})),
+        )
+        .await;
+    let key = read["key"].as_str().unwrap();
+    assert!(key.starts_with("obk_"));
+    let listed = api
+        .ok(Method::GET, "/v1/orgs/org-a/api-keys", owner, None)
+        .await;
+    assert!(!listed.to_string().contains(key), "keys are shown once");
+    let v = api.ok(Method::GET, "/v1/orgs/org-a/notes", key, None).await;
+    assert_eq!(v["items"].as_array().unwrap().len(), 1);
+    api.expect(
+        Method::POST,
+        "/v1/orgs/org-a/notes",
+        Some(key),
+        Some(json!({"title": "k"})),
+        403,
+        "forbidden",
+    )
+    .await;
+    api.expect(
+        Method::GET,
+        "/v1/orgs/org-a/projects/00000000-0000-0000-0000-000000000000",
+        Some(key),
+        None,
+        404,
+        "not-found",
+    )
+    .await;
+    api.expect(
+        Method::GET,
+        "/v1/orgs/org-b/notes",
+        Some(key),
+        None,
+        404,
+        "not-found",
+    )
+    .await;
+    api.expect(
+        Method::GET,
+        "/v1/orgs/org-a/api-keys",
+        Some(key),
+        None,
+        403,
+        "forbidden",
+    )
+    .await;
+    let fenced = api
+        .ok(
+            Method::POST,
+            "/v1/orgs/org-a/api-keys",
+            owner,
+            Some(json!({"name": "fenced", "scopes": ["*:write"], "ip_allow": ["10.0.0.0/8"]})),
+        )
+        .await;
+    api.expect(
+        Method::GET,
+        "/v1/orgs/org-a/notes",
+        fenced["key"].as_str(),
+        None,
+        403,
+        "ip-not-allowed",
+    )
+    .await;
+    let local = api
+        .ok(
+            Method::POST,
+            "/v1/orgs/org-a/api-keys",
+            owner,
+            Some(json!({"name": "local", "scopes": ["*:write"], "ip_allow": ["127.0.0.1/32"]})),
+        )
+        .await;
+    api.ok(
+        Method::POST,
+        "/v1/orgs/org-a/notes",
+        local["key"].as_str().unwrap(),
+        Some(json!({"title": "by key"})),
+    )
+    .await;
+    api.ok(
+        Method::DELETE,
+        &format!("/v1/orgs/org-a/api-keys/{}", read["id"].as_str().unwrap()),
+        owner,
+        None,
+    )
+    .await;
+    api.expect(
+        Method::GET,
+        "/v1/orgs/org-a/notes",
+        Some(key),
+        None,
+        401,
+        "unauthorized",
+    )
+    .await;
+    let expired = api
+        .ok(
+            Method::POST,
+            "/v1/orgs/org-a/api-keys",
+            owner,
+            Some(
+                json!({"name": "old", "scopes": ["*:read"], "expires_at": "2020-01-01T00:00:00Z"}),
+            ),
+        )
+        .await;
+    api.expect(
+        Method::GET,
+        "/v1/orgs/org-a/notes",
+        expired["key"].as_str(),
+        None,
+        401,
+        "unauthorized",
+    )
+    .await;
+    api.expect(
+        Method::POST,
+        "/v1/orgs/org-a/api-keys",
+        Some(owner),
+        Some(json!({"name": "bad", "scopes": ["notes:everything"]})),
+        422,
+        "validation",
+    )
+    .await;
+    api.expect(
+        Method::POST,
+        "/v1/orgs/org-a/api-keys",
+        Some(owner),
+        Some(json!({"name": "bad", "scopes": ["*:read"], "ip_allow": ["nope"]})),
+        422,
+        "validation",
+    )
+    .await;
+}
+
+/// SQL run as the runtime role inside a request transaction (what an injection could do)
+/// cannot move the transaction to another organization or mint credentials.
+#[tokio::test]
+async fn injected_sql_in_a_request_cannot_switch_org_or_mint_sessions() {
+    let w = world().await;
+    let pool = w.db.pool();
+    let caller = orgbase_db::Caller {
+        cred_hash: orgbase_db::auth::token_hash(&w.a_owner.1),
+        ip: None,
+    };
+    let b_org = w.org_b_id.clone();
+    let b_hash = orgbase_db::auth::token_hash(&w.b_owner.1);
+    for injected in [
+        format!("SELECT set_config('orgbase.org_id', '{b_org}', true)"),
+        format!("SET LOCAL orgbase.org_id = '{b_org}'"),
+        format!("SET orgbase.org_id = '{b_org}'"),
+    ] {
+        let r = orgbase_db::request::many(
+            &pool,
+            &caller,
+            "org-a",
+            async |c: &tokio_postgres::Client, _: &orgbase_db::Context| {
+                c.batch_execute(&injected).await?;
+                let rows = c.query("SELECT title FROM orgbase.notes", &[]).await?;
+                Ok(rows
+                    .iter()
+                    .map(|r| r.get::<_, String>(0))
+                    .collect::<Vec<_>>())
+            },
+        )
+        .await;
+        match r {
+            Err(orgbase_db::ReqError::Db(e)) => {
+                assert_eq!(
+                    e.as_db_error().unwrap().hint(),
+                    Some("orgbase_bad_context"),
+                    "{injected}"
+                );
+            }
+            other => panic!("{injected}: {other:?}"),
+        }
+    }
+    // A second begin_request (even with a stolen token) is refused.
+    let r = orgbase_db::request::many(
+        &pool,
+        &caller,
+        "org-a",
+        async |c: &tokio_postgres::Client, _: &orgbase_db::Context| {
+            c.query(
+                "SELECT * FROM orgbase.begin_request($1, 'org-b')",
+                &[&&b_hash[..]],
+            )
+            .await?;
+            Ok(())
+        },
+    )
+    .await;
+    assert!(
+        matches!(&r, Err(orgbase_db::ReqError::Db(e)) if e.as_db_error().unwrap().hint() == Some("orgbase_context_twice")),
+        "{r:?}"
+    );
+    // Identity functions that need the server key refuse the runtime role without it.
+    let client = pool.get().await.unwrap();
+    let uid = uuid::Uuid::parse_str(&w.b_owner.0).unwrap();
+    for (sql, params) in [
+        (
+            "SELECT orgbase.create_session(gen_random_uuid(), $1, $2, $2, NULL, NULL, true, '1 day', '1 day', extract(epoch FROM now())::bigint, '\\x00')",
+            vec![
+                &uid as &(dyn tokio_postgres::types::ToSql + Sync),
+                &&[7u8; 32][..],
+            ],
+        ),
+        (
+            "SELECT * FROM orgbase.login_lookup('owner@b.example', extract(epoch FROM now())::bigint, $1)",
+            vec![&&[0u8; 32][..]],
+        ),
+        (
+            "SELECT orgbase.totp_confirm($1, extract(epoch FROM now())::bigint, '\\x00')",
+            vec![&&b_hash[..]],
+        ),
+    ] {
+        let e = client.query(sql, &params).await.unwrap_err();
+        assert_eq!(
+            e.as_db_error().unwrap().hint(),
+            Some("orgbase_bad_proof"),
+            "{sql}"
+        );
+    }
+    for sql in [
+        "SELECT token_hash FROM orgbase.sessions",
+        "SELECT key_hash FROM orgbase.api_keys",
+        "SELECT token_hash FROM orgbase.invitations",
+        "SELECT * FROM orgbase.context_key",
+    ] {
+        let e = client.query(sql, &[]).await.unwrap_err();
+        assert!(
+            e.as_db_error()
+                .unwrap()
+                .message()
+                .contains("permission denied"),
+            "{sql}"
+        );
+    }
+}
+
+#[tokio::test]
+async fn bad_input_is_refused_and_changes_nothing() {
+    let w = world().await;
+    let api = &w.api;
+    let t = &w.a_owner.1;
+    let url = format!("{}/v1/orgs/org-a/notes", api.base);
+    let count = |v: &Value| v["items"].as_array().unwrap().len();
+    let before = count(&api.ok(Method::GET, "/v1/orgs/org-a/notes", t, None).await);
+    let send = |body: &'static str, ct: &'static str| {
+        api.http
+            .post(&url)
+            .bearer_auth(t)
+            .header("content-type", ct)
+            .body(body)
+            .send()
+    };
+    let r = send("{\"title\":", "application/json").await.unwrap();
+    assert_eq!(r.status(), 400);
+    assert_eq!(
+        r.json::<Value>().await.unwrap()["type"],
+        "urn:orgbase:problem:invalid-json"
+    );
+    let r = send("{\"title\":\"x\"}", "text/plain").await.unwrap();
+    assert_eq!(r.status(), 415);
+    let big = "x".repeat(70 * 1024);
+    let r = api
+        .http
+        .post(&url)
+        .bearer_auth(t)
+        .json(&json!({"title": "x", "body": big}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 413);
+    for body in [
+        json!([1, 2]),
+        json!({"title": 5}),
+        json!({"title": "x", "nope": 1}),
+        json!({"body": "no title"}),
+        json!({"title": "x", "tags": "notalist"}),
+        json!({"title": ""}),
+        json!({"title": null}),
+        json!({"title": "x", "id": "not-a-uuid"}),
+    ] {
+        api.expect(
+            Method::POST,
+            "/v1/orgs/org-a/notes",
+            Some(t),
+            Some(body),
+            422,
+            "validation",
+        )
+        .await;
+    }
+    api.expect(
+        Method::GET,
+        "/v1/orgs/org-a/notes/not-a-uuid",
+        Some(t),
+        None,
+        400,
+        "bad-request",
+    )
+    .await;
+    api.expect(
+        Method::GET,
+        "/v1/orgs/org-a/no_such_table",
+        Some(t),
+        None,
+        404,
+        "not-found",
+    )
+    .await;
+    for q in [
+        "limit=0",
+        "limit=500",
+        "limit=abc",
+        "cursor=garbage",
+        "sort=body",
+        "body=x",
+        "nonsense=1",
+        "created_at.gte=yesterday",
+        "id=nope",
+    ] {
+        api.expect(
+            Method::GET,
+            &format!("/v1/orgs/org-a/notes?{q}"),
+            Some(t),
+            None,
+            422,
+            "validation",
+        )
+        .await;
+    }
+    api.expect(
+        Method::POST,
+        "/v1/orgs",
+        Some(t),
+        Some(json!({"name": "x", "slug": "Bad Slug"})),
+        422,
+        "validation",
+    )
+    .await;
+    api.expect(
+        Method::POST,
+        "/v1/orgs",
+        Some(t),
+        Some(json!({"name": "x", "slug": "org-b"})),
+        409,
+        "conflict",
+    )
+    .await;
+    api.expect(
+        Method::POST,
+        "/v1/auth/signup",
+        None,
+        Some(json!({"email": "owner@a.example", "password": "password-1234"})),
+        409,
+        "conflict",
+    )
+    .await;
+    api.expect(
+        Method::POST,
+        "/v1/auth/signup",
+        None,
+        Some(json!({"email": "bad", "password": "password-1234"})),
+        422,
+        "validation",
+    )
+    .await;
+    api.expect(
+        Method::POST,
+        "/v1/auth/signup",
+        None,
+        Some(json!({"email": "ok@x.example", "password": "short"})),
+        422,
+        "validation",
+    )
+    .await;
+    api.expect(
+        Method::PATCH,
+        &format!("/v1/orgs/org-a/notes/{}", w.a_note),
+        Some(t),
+        Some(json!({"org_id": w.org_b_id})),
+        422,
+        "validation",
+    )
+    .await;
+    assert_eq!(
+        count(&api.ok(Method::GET, "/v1/orgs/org-a/notes", t, None).await),
+        before
+    );
+}
+
+#[tokio::test]
+async fn pages_filters_versions_and_soft_delete() {
+    let w = world().await;
+    let api = &w.api;
+    let t = &w.a_owner.1;
+    for i in 0..6 {
+        api.ok(
+            Method::POST,
+            "/v1/orgs/org-a/notes",
+            t,
+            Some(json!({"title": format!("n{i}")})),
+        )
+        .await;
+    }
+    let mut seen = Vec::new();
+    let mut path = "/v1/orgs/org-a/notes?limit=3".to_string();
+    loop {
+        let page = api.ok(Method::GET, &path, t, None).await;
+        seen.extend(
+            page["items"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|n| n["title"].as_str().unwrap().to_string()),
+        );
+        match page["next_cursor"].as_str() {
+            Some(c) => path = format!("/v1/orgs/org-a/notes?limit=3&cursor={c}"),
+            None => break,
+        }
+    }
+    assert_eq!(seen, vec!["n5", "n4", "n3", "n2", "n1", "n0", "a-secret"]);
+    let asc = api
+        .ok(
+            Method::GET,
+            "/v1/orgs/org-a/notes?sort=created_at&limit=1",
+            t,
+            None,
+        )
+        .await;
+    assert_eq!(asc["items"][0]["title"], "a-secret");
+    let p = api
+        .ok(
+            Method::POST,
+            "/v1/orgs/org-a/projects",
+            t,
+            Some(json!({"name": "P"})),
+        )
+        .await;
+    let pid = p["id"].as_str().unwrap();
+    for (title, status) in [("t1", "todo"), ("t2", "done"), ("t3", "done")] {
+        api.ok(Method::POST, "/v1/orgs/org-a/tasks", t, Some(json!({"title": title, "project_id": pid, "status": status, "due_date": "2030-01-31"}))).await;
+    }
+    let done = api
+        .ok(
+            Method::GET,
+            &format!("/v1/orgs/org-a/tasks?status=done&project_id={pid}"),
+            t,
+            None,
+        )
+        .await;
+    assert_eq!(done["items"].as_array().unwrap().len(), 2);
+    api.expect(
+        Method::POST,
+        "/v1/orgs/org-a/tasks",
+        Some(t),
+        Some(json!({"title": "x", "project_id": pid, "status": "someday"})),
+        422,
+        "validation",
+    )
+    .await;
+    // optimistic concurrency
+    let note = &w.a_note;
+    let resp = api
+        .http
+        .get(format!("{}/v1/orgs/org-a/notes/{note}", api.base))
+        .bearer_auth(t)
+        .send()
+        .await
+        .unwrap();
+    let etag = resp.headers()["etag"].to_str().unwrap().to_string();
+    let patch = |tag: String| {
+        api.http
+            .patch(format!("{}/v1/orgs/org-a/notes/{note}", api.base))
+            .bearer_auth(t)
+            .header("if-match", tag)
+            .json(&json!({"body": "v2"}))
+            .send()
+    };
+    assert_eq!(patch(etag.clone()).await.unwrap().status(), 200);
+    let stale = patch(etag).await.unwrap();
+    assert_eq!(stale.status(), 412);
+    assert_eq!(
+        stale.json::<Value>().await.unwrap()["type"],
+        "urn:orgbase:problem:precondition-failed"
+    );
+    // soft delete and restore
+    api.ok(
+        Method::DELETE,
+        &format!("/v1/orgs/org-a/notes/{note}"),
+        t,
+        None,
+    )
+    .await;
+    api.expect(
+        Method::GET,
+        &format!("/v1/orgs/org-a/notes/{note}"),
+        Some(t),
+        None,
+        404,
+        "not-found",
+    )
+    .await;
+    api.expect(
+        Method::DELETE,
+        &format!("/v1/orgs/org-a/notes/{note}"),
+        Some(t),
+        None,
+        404,
+        "not-found",
+    )
+    .await;
+    let back = api
+        .ok(
+            Method::POST,
+            &format!("/v1/orgs/org-a/notes/{note}/restore"),
+            t,
+            None,
+        )
+        .await;
+    assert_eq!(back["body"], "v2");
+}
+
+#[tokio::test]
+async fn invitations_teams_and_totp() {
+    let w = world().await;
+    let api = &w.api;
+    let owner = &w.a_owner.1;
+    let inv = api
+        .ok(
+            Method::POST,
+            "/v1/orgs/org-a/invitations",
+            owner,
+            Some(json!({"email": "Carol@Example.com", "role": "manager"})),
+        )
+        .await;
+    let token = inv["token"].as_str().unwrap();
+    let (_, carol) = api.user("carol@example.com").await;
+    let (_, dave) = api.user("dave@example.com").await;
+    api.expect(
+        Method::POST,
+        &format!("/v1/invitations/{token}/accept"),
+        Some(&dave),
+        None,
+        404,
+        "not-found",
+    )
+    .await;
+    let org = api
+        .ok(
+            Method::POST,
+            &format!("/v1/invitations/{token}/accept"),
+            &carol,
+            None,
+        )
+        .await;
+    assert_eq!(org["slug"], "org-a");
+    api.expect(
+        Method::POST,
+        &format!("/v1/invitations/{token}/accept"),
+        Some(&carol),
+        None,
+        404,
+        "not-found",
+    )
+    .await;
+    // a manager runs teams
+    let team = api
+        .ok(
+            Method::POST,
+            "/v1/orgs/org-a/teams",
+            &carol,
+            Some(json!({"name": "Core"})),
+        )
+        .await;
+    let tid = team["id"].as_str().unwrap();
+    api.ok(
+        Method::PUT,
+        &format!("/v1/orgs/org-a/teams/{tid}/members/{}", w.a_editor.0),
+        &carol,
+        None,
+    )
+    .await;
+    api.expect(
+        Method::PUT,
+        &format!("/v1/orgs/org-a/teams/{tid}/members/{}", w.b_owner.0),
+        Some(&carol),
+        None,
+        422,
+        "validation",
+    )
+    .await;
+    let teams = api
+        .ok(Method::GET, "/v1/orgs/org-a/teams", &w.a_member.1, None)
+        .await;
+    assert_eq!(teams["items"][0]["members"].as_array().unwrap().len(), 1);
+    // TOTP
+    let e = api
+        .ok(Method::POST, "/v1/auth/mfa/totp/enroll", &carol, None)
+        .await;
+    let secret = totp_rs::Secret::Encoded(e["secret"].as_str().unwrap().to_string())
+        .to_bytes()
+        .unwrap();
+    let totp = orgbase_db::auth::totp(&secret, "carol@example.com").unwrap();
+    api.expect(
+        Method::POST,
+        "/v1/auth/mfa/totp/verify",
+        Some(&carol),
+        Some(json!({"code": "000000x"})),
+        422,
+        "validation",
+    )
+    .await;
+    let v = api
+        .ok(
+            Method::POST,
+            "/v1/auth/mfa/totp/verify",
+            &carol,
+            Some(json!({"code": totp.generate_current().unwrap()})),
+        )
+        .await;
+    assert_eq!(v["mfa_passed"], true);
+    api.expect(
+        Method::POST,
+        "/v1/auth/login",
+        None,
+        Some(json!({"email": "carol@example.com", "password": "password-1234"})),
+        403,
+        "mfa-required",
+    )
+    .await;
+    let s = api.ok(Method::POST, "/v1/auth/login", "", Some(json!({"email": "carol@example.com", "password": "password-1234", "totp": totp.generate_current().unwrap()}))).await;
+    assert_eq!(s["mfa_passed"], true);
+    // an organization that requires MFA refuses sessions without it
+    api.ok(
+        Method::PATCH,
+        "/v1/orgs/org-a",
+        owner,
+        Some(json!({"settings": {"require_mfa": true}})),
+    )
+    .await;
+    api.expect(
+        Method::GET,
+        "/v1/orgs/org-a/notes",
+        Some(&w.a_editor.1),
+        None,
+        403,
+        "mfa-required",
+    )
+    .await;
+    api.ok(
+        Method::GET,
+        "/v1/orgs/org-a/notes",
+        s["token"].as_str().unwrap(),
+        None,
+    )
+    .await;
+}
