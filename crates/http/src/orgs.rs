@@ -642,17 +642,15 @@ pub async fn create_team(
     if name.is_empty() || name.chars().count() > 200 {
         return Err(ApiError::field("name", "must be 1 to 200 characters"));
     }
-    let sql = format!(
-        "WITH t AS (INSERT INTO orgbase.teams (org_id, id, name, description) \
+    let sql = "WITH t AS (INSERT INTO orgbase.teams (org_id, id, name, description) \
          VALUES (orgbase.ctx_org(), $1, $2, $3) RETURNING *) \
          SELECT json_build_object('id', t.id, 'name', t.name, 'description', t.description, \
-         'created_at', t.created_at, 'members', '[]'::json)::text FROM t"
-    );
+         'created_at', t.created_at, 'members', '[]'::json)::text FROM t";
     let (_, rows) = request::one(
         &state.pool,
         &caller,
         &org,
-        &sql,
+        sql,
         &[&Uuid::now_v7(), &name, &body.description],
     )
     .await?;
