@@ -64,6 +64,44 @@ DROP FUNCTION orgbase.ctx_app_level(text);
 DROP FUNCTION orgbase.ctx_org_role();
 DROP FUNCTION orgbase.require_proof(text, text, bigint, bytea);
 
+CREATE OR REPLACE FUNCTION orgbase.ctx_mac(org text, usr text, org_role text, app_roles text)
+RETURNS text
+LANGUAGE sql STABLE SECURITY DEFINER
+SET search_path = pg_catalog, orgbase
+AS $$
+    SELECT encode(sha256(k.outer_key || sha256(k.inner_key || convert_to(
+               concat_ws('|', org, usr, org_role, app_roles, pg_backend_pid()::text,
+                         extract(epoch FROM transaction_timestamp())::text), 'UTF8'))), 'hex')
+      FROM orgbase.context_key k WHERE k.id = 1
+$$;
+
+CREATE OR REPLACE FUNCTION orgbase.ctx(OUT org_id uuid, OUT user_id uuid, OUT org_role text, OUT app_roles text)
+LANGUAGE plpgsql STABLE SECURITY DEFINER
+SET search_path = pg_catalog, orgbase
+AS $$
+DECLARE
+    o text := current_setting('orgbase.org_id', true);
+    u text := current_setting('orgbase.user_id', true);
+    r text := current_setting('orgbase.org_role', true);
+    a text := current_setting('orgbase.app_roles', true);
+    m text := current_setting('orgbase.ctx_mac', true);
+BEGIN
+    IF coalesce(o, '') = '' OR coalesce(m, '') = '' THEN
+        RAISE EXCEPTION 'no tenant context in this transaction'
+            USING ERRCODE = 'insufficient_privilege', HINT = 'orgbase_no_context';
+    END IF;
+    IF m IS DISTINCT FROM orgbase.ctx_mac(o, u, r, a) THEN
+        RAISE EXCEPTION 'invalid tenant context'
+            USING ERRCODE = 'insufficient_privilege', HINT = 'orgbase_bad_context';
+    END IF;
+    org_id := o::uuid;
+    user_id := u::uuid;
+    org_role := r;
+    app_roles := a;
+END
+$$;
+
+
 ALTER TABLE orgbase.members DROP COLUMN updated_at, DROP COLUMN deleted_at;
 ALTER TABLE orgbase.users DROP COLUMN totp_enabled;
 

@@ -125,6 +125,23 @@ fn ready(base: &str) -> bool {
 
 mod reqwest {
     //! A blocking GET via a tiny runtime (reqwest's blocking feature is not worth a dependency).
+    pub fn blocking_get_with(url: &str, token: &str) -> Result<(u16, String), String> {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .map_err(|e| e.to_string())?;
+        rt.block_on(async {
+            let r = ::reqwest::Client::new()
+                .get(url)
+                .bearer_auth(token)
+                .send()
+                .await
+                .map_err(|e| e.to_string())?;
+            let status = r.status().as_u16();
+            Ok((status, r.text().await.map_err(|e| e.to_string())?))
+        })
+    }
+
     pub fn blocking_get(url: &str) -> Result<u16, String> {
         let rt = tokio::runtime::Builder::new_current_thread()
             .enable_all()
@@ -268,5 +285,112 @@ fn migrate_commands() {
         !postmaster_running(&data),
         "a CLI command left PostgreSQL running"
     );
+    std::fs::remove_dir_all(dir).unwrap();
+}
+
+#[test]
+fn check_bench_seed_demo_and_purge() {
+    use nix::sys::signal::Signal;
+    let dir = temp_dir("orgbase-tools-");
+    let data = dir.join("data");
+    let with_data = |args: &[&str]| {
+        let mut c = orgbase();
+        c.arg("--data-dir").arg(&data).args(args);
+        c
+    };
+    let (ok, _, err) = run(&mut with_data(&["migrate", "up"]));
+    assert!(ok, "{err}");
+    let (ok, out, err) = run(&mut with_data(&["check"]));
+    assert!(ok, "{out}{err}");
+    assert!(out.contains("no findings"), "{out}");
+    // A product table with org_id but no row-level security is reported, one line per rule.
+    let (ok, _, err) = run(&mut with_data(&[
+        "db",
+        "psql",
+        "--",
+        "-c",
+        "create schema app; create table app.invoices (org_id uuid, id uuid primary key)",
+    ]));
+    assert!(ok, "{err}");
+    let (ok, out, _) = run(&mut with_data(&["check"]));
+    assert!(!ok, "{out}");
+    for rule in [
+        "rls-disabled",
+        "org-id-nullable",
+        "org-id-not-in-primary-key",
+        "unregistered",
+    ] {
+        assert!(
+            out.lines()
+                .any(|l| l.starts_with("app.invoices: ") && l.contains(rule)),
+            "{rule}: {out}"
+        );
+    }
+    run(&mut with_data(&[
+        "db",
+        "psql",
+        "--",
+        "-c",
+        "drop schema app cascade",
+    ]));
+
+    // bench seed writes fixtures whose tokens work against serve.
+    let mut s = start_serve(&data);
+    assert!(ready(&s.base));
+    let fx = dir.join("fx");
+    let (ok, out, err) = run(&mut with_data(&[
+        "bench", "seed", "--orgs", "2", "--users", "2", "--notes", "5", "--out",
+    ])
+    .arg(&fx));
+    assert!(ok, "{out}{err}");
+    let users = std::fs::read_to_string(fx.join("users.tsv")).unwrap();
+    let notes = std::fs::read_to_string(fx.join("notes.tsv")).unwrap();
+    assert_eq!(users.lines().count(), 4);
+    assert_eq!(notes.lines().count(), 10);
+    let first: Vec<&str> = users.lines().next().unwrap().split('\t').collect();
+    let (token, org) = (first[0], first[1]);
+    let note = notes
+        .lines()
+        .find(|l| l.starts_with(org))
+        .unwrap()
+        .split('\t')
+        .nth(1)
+        .unwrap();
+    let (status, body) =
+        reqwest::blocking_get_with(&format!("{}/v1/orgs/{org}/notes?limit=20", s.base), token)
+            .unwrap();
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(body.matches("\"title\"").count(), 5, "{body}");
+    let (status, _) =
+        reqwest::blocking_get_with(&format!("{}/v1/orgs/{org}/notes/{note}", s.base), token)
+            .unwrap();
+    assert_eq!(status, 200);
+    let other_org = users.lines().last().unwrap().split('\t').nth(1).unwrap();
+    assert_ne!(other_org, org);
+    let (status, _) =
+        reqwest::blocking_get_with(&format!("{}/v1/orgs/{other_org}/notes", s.base), token)
+            .unwrap();
+    assert_eq!(status, 404);
+
+    // demo prints credentials and working tokens; running it twice is fine.
+    for _ in 0..2 {
+        let (ok, out, err) = run(&mut with_data(&["demo"]));
+        assert!(ok, "{err}");
+        assert!(out.contains("password: demo-"), "{out}");
+        let token = out
+            .split("Bearer ")
+            .nth(1)
+            .and_then(|r| r.split('\'').next())
+            .unwrap();
+        let (status, body) =
+            reqwest::blocking_get_with(&format!("{}/v1/orgs/acme/notes", s.base), token).unwrap();
+        assert_eq!(status, 200, "{body}");
+        assert_eq!(body.matches("\"title\"").count(), 3, "{body}");
+    }
+    let (ok, out, err) = run(&mut with_data(&["purge", "--dry-run"]));
+    assert!(ok, "{err}");
+    assert!(out.contains("0 row(s) to remove"), "{out}");
+    signal(&s.child, Signal::SIGINT);
+    assert!(s.child.wait().unwrap().success());
     std::fs::remove_dir_all(dir).unwrap();
 }
