@@ -186,11 +186,13 @@ pub async fn demo(target: &Target, config: &Config) -> anyhow::Result<ExitCode> 
             )
             .await?
             .get(0);
-        for (_, id, role, apps, _, _) in &people {
+        for (i, (_, id, role, apps, _, _)) in people.iter().enumerate() {
+            // The first person owns the organization (an organization always keeps an owner).
+            let role = if i == 0 { "owner" } else { *role };
             tx.execute(
                 "INSERT INTO orgbase.members (org_id, user_id, role) VALUES ($1, $2, $3) \
                  ON CONFLICT (org_id, user_id) DO UPDATE SET role = EXCLUDED.role, deleted_at = NULL",
-                &[&org, id, role],
+                &[&org, id, &role],
             )
             .await?;
             for (app, app_role) in apps {
@@ -202,12 +204,6 @@ pub async fn demo(target: &Target, config: &Config) -> anyhow::Result<ExitCode> 
                 .await?;
             }
         }
-        // The owner must be an owner for the organization to keep one.
-        tx.execute(
-            "UPDATE orgbase.members SET role = 'owner' WHERE org_id = $1 AND user_id = $2",
-            &[&org, &owner],
-        )
-        .await?;
         let have: i64 = tx
             .query_one(
                 "SELECT count(*) FROM orgbase.notes WHERE org_id = $1",

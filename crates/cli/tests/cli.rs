@@ -89,6 +89,15 @@ struct Server {
     base: String,
 }
 
+impl Drop for Server {
+    /// A failing test must not leave a server behind (it would hold the test's output pipe).
+    fn drop(&mut self) {
+        if matches!(self.child.try_wait(), Ok(None)) {
+            let _ = self.child.kill();
+        }
+    }
+}
+
 fn start_serve(data: &Path) -> Server {
     let mut child = orgbase()
         .args(["serve", "--listen", "127.0.0.1:0", "--data-dir"])
@@ -338,7 +347,7 @@ fn check_bench_seed_demo_and_purge() {
     let mut s = start_serve(&data);
     assert!(ready(&s.base));
     let fx = dir.join("fx");
-    let (ok, out, err) = run(&mut with_data(&[
+    let (ok, out, err) = run(with_data(&[
         "bench", "seed", "--orgs", "2", "--users", "2", "--notes", "5", "--out",
     ])
     .arg(&fx));

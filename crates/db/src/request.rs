@@ -228,11 +228,13 @@ pub async fn one(
         client.query(&stmt, params),
         client.execute(&commit, &[]),
     );
+    // All four ran: the connection is idle again (COMMIT of a failed transaction rolls back),
+    // unless it broke, which the pool notices when it is next handed out.
+    conn.clean = true;
     b?;
     let c = c?;
     let rows = q?;
     e?;
-    conn.clean = true;
     Ok((context(&c), rows))
 }
 
