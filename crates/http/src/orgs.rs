@@ -37,6 +37,31 @@ fn admin_only(ctx: &Context) -> Result<(), ReqError> {
     }
 }
 
+/// An owner/admin change of exactly the rows `sql` names: 204 when it touched any, else 404.
+async fn admin_change(
+    state: &AppState,
+    caller: &orgbase_db::Caller,
+    org: &str,
+    sql: &str,
+    params: &[&(dyn tokio_postgres::types::ToSql + Sync)],
+) -> Result<StatusCode, ApiError> {
+    request::many(
+        &state.pool,
+        caller,
+        org,
+        async |c: &Client, ctx: &Context| {
+            admin_only(ctx)?;
+            if c.execute(sql, params).await? == 0 {
+                Err(ReqError::NotFound)
+            } else {
+                Ok(StatusCode::NO_CONTENT)
+            }
+        },
+    )
+    .await
+    .map_err(ApiError::from)
+}
+
 /// The first column of the first row, as JSON text.
 fn first_json(rows: &[tokio_postgres::Row]) -> Result<String, ReqError> {
     rows.first()
@@ -432,28 +457,15 @@ pub async fn remove_app_role(
     Bearer(caller): Bearer,
     Path((org, user, app)): Path<(String, Uuid, String)>,
 ) -> Result<StatusCode, ApiError> {
-    request::many(
-        &state.pool,
+    admin_change(
+        &state,
         &caller,
         &org,
-        async |c: &Client, ctx: &Context| {
-            admin_only(ctx)?;
-            let n = c
-                .execute(
-                    "DELETE FROM orgbase.app_permissions WHERE org_id = orgbase.ctx_org() \
+        "DELETE FROM orgbase.app_permissions WHERE org_id = orgbase.ctx_org() \
                  AND user_id = $1 AND app = $2",
-                    &[&user, &app],
-                )
-                .await?;
-            if n == 0 {
-                Err(ReqError::NotFound)
-            } else {
-                Ok(StatusCode::NO_CONTENT)
-            }
-        },
+        &[&user, &app],
     )
     .await
-    .map_err(ApiError::from)
 }
 
 // Invitations -------------------------------------------------------------------------------
@@ -559,23 +571,15 @@ pub async fn revoke_invitation(
     Bearer(caller): Bearer,
     Path((org, id)): Path<(String, Uuid)>,
 ) -> Result<StatusCode, ApiError> {
-    request::many(&state.pool, &caller, &org, async |c: &Client, ctx: &Context| {
-        admin_only(ctx)?;
-        let n = c
-            .execute(
-                "UPDATE orgbase.invitations SET revoked_at = now() WHERE org_id = orgbase.ctx_org() \
+    admin_change(
+        &state,
+        &caller,
+        &org,
+        "UPDATE orgbase.invitations SET revoked_at = now() WHERE org_id = orgbase.ctx_org() \
                  AND id = $1 AND revoked_at IS NULL AND accepted_at IS NULL",
-                &[&id],
-            )
-            .await?;
-        if n == 0 {
-            Err(ReqError::NotFound)
-        } else {
-            Ok(StatusCode::NO_CONTENT)
-        }
-    })
+        &[&id],
+    )
     .await
-    .map_err(ApiError::from)
 }
 
 /// Accept an invitation with the account it was sent to.
@@ -876,28 +880,15 @@ pub async fn revoke_api_key(
     Bearer(caller): Bearer,
     Path((org, id)): Path<(String, Uuid)>,
 ) -> Result<StatusCode, ApiError> {
-    request::many(
-        &state.pool,
+    admin_change(
+        &state,
         &caller,
         &org,
-        async |c: &Client, ctx: &Context| {
-            admin_only(ctx)?;
-            let n = c
-            .execute(
-                "UPDATE orgbase.api_keys SET revoked_at = now() WHERE org_id = orgbase.ctx_org() \
+        "UPDATE orgbase.api_keys SET revoked_at = now() WHERE org_id = orgbase.ctx_org() \
                  AND id = $1 AND revoked_at IS NULL",
-                &[&id],
-            )
-            .await?;
-            if n == 0 {
-                Err(ReqError::NotFound)
-            } else {
-                Ok(StatusCode::NO_CONTENT)
-            }
-        },
+        &[&id],
     )
     .await
-    .map_err(ApiError::from)
 }
 
 // Custom roles ------------------------------------------------------------------------------
@@ -1011,21 +1002,13 @@ pub async fn revoke_role(
     Bearer(caller): Bearer,
     Path((org, user, role)): Path<(String, Uuid, Uuid)>,
 ) -> Result<StatusCode, ApiError> {
-    request::many(&state.pool, &caller, &org, async |c: &Client, ctx: &Context| {
-        admin_only(ctx)?;
-        let n = c
-            .execute(
-                "DELETE FROM orgbase.member_roles WHERE org_id = orgbase.ctx_org() AND user_id = $1 \
+    admin_change(
+        &state,
+        &caller,
+        &org,
+        "DELETE FROM orgbase.member_roles WHERE org_id = orgbase.ctx_org() AND user_id = $1 \
                  AND role_id = $2",
-                &[&user, &role],
-            )
-            .await?;
-        if n == 0 {
-            Err(ReqError::NotFound)
-        } else {
-            Ok(StatusCode::NO_CONTENT)
-        }
-    })
+        &[&user, &role],
+    )
     .await
-    .map_err(ApiError::from)
 }
