@@ -60,6 +60,12 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 opened.close().await?;
                 code
             }
+            Command::Audit(cmd) => {
+                let opened = open(&config, true).await?;
+                let code = crate::audit::run(&opened.target, &config, cmd).await;
+                opened.close().await?;
+                code
+            }
             Command::Purge(args) => {
                 let opened = open(&config, true).await?;
                 let code = crate::tools::purge(&opened.target, &args).await;
@@ -222,9 +228,15 @@ async fn serve(config: Config, _args: ServeArgs) -> anyhow::Result<ExitCode> {
     }
     target.ensure_runtime_login().await?;
     let pool = target.runtime_pool(config.database.pool_max_size)?;
-    let services = {
+    let mut services = {
         let admin = target.admin().await?;
         orgbase_http::Services::load(pool.clone(), &admin).await?
+    };
+    let jobs = if services.key.is_some() {
+        services.checkpoints = Some(crate::audit::public_key(&config)?);
+        Some(crate::audit::Jobs::start(&target, &config, services.metrics.clone()).await?)
+    } else {
+        None
     };
     let app = orgbase_http::app(
         services,
@@ -268,6 +280,9 @@ async fn serve(config: Config, _args: ServeArgs) -> anyhow::Result<ExitCode> {
     )
     .await
     .context("serving HTTP")?;
+    if let Some(jobs) = jobs {
+        jobs.stop(&target).await;
+    }
     pool.close();
     opened.close().await?;
     say("orgbase stopped".into());

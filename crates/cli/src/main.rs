@@ -1,5 +1,6 @@
 //! The one `orgbase` binary: clap subcommands over the core, db and http crates.
 
+mod audit;
 mod commands;
 mod tools;
 
@@ -76,6 +77,9 @@ pub enum Command {
     /// search_path; views over tenant tables without security_invoker; a runtime role with
     /// BYPASSRLS or owning objects. Exits 1 on findings.
     Check,
+    /// The tamper-evident audit trail: verify the hash chains, seal, checkpoint.
+    #[command(subcommand)]
+    Audit(crate::audit::AuditCommand),
     /// Hard-delete rows soft-deleted longer ago than the grace period, in every tenant table.
     Purge(PurgeArgs),
     /// Create a demo data set: two organizations with an admin, a manager and an employee each,

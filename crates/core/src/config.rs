@@ -41,6 +41,42 @@ pub struct Config {
     pub database: DatabaseConfig,
     pub embedded: EmbeddedConfig,
     pub log: LogConfig,
+    pub audit: AuditConfig,
+}
+
+/// The audit trail and access logs (docs/audit.md).
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct AuditConfig {
+    /// How often the server seals new audit entries into the hash chains.
+    pub seal_interval_ms: u64,
+    /// How often the server writes a signed checkpoint of the chain heads (0: never).
+    pub checkpoint_interval_secs: u64,
+    /// Where checkpoints go [default: <data_dir>/audit-checkpoints].
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub checkpoint_dir: Option<PathBuf>,
+    /// Record every HTTP request in orgbase.access_log.
+    pub access_log: bool,
+}
+
+impl Default for AuditConfig {
+    fn default() -> Self {
+        Self {
+            seal_interval_ms: 1000,
+            checkpoint_interval_secs: 300,
+            checkpoint_dir: None,
+            access_log: true,
+        }
+    }
+}
+
+impl AuditConfig {
+    /// The checkpoint directory, relative to `data_dir` unless configured.
+    pub fn checkpoint_dir(&self, data_dir: &std::path::Path) -> PathBuf {
+        self.checkpoint_dir
+            .clone()
+            .unwrap_or_else(|| data_dir.join("audit-checkpoints"))
+    }
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
@@ -100,6 +136,7 @@ impl Default for Config {
             database: DatabaseConfig::default(),
             embedded: EmbeddedConfig::default(),
             log: LogConfig::default(),
+            audit: AuditConfig::default(),
         }
     }
 }
@@ -257,6 +294,9 @@ impl Config {
         }
         if self.database.connect_timeout_secs == 0 {
             return field("database.connect_timeout_secs", "must be at least 1");
+        }
+        if self.audit.seal_interval_ms < 10 {
+            return field("audit.seal_interval_ms", "must be at least 10");
         }
         if self.embedded.max_connections < 10 {
             return field("embedded.max_connections", "must be at least 10");

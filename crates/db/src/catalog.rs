@@ -64,6 +64,8 @@ pub struct Column {
     /// Second column of an index that starts with org_id (or the id): may be filtered and
     /// sorted on.
     pub indexed: bool,
+    /// Classification (SPEC R14): public, internal (the default), confidential, pii or phi.
+    pub class: String,
 }
 
 #[derive(Debug, Clone)]
@@ -74,6 +76,8 @@ pub struct Table {
     pub qualified: String,
     pub app: String,
     pub columns: Vec<Column>,
+    /// Holds a phi column: every read is recorded in orgbase.read_access_log.
+    pub phi: bool,
 }
 
 impl Table {
@@ -127,7 +131,10 @@ impl Catalog {
                                        AND ((i.indkey[0] = (SELECT attnum FROM pg_attribute
                                                               WHERE attrelid = a.attrelid AND attname = 'org_id')
                                              AND i.indkey[1] = a.attnum)
-                                            OR a.attname IN ('id', 'created_at')))
+                                            OR a.attname IN ('id', 'created_at'))),
+                            coalesce((SELECT cc.class FROM orgbase.column_classes cc
+                                       WHERE cc.table_name = a.attrelid::regclass
+                                         AND cc.column_name = a.attname), 'internal')
                        FROM pg_attribute a
                       WHERE a.attrelid = $1 AND a.attnum > 0 AND NOT a.attisdropped
                       ORDER BY a.attnum",
@@ -145,9 +152,10 @@ impl Catalog {
                         not_null: c.get(2),
                         has_default: c.get(3),
                         indexed: c.get(4),
+                        class: c.get(5),
                     }
                 })
-                .collect();
+                .collect::<Vec<_>>();
             let name = if same > 1 {
                 format!("{schema}.{rel}")
             } else {
@@ -159,6 +167,7 @@ impl Catalog {
                     name,
                     qualified: format!("{}.{}", quote_ident(&schema), quote_ident(&rel)),
                     app,
+                    phi: columns.iter().any(|c| c.class == "phi"),
                     columns,
                 }),
             );

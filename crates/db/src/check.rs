@@ -15,7 +15,7 @@ use crate::database::RUNTIME_ROLE;
 /// The role that must own every tenant table.
 const OWNER_ROLE: &str = "orgbase_owner";
 
-/// orgbase's own tables in the `orgbase` schema that are not tenant tables even when they have
+/// orgbase's own tables in the `orgbase` schema (and their partitions) that are not tenant tables even when they have
 /// an `org_id` column (members, invitations, api_keys, …): their row-level security is enabled but
 /// deliberately not forced, so that orgbase's SECURITY DEFINER functions can authenticate across
 /// organizations (docs/security.md); they are checked by the identity tests instead.
@@ -34,6 +34,12 @@ const IDENTITY_TABLES: &[&str] = &[
     "context_key",
     "schema_migrations",
     "tenant_tables",
+    // The audit trail and access logs: written by SECURITY DEFINER functions, read by
+    // organization admins under RLS (docs/audit.md); the logs are partitioned by month.
+    "audit_log",
+    "audit_heads",
+    "access_log",
+    "read_access_log",
 ];
 
 /// SQL predicate: the schema `n` is not a system schema.
@@ -122,6 +128,11 @@ async fn tenant_tables(client: &Client, out: &mut Vec<Finding>) -> Result<Vec<u3
                       WHERE c.relkind IN ('r', 'p') AND ",
                 user_schema!("n"),
                 "       AND NOT (n.nspname = 'orgbase' AND c.relname = ANY($1::text[]))
+                        AND NOT (c.relispartition AND EXISTS (
+                                 SELECT 1 FROM pg_class r
+                                  WHERE r.oid = pg_partition_root(c.oid)
+                                    AND r.relnamespace = 'orgbase'::regnamespace
+                                    AND r.relname = ANY($1::text[])))
                  )
                  SELECT c.oid,
                         format('%I.%I', n.nspname, c.relname),

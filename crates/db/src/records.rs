@@ -7,6 +7,7 @@ use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use deadpool_postgres::Pool;
 use serde_json::{Map, Value};
 use tokio_postgres::types::ToSql;
+use tokio_postgres::{Client, Row};
 use uuid::Uuid;
 
 use crate::catalog::{Kind, Table, quote_ident};
@@ -241,7 +242,21 @@ pub async fn list(
         wheres.join(" AND "),
         params.len()
     );
-    let (_, rows) = request::one(pool, caller, org, &sql, &params_ref(&params)).await?;
+    let rows = read(
+        pool,
+        caller,
+        org,
+        table,
+        &sql,
+        &params_ref(&params),
+        |rows| {
+            rows.iter()
+                .take(q.limit as usize)
+                .map(|r| r.get::<_, Uuid>(2))
+                .collect()
+        },
+    )
+    .await?;
     let more = rows.len() as i64 > q.limit;
     let mut items = String::from("[");
     let mut last = None;
@@ -280,8 +295,37 @@ pub async fn get(
         "SELECT row_to_json(t)::text, {ETAG} FROM {} t WHERE t.id = $1 AND t.deleted_at IS NULL",
         table.qualified
     );
-    let (_, rows) = request::one(pool, caller, org, &sql, &[&id]).await?;
+    let rows = read(pool, caller, org, table, &sql, &[&id], |_| vec![id]).await?;
     record(&rows)
+}
+
+/// A read: one pipelined statement, or for a table with phi columns the statement and the
+/// read-access log entry of the rows it returned, in one transaction.
+async fn read(
+    pool: &Pool,
+    caller: &Caller,
+    org: &str,
+    table: &Table,
+    sql: &str,
+    params: &[&(dyn ToSql + Sync)],
+    ids: impl FnOnce(&[Row]) -> Vec<Uuid>,
+) -> Result<Vec<Row>, ReqError> {
+    if !table.phi {
+        return Ok(request::one(pool, caller, org, sql, params).await?.1);
+    }
+    request::many(pool, caller, org, async |c: &Client, _| {
+        let rows = c.query(sql, params).await?;
+        let ids = ids(&rows);
+        if !ids.is_empty() {
+            c.execute(
+                "SELECT orgbase.log_read($1, $2)",
+                &[&table.qualified.replace('"', ""), &ids],
+            )
+            .await?;
+        }
+        Ok(rows)
+    })
+    .await
 }
 
 fn check_value(table: &Table, field: &str, v: &Value) -> Result<(), FieldError> {

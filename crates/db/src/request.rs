@@ -10,12 +10,25 @@ use tokio_postgres::types::ToSql;
 use tokio_postgres::{Client, Row, Statement};
 use uuid::Uuid;
 
-/// Who is asking: the SHA-256 of the bearer credential, and the client address (API keys may be
-/// limited to addresses).
-#[derive(Debug, Clone)]
+/// Who is asking: the SHA-256 of the bearer credential, the client address (API keys may be
+/// limited to addresses), and for the audit trail the request id and user agent.
+#[derive(Debug, Clone, Default)]
 pub struct Caller {
     pub cred_hash: [u8; 32],
     pub ip: Option<IpAddr>,
+    pub request_id: Option<String>,
+    pub user_agent: Option<String>,
+    /// Filled with the verified organization and user once the context is established, for
+    /// the access log.
+    pub seen: Option<std::sync::Arc<std::sync::OnceLock<(Uuid, Uuid)>>>,
+}
+
+impl Caller {
+    fn saw(&self, ctx: &Context) {
+        if let Some(slot) = &self.seen {
+            let _ = slot.set((ctx.org_id, ctx.user_id));
+        }
+    }
 }
 
 /// The verified tenant context of a request transaction.
@@ -182,7 +195,7 @@ impl Drop for Conn {
 }
 
 const BEGIN_REQUEST: &str =
-    "SELECT org_id, user_id, org_role, app_roles FROM orgbase.begin_request($1, $2, $3)";
+    "SELECT org_id, user_id, org_role, app_roles FROM orgbase.begin_request($1, $2, $3, $4, $5)";
 
 async fn statements(
     client: &deadpool_postgres::ClientWrapper,
@@ -219,9 +232,14 @@ pub async fn one(
     let mut conn = Conn::get(pool).await?;
     let client = conn.client()?;
     let (begin, ctx, stmt, commit) = statements(client, sql).await?;
-    let ip = caller.ip;
     let cred: &[u8] = &caller.cred_hash;
-    let ctx_params: [&(dyn ToSql + Sync); 3] = [&cred, &org_ref, &ip];
+    let ctx_params: [&(dyn ToSql + Sync); 5] = [
+        &cred,
+        &org_ref,
+        &caller.ip,
+        &caller.request_id,
+        &caller.user_agent,
+    ];
     let (b, c, q, e) = tokio::join!(
         client.execute(&begin, &[]),
         client.query_one(&ctx, &ctx_params),
@@ -232,10 +250,11 @@ pub async fn one(
     // unless it broke, which the pool notices when it is next handed out.
     conn.clean = true;
     b?;
-    let c = c?;
+    let c = context(&c?);
+    caller.saw(&c);
     let rows = q?;
     e?;
-    Ok((context(&c), rows))
+    Ok((c, rows))
 }
 
 /// Several statements in the caller's organization: BEGIN + context pipelined, then `f` with
@@ -253,16 +272,25 @@ pub async fn many<T>(
         client.prepare_cached(BEGIN_REQUEST)
     );
     let (begin, ctx) = (begin?, ctx?);
-    let ip = caller.ip;
     let cred: &[u8] = &caller.cred_hash;
-    let ctx_params: [&(dyn ToSql + Sync); 3] = [&cred, &org_ref, &ip];
+    let ctx_params: [&(dyn ToSql + Sync); 5] = [
+        &cred,
+        &org_ref,
+        &caller.ip,
+        &caller.request_id,
+        &caller.user_agent,
+    ];
     let (b, c) = tokio::join!(
         client.execute(&begin, &[]),
         client.query_one(&ctx, &ctx_params),
     );
     b?;
     let outcome = match c {
-        Ok(row) => f(client, &context(&row)).await,
+        Ok(row) => {
+            let ctx = context(&row);
+            caller.saw(&ctx);
+            f(client, &ctx).await
+        }
         Err(e) => Err(classify(e)),
     };
     match outcome {

@@ -42,9 +42,23 @@ impl<S: Send + Sync> FromRequestParts<S> for Bearer {
             .extensions
             .get::<ConnectInfo<SocketAddr>>()
             .map(|c| c.0.ip());
+        let user_agent = parts
+            .headers
+            .get(header::USER_AGENT)
+            .and_then(|v| v.to_str().ok())
+            .map(|v| v.chars().take(256).collect());
         Ok(Bearer(Caller {
             cred_hash: token_hash(token),
             ip,
+            request_id: parts
+                .extensions
+                .get::<crate::middleware::RequestId>()
+                .map(|r| r.0.clone()),
+            user_agent,
+            seen: parts
+                .extensions
+                .get::<crate::access::Seen>()
+                .map(|s| s.0.clone()),
         }))
     }
 }

@@ -185,11 +185,14 @@ pub async fn login(
     let row = rows.first();
     let hash: Option<String> = row.and_then(|r| r.get(1));
     let ok = auth::verify_password(body.password, hash).await?;
+    let (ip, ua) = client_meta(&headers, peer);
     let Some(row) = row.filter(|_| ok) else {
+        login_failed(&state, &email, ip, &ua, "password").await;
         return Err(ApiError::Unauthorized("wrong email or password".into()));
     };
     let status: String = row.get(2);
     if status != "active" {
+        login_failed(&state, &email, ip, &ua, "status").await;
         return Err(ApiError::Unauthorized(format!("this account is {status}")));
     }
     let user_id: Uuid = row.get(0);
@@ -200,14 +203,36 @@ pub async fn login(
         let code = body.totp.ok_or(ApiError::MfaRequired)?;
         let totp = auth::totp(&secret.unwrap_or_default(), &email)?;
         if !totp.check_current(code.trim()).unwrap_or(false) {
+            login_failed(&state, &email, ip, &ua, "totp").await;
             return Err(ApiError::MfaRequired);
         }
         mfa_passed = true;
     }
-    let (ip, ua) = client_meta(&headers, peer);
     Ok(Json(
         new_session(&state, user_id, mfa_passed, ip, ua).await?,
     ))
+}
+
+/// Record a failed login in the audit trail (account chain). A failure to record it is logged,
+/// not answered: the client hears about its login, not about the audit log.
+async fn login_failed(
+    state: &AppState,
+    email: &str,
+    ip: Option<std::net::IpAddr>,
+    ua: &Option<String>,
+    reason: &str,
+) {
+    let Ok(key) = state.key() else { return };
+    let (issued_at, proof) = key.proof("login-failed", email);
+    if let Err(e) = plain(
+        &state.pool,
+        "SELECT orgbase.login_failed($1, $2, $3, $4, $5)",
+        &[&email, &ip, &ua, &issued_at, &proof],
+    )
+    .await
+    {
+        tracing::warn!(error = %e, reason, "could not record a failed login");
+    }
 }
 
 /// Trade a refresh token for a new token pair. The old pair stops working; the absolute expiry

@@ -1,6 +1,8 @@
 //! The HTTP API: axum routes, middleware, the problem+json error type, metrics and the OpenAPI
 //! document. Handlers never touch the pool directly except through the db crate's services.
 
+pub mod access;
+pub mod audit;
 pub mod error;
 pub mod extract;
 pub mod health;
@@ -37,6 +39,11 @@ pub struct Services {
     /// `None` while the database is not migrated (readiness says so; identity routes answer 503).
     pub key: Option<ServerKey>,
     pub catalog: Catalog,
+    /// Shared with the server's background jobs (sealer, backups), which report through it.
+    pub metrics: Arc<Metrics>,
+    /// Where the signed audit checkpoints are, and the key that signs them, for
+    /// `GET /v1/orgs/{org}/audit/verify`.
+    pub checkpoints: Option<(std::path::PathBuf, String)>,
 }
 
 impl Services {
@@ -54,6 +61,8 @@ impl Services {
                 pool,
                 key: None,
                 catalog: Catalog::default(),
+                metrics: Arc::new(Metrics::new()),
+                checkpoints: None,
             });
         }
         let key = ServerKey::load(admin).await?;
@@ -62,6 +71,8 @@ impl Services {
             pool,
             key: Some(key),
             catalog,
+            metrics: Arc::new(Metrics::new()),
+            checkpoints: None,
         })
     }
 }
@@ -76,6 +87,8 @@ pub struct AppState {
     pub latest_migration: i64,
     catalog: Arc<RwLock<(Arc<Catalog>, Option<Instant>)>>,
     openapi: Arc<String>,
+    access: Option<access::AccessLog>,
+    checkpoints: Option<Arc<(std::path::PathBuf, String)>>,
 }
 
 impl AppState {
@@ -133,6 +146,7 @@ impl AppState {
         (name = "members", description = "Members, org roles, app roles, custom roles, invitations"),
         (name = "teams", description = "Teams within an organization"),
         (name = "api-keys", description = "Organization API keys (Bearer credentials with scopes)"),
+        (name = "audit", description = "The organization's tamper-evident audit trail"),
         (name = "records", description = "The generic API over every tenant table (notes, projects, tasks, …)"),
     ),
     modifiers(&BearerAuth),
@@ -194,6 +208,8 @@ fn routes() -> OpenApiRouter<AppState> {
         .routes(routes!(orgs::add_team_member, orgs::remove_team_member))
         .routes(routes!(orgs::create_api_key, orgs::list_api_keys))
         .routes(routes!(orgs::revoke_api_key))
+        .routes(routes!(audit::list))
+        .routes(routes!(audit::verify))
         .routes(routes!(tables::list, tables::create))
         .routes(routes!(tables::get, tables::update, tables::delete))
         .routes(routes!(tables::restore))
@@ -211,6 +227,8 @@ pub fn openapi() -> utoipa::openapi::OpenApi {
 pub struct HttpSettings {
     pub request_timeout: Duration,
     pub body_limit_bytes: usize,
+    /// Write every request to orgbase.access_log.
+    pub access_log: bool,
 }
 
 impl From<&Config> for HttpSettings {
@@ -218,6 +236,7 @@ impl From<&Config> for HttpSettings {
         Self {
             request_timeout: c.server.request_timeout(),
             body_limit_bytes: c.server.body_limit_bytes,
+            access_log: c.audit.access_log,
         }
     }
 }
@@ -226,10 +245,14 @@ impl From<&Config> for HttpSettings {
 pub fn app(services: Services, latest_migration: i64, settings: &HttpSettings) -> Router {
     let (router, mut doc) = routes().split_for_parts();
     doc.info.version = orgbase_core::VERSION.to_string();
+    let access = (settings.access_log && services.key.is_some())
+        .then(|| access::AccessLog::start(services.pool.clone(), services.metrics.clone()));
     let state = AppState {
+        access,
+        checkpoints: services.checkpoints.map(Arc::new),
         pool: services.pool,
         key: services.key.map(Arc::new),
-        metrics: Arc::new(Metrics::new()),
+        metrics: services.metrics,
         latest_migration,
         catalog: Arc::new(RwLock::new((Arc::new(services.catalog), None))),
         openapi: Arc::new(doc.to_json().unwrap_or_else(|_| "{}".into())),

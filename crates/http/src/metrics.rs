@@ -1,6 +1,7 @@
 //! Prometheus metrics in an explicit registry held by the app state.
 
 use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::Histogram;
@@ -21,6 +22,11 @@ pub struct Metrics {
     pub pool_size: Gauge,
     pub pool_available: Gauge,
     pub pool_waiting: Gauge,
+    pub access_log_dropped: Counter,
+    pub audit_sealed: Counter,
+    pub audit_seal_lag: Gauge<f64, std::sync::atomic::AtomicU64>,
+    pub audit_seal_failures: Counter,
+    pub audit_checkpoints: Counter,
 }
 
 fn latency_buckets() -> Histogram {
@@ -58,12 +64,47 @@ impl Metrics {
             "Requests waiting for a pool connection",
             pool_waiting.clone(),
         );
+        let access_log_dropped = Counter::default();
+        registry.register(
+            "access_log_dropped",
+            "Access log lines not written (queue full or database error)",
+            access_log_dropped.clone(),
+        );
+        let audit_sealed = Counter::default();
+        registry.register(
+            "audit_sealed_entries",
+            "Audit entries sealed into the hash chains",
+            audit_sealed.clone(),
+        );
+        let audit_seal_lag = Gauge::<f64, std::sync::atomic::AtomicU64>::default();
+        registry.register(
+            "audit_seal_lag_seconds",
+            "Age of the oldest entry in the last sealing round (write to seal)",
+            audit_seal_lag.clone(),
+        );
+        let audit_seal_failures = Counter::default();
+        registry.register(
+            "audit_seal_failures",
+            "Sealing rounds that failed",
+            audit_seal_failures.clone(),
+        );
+        let audit_checkpoints = Counter::default();
+        registry.register(
+            "audit_checkpoints_written",
+            "Signed audit checkpoints written",
+            audit_checkpoints.clone(),
+        );
         Self {
             registry,
             http_duration,
             pool_size,
             pool_available,
             pool_waiting,
+            access_log_dropped,
+            audit_sealed,
+            audit_seal_lag,
+            audit_seal_failures,
+            audit_checkpoints,
         }
     }
 

@@ -41,6 +41,13 @@ pub async fn observe(State(state): State<AppState>, mut req: Request, next: Next
         .and_then(acceptable_id)
         .unwrap_or_else(|| uuid::Uuid::now_v7().to_string());
     req.extensions_mut().insert(RequestId(id.clone()));
+    let seen = crate::access::Seen::default();
+    req.extensions_mut().insert(seen.clone());
+    let ip = req
+        .extensions()
+        .get::<axum::extract::ConnectInfo<std::net::SocketAddr>>()
+        .map(|c| c.0.ip());
+    let at = chrono::Utc::now();
     let method = req.method().clone();
     let span = tracing::info_span!("request", request_id = %id, method = %method, route = tracing::field::Empty);
     let mut resp = tracing::Instrument::instrument(next.run(req), span.clone()).await;
@@ -76,6 +83,18 @@ pub async fn observe(State(state): State<AppState>, mut req: Request, next: Next
         })
         .observe(elapsed.as_secs_f64());
     tracing::info!(parent: &span, status = status.as_u16(), latency_ms = elapsed.as_secs_f64() * 1000.0, "request");
+    if let Some(log) = &state.access {
+        log.record(crate::access::Line {
+            at,
+            seen: seen.0.get().copied(),
+            method: method.to_string(),
+            route,
+            status: status.as_u16(),
+            latency_ms: (elapsed.as_secs_f64() * 1000.0) as f32,
+            request_id: id,
+            ip,
+        });
+    }
     resp
 }
 

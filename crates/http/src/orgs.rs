@@ -27,7 +27,7 @@ fn valid_slug(s: &str) -> bool {
         && !s.starts_with('-')
 }
 
-fn admin_only(ctx: &Context) -> Result<(), ReqError> {
+pub(crate) fn admin_only(ctx: &Context) -> Result<(), ReqError> {
     if ctx.is_admin() {
         Ok(())
     } else {

@@ -118,6 +118,7 @@ async fn world() -> World {
     let settings = HttpSettings {
         request_timeout: Duration::from_secs(20),
         body_limit_bytes: 64 * 1024,
+        access_log: true,
     };
     let base = spawn_app(app(
         services,
@@ -953,7 +954,7 @@ async fn injected_sql_in_a_request_cannot_switch_org_or_mint_sessions() {
     let pool = w.db.pool();
     let caller = orgbase_db::Caller {
         cred_hash: orgbase_db::auth::token_hash(&w.a_owner.1),
-        ip: None,
+        ..Default::default()
     };
     let b_org = w.org_b_id.clone();
     let b_hash = orgbase_db::auth::token_hash(&w.b_owner.1);

@@ -1,0 +1,125 @@
+//! The HTTP access log (SPEC R13): one row per request in `orgbase.access_log` (method, matched
+//! route, status, latency, actor, organization), written in batches by a background task so a
+//! request never waits for its log line. A full queue drops lines and counts them
+//! (`orgbase_access_log_dropped_total`) rather than slowing requests down.
+
+use std::net::IpAddr;
+use std::sync::{Arc, OnceLock};
+use std::time::Duration;
+
+use chrono::{DateTime, Utc};
+use orgbase_db::Pool;
+use tokio::sync::mpsc;
+use uuid::Uuid;
+
+use crate::metrics::Metrics;
+
+/// Request extension filled by the request layer with the verified (organization, user).
+#[derive(Debug, Clone, Default)]
+pub struct Seen(pub Arc<OnceLock<(Uuid, Uuid)>>);
+
+/// One request, as logged.
+#[derive(Debug)]
+pub struct Line {
+    pub at: DateTime<Utc>,
+    pub seen: Option<(Uuid, Uuid)>,
+    pub method: String,
+    pub route: String,
+    pub status: u16,
+    pub latency_ms: f32,
+    pub request_id: String,
+    pub ip: Option<IpAddr>,
+}
+
+/// Queue capacity: lines beyond it are dropped and counted.
+const QUEUE: usize = 65_536;
+/// Lines per INSERT.
+const BATCH: usize = 4096;
+
+/// The sending side, cheap to clone.
+#[derive(Debug, Clone)]
+pub struct AccessLog {
+    tx: mpsc::Sender<Line>,
+    metrics: Arc<Metrics>,
+}
+
+impl AccessLog {
+    /// Start the writer on the current runtime. It stops (after writing what is queued) when
+    /// every `AccessLog` is dropped.
+    pub fn start(pool: Pool, metrics: Arc<Metrics>) -> Self {
+        let (tx, rx) = mpsc::channel(QUEUE);
+        tokio::spawn(writer(pool, rx, metrics.clone()));
+        Self { tx, metrics }
+    }
+
+    pub fn record(&self, line: Line) {
+        if self.tx.try_send(line).is_err() {
+            self.metrics.access_log_dropped.inc();
+        }
+    }
+}
+
+async fn writer(pool: Pool, mut rx: mpsc::Receiver<Line>, metrics: Arc<Metrics>) {
+    let mut buf = Vec::with_capacity(BATCH);
+    loop {
+        if rx.recv_many(&mut buf, BATCH).await == 0 {
+            return;
+        }
+        // Let a batch build up under load instead of one INSERT per request.
+        if buf.len() < BATCH {
+            tokio::time::sleep(Duration::from_millis(200)).await;
+            while buf.len() < BATCH {
+                match rx.try_recv() {
+                    Ok(l) => buf.push(l),
+                    Err(_) => break,
+                }
+            }
+        }
+        if let Err(e) = write(&pool, &buf).await {
+            metrics.access_log_dropped.inc_by(buf.len() as u64);
+            tracing::warn!(error = %e, lines = buf.len(), "access log: batch not written");
+        }
+        buf.clear();
+    }
+}
+
+async fn write(pool: &Pool, lines: &[Line]) -> Result<(), String> {
+    let client = pool.get().await.map_err(|e| e.to_string())?;
+    let stmt = client
+        .prepare_cached(
+            "SELECT orgbase.log_access($1::timestamptz[], $2::uuid[], $3::uuid[], $4::text[], \
+             $5::text[], $6::int2[], $7::float4[], $8::text[], $9::inet[])",
+        )
+        .await
+        .map_err(|e| e.to_string())?;
+    let at: Vec<DateTime<Utc>> = lines.iter().map(|l| l.at).collect();
+    let org: Vec<Option<Uuid>> = lines.iter().map(|l| l.seen.map(|s| s.0)).collect();
+    let user: Vec<Option<Uuid>> = lines.iter().map(|l| l.seen.map(|s| s.1)).collect();
+    let method: Vec<&str> = lines.iter().map(|l| l.method.as_str()).collect();
+    let route: Vec<&str> = lines.iter().map(|l| l.route.as_str()).collect();
+    let status: Vec<i16> = lines
+        .iter()
+        .map(|l| i16::try_from(l.status).unwrap_or(i16::MAX))
+        .collect();
+    let latency: Vec<f32> = lines.iter().map(|l| l.latency_ms).collect();
+    let rid: Vec<&str> = lines.iter().map(|l| l.request_id.as_str()).collect();
+    let ip: Vec<Option<IpAddr>> = lines.iter().map(|l| l.ip).collect();
+    client
+        .execute(
+            &stmt,
+            &[
+                &at as &(dyn tokio_postgres::types::ToSql + Sync),
+                &org,
+                &user,
+                &method,
+                &route,
+                &status,
+                &latency,
+                &rid,
+                &ip,
+            ],
+        )
+        .await
+        .map_err(|e| e.to_string())?;
+    Ok(())
+}
