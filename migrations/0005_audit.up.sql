@@ -219,6 +219,8 @@ CREATE TABLE orgbase.audit_heads (
     checkpointed_seq bigint NOT NULL DEFAULT 0
 );
 GRANT SELECT ON orgbase.audit_log, orgbase.audit_heads TO orgbase_readonly, orgbase_backup;
+-- (The schema's default privileges would give the runtime role DML on new tables.)
+REVOKE INSERT, UPDATE, DELETE ON orgbase.audit_log, orgbase.audit_heads FROM orgbase_runtime;
 
 -- Append-only: sealing fills the seal columns once; nothing else changes or removes an entry.
 -- (The runtime role has no INSERT, UPDATE or DELETE grant at all: entries are written by the
@@ -536,6 +538,7 @@ CREATE TABLE orgbase.column_classes (
     class text NOT NULL CHECK (class IN ('public', 'internal', 'confidential', 'pii', 'phi')),
     PRIMARY KEY (table_name, column_name)
 );
+REVOKE INSERT, UPDATE, DELETE ON orgbase.column_classes FROM orgbase_runtime;
 GRANT SELECT ON orgbase.column_classes TO orgbase_runtime, orgbase_readonly, orgbase_backup;
 
 --     SELECT orgbase.classify('myschema.patients', 'diagnosis', 'phi');
@@ -595,6 +598,10 @@ CREATE TABLE orgbase.read_access_log_std PARTITION OF orgbase.read_access_log FO
     PARTITION BY RANGE (at);
 CREATE TABLE orgbase.read_access_log_hipaa PARTITION OF orgbase.read_access_log FOR VALUES IN (true)
     PARTITION BY RANGE (at);
+-- Written only through log_access / log_read; not readable by the runtime role.
+REVOKE ALL ON orgbase.access_log, orgbase.access_log_std, orgbase.access_log_hipaa,
+              orgbase.read_access_log, orgbase.read_access_log_std, orgbase.read_access_log_hipaa
+    FROM orgbase_runtime;
 GRANT SELECT ON orgbase.access_log, orgbase.read_access_log TO orgbase_readonly, orgbase_backup;
 
 -- Monthly partitions from last month to two months ahead; partitions whose month ended before
@@ -622,6 +629,8 @@ BEGIN
                                    base || '_' || class,
                                    (m::timestamp AT TIME ZONE 'UTC'),
                                    ((m + interval '1 month')::timestamp AT TIME ZONE 'UTC'));
+                    EXECUTE format('REVOKE ALL ON orgbase.%I FROM orgbase_runtime',
+                                   format('%s_%s_%s', base, class, to_char(m, 'YYYYMM')));
                     RETURN NEXT format('created orgbase.%s_%s_%s', base, class, to_char(m, 'YYYYMM'));
                 END IF;
             END LOOP;

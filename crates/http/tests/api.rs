@@ -207,6 +207,8 @@ async fn every_documented_route_exists_and_every_route_is_documented() {
             "GET /v1/orgs",
             "GET /v1/orgs/{org}",
             "GET /v1/orgs/{org}/api-keys",
+            "GET /v1/orgs/{org}/audit",
+            "GET /v1/orgs/{org}/audit/verify",
             "GET /v1/orgs/{org}/invitations",
             "GET /v1/orgs/{org}/members",
             "GET /v1/orgs/{org}/members/{user}",
