@@ -403,3 +403,52 @@ fn check_bench_seed_demo_and_purge() {
     assert!(s.child.wait().unwrap().success());
     std::fs::remove_dir_all(dir).unwrap();
 }
+
+#[test]
+fn audit_verify_passes_untouched_and_names_tampering() {
+    let dir = temp_dir("orgbase-audit-");
+    let data = dir.join("data");
+    let with_data = |args: &[&str]| {
+        let mut c = orgbase();
+        c.arg("--data-dir").arg(&data).args(args);
+        c
+    };
+    let (ok, out, err) = run(&mut with_data(&["migrate", "up"]));
+    assert!(ok, "{out}{err}");
+    let (ok, out, err) = run(&mut with_data(&["demo"]));
+    assert!(ok, "{out}{err}");
+    let (ok, out, err) = run(&mut with_data(&["audit", "checkpoint"]));
+    assert!(ok && out.contains("wrote"), "{out}{err}");
+    let (ok, out, err) = run(&mut with_data(&["audit", "verify"]));
+    assert!(ok && out.contains("all chains verify"), "{out}{err}");
+    let (ok, key, _) = run(&mut with_data(&["audit", "public-key"]));
+    assert!(ok && key.trim().len() == 64, "{key}");
+    let (ok, out, err) = run(&mut with_data(&[
+        "audit",
+        "verify",
+        "--public-key",
+        &"ab".repeat(32),
+    ]));
+    assert!(!ok && err.contains("not by the trusted key"), "{out}{err}");
+    // Remove one entry of the demo organization, as an attacker with the owner's rights.
+    let (ok, out, err) = run(&mut with_data(&[
+        "db",
+        "psql",
+        "--",
+        "-v",
+        "ON_ERROR_STOP=1",
+        "-c",
+        "ALTER TABLE orgbase.audit_log DISABLE TRIGGER audit_guard; \
+         DELETE FROM orgbase.audit_log WHERE seq = 2 AND org_id = \
+         (SELECT id FROM orgbase.organizations ORDER BY created_at LIMIT 1); \
+         ALTER TABLE orgbase.audit_log ENABLE TRIGGER audit_guard;",
+    ]));
+    assert!(ok, "{out}{err}");
+    let (ok, out, err) = run(&mut with_data(&["audit", "verify"]));
+    assert!(!ok, "{out}{err}");
+    assert!(
+        out.contains("entry seq 2 is missing: deleted") && out.contains("1 broken"),
+        "{out}{err}"
+    );
+    let _ = std::fs::remove_dir_all(&dir);
+}

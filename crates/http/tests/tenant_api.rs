@@ -1471,3 +1471,274 @@ async fn invitations_teams_and_totp() {
     )
     .await;
 }
+
+/// The audit API: admins of the organization only, its own entries only, filters, cursor
+/// pages, chain verification; login events on the account chain; the access log and the PHI
+/// read-access log.
+#[tokio::test]
+async fn audit_trail_over_http_and_access_logs() {
+    let w = world().await;
+    let api = &w.api;
+    let (owner_id, owner) = (&w.a_owner.0, &w.a_owner.1);
+    let note = w.a_note.clone();
+    api.ok(
+        Method::PATCH,
+        &format!("/v1/orgs/org-a/notes/{note}"),
+        owner,
+        Some(json!({"title": "renamed"})),
+    )
+    .await;
+
+    // Admins only; other organizations' admins see nothing of org A.
+    for t in [&w.a_editor.1, &w.a_viewer.1, &w.a_member.1] {
+        api.expect(
+            Method::GET,
+            "/v1/orgs/org-a/audit",
+            Some(t),
+            None,
+            403,
+            "forbidden",
+        )
+        .await;
+        api.expect(
+            Method::GET,
+            "/v1/orgs/org-a/audit/verify",
+            Some(t),
+            None,
+            403,
+            "forbidden",
+        )
+        .await;
+    }
+    api.expect(
+        Method::GET,
+        "/v1/orgs/org-a/audit",
+        Some(&w.b_owner.1),
+        None,
+        404,
+        "not-found",
+    )
+    .await;
+    let b = api
+        .ok(
+            Method::GET,
+            "/v1/orgs/org-b/audit?limit=200",
+            &w.b_owner.1,
+            None,
+        )
+        .await;
+    assert!(
+        !b.to_string().contains(&note) && !b.to_string().contains("a-secret"),
+        "{b}"
+    );
+
+    // The note's history, newest first, with actor, values and request metadata.
+    let h = api
+        .ok(
+            Method::GET,
+            &format!("/v1/orgs/org-a/audit?table=notes&record={note}"),
+            owner,
+            None,
+        )
+        .await;
+    let items = h["items"].as_array().unwrap();
+    assert_eq!(items.len(), 2, "{h}");
+    assert_eq!(items[0]["action"], "update");
+    assert_eq!(items[0]["old"]["title"], "a-secret");
+    assert_eq!(items[0]["new"]["title"], "renamed");
+    assert_eq!(items[1]["action"], "insert");
+    assert_eq!(items[0]["actor_user"], owner_id.as_str());
+    assert_eq!(items[0]["ip"], "127.0.0.1");
+    assert!(
+        items[0]["request_id"]
+            .as_str()
+            .is_some_and(|r| !r.is_empty())
+    );
+    // Cursor pages cover everything once.
+    let mut seen = vec![];
+    let mut path = "/v1/orgs/org-a/audit?limit=3".to_string();
+    loop {
+        let page = api.ok(Method::GET, &path, owner, None).await;
+        for i in page["items"].as_array().unwrap() {
+            seen.push(i["id"].as_i64().unwrap());
+        }
+        match page["next_cursor"].as_str() {
+            Some(c) => path = format!("/v1/orgs/org-a/audit?limit=3&cursor={c}"),
+            None => break,
+        }
+    }
+    let all = api
+        .ok(Method::GET, "/v1/orgs/org-a/audit?limit=200", owner, None)
+        .await;
+    assert_eq!(seen.len(), all["items"].as_array().unwrap().len());
+    assert!(seen.windows(2).all(|p| p[0] > p[1]));
+    let filtered = api
+        .ok(
+            Method::GET,
+            &format!(
+                "/v1/orgs/org-a/audit?action=insert&actor={owner_id}&from=2000-01-01T00:00:00Z"
+            ),
+            owner,
+            None,
+        )
+        .await;
+    assert!(
+        filtered["items"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .all(|i| i["action"] == "insert")
+    );
+    for bad in [
+        "limit=0",
+        "limit=x",
+        "actor=nope",
+        "from=yesterday",
+        "cursor=-1",
+        "colour=red",
+    ] {
+        api.expect(
+            Method::GET,
+            &format!("/v1/orgs/org-a/audit?{bad}"),
+            Some(owner),
+            None,
+            400,
+            "bad-request",
+        )
+        .await;
+    }
+
+    // Verification: unsealed entries are counted; once sealed the chain verifies.
+    let v = api
+        .ok(Method::GET, "/v1/orgs/org-a/audit/verify", owner, None)
+        .await;
+    assert_eq!(v["ok"], true, "{v}");
+    assert!(v["unsealed"].as_u64().unwrap() > 0, "{v}");
+    let mut o = w.db.admin().await;
+    o.batch_execute("SET ROLE orgbase_owner").await.unwrap();
+    orgbase_db::audit::seal_all(&mut o).await.unwrap();
+    let v = api
+        .ok(Method::GET, "/v1/orgs/org-a/audit/verify", owner, None)
+        .await;
+    assert_eq!(
+        (v["ok"].clone(), v["unsealed"].clone()),
+        (json!(true), json!(0)),
+        "{v}"
+    );
+    assert!(v["entries"].as_u64().unwrap() >= 8, "{v}");
+    o.batch_execute(
+        "ALTER TABLE orgbase.audit_log DISABLE TRIGGER audit_guard;
+         UPDATE orgbase.audit_log SET new = '{}' WHERE action = 'update' AND table_name = 'orgbase.notes';
+         ALTER TABLE orgbase.audit_log ENABLE TRIGGER audit_guard;",
+    )
+    .await
+    .unwrap();
+    let v = api
+        .ok(Method::GET, "/v1/orgs/org-a/audit/verify", owner, None)
+        .await;
+    assert_eq!(v["ok"], false, "{v}");
+    assert_eq!(v["problem"]["kind"], "altered", "{v}");
+
+    // Logins, failed and successful, on the account chain.
+    api.expect(
+        Method::POST,
+        "/v1/auth/login",
+        None,
+        Some(json!({"email": "owner@a.example", "password": "wrong-password"})),
+        401,
+        "unauthorized",
+    )
+    .await;
+    let admin = w.db.admin().await;
+    let events: Vec<String> = admin
+        .query(
+            "SELECT action FROM orgbase.audit_log WHERE org_id = '00000000-0000-0000-0000-000000000000'
+               AND actor_user = $1::text::uuid ORDER BY id",
+            &[owner_id],
+        )
+        .await
+        .unwrap()
+        .iter()
+        .map(|r| r.get(0))
+        .collect();
+    assert!(events.contains(&"login.success".to_string()), "{events:?}");
+    assert_eq!(events.last().map(String::as_str), Some("login.failure"));
+
+    // The access log: every request with its route template, status and actor (written in
+    // batches within a fraction of a second).
+    let mut logged = 0i64;
+    for _ in 0..50 {
+        logged = admin
+            .query_one(
+                "SELECT count(*) FROM orgbase.access_log
+                  WHERE route = '/v1/orgs/{org}/audit' AND status = 403 AND org_id IS NOT NULL",
+                &[],
+            )
+            .await
+            .unwrap()
+            .get(0);
+        if logged >= 3 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(logged, 3);
+
+    // A product table with a phi column: every read is logged, in the read's transaction.
+    admin
+        .batch_execute(
+            "SET ROLE orgbase_owner;
+             CREATE TABLE orgbase.patients (name text NOT NULL, diagnosis text);
+             SELECT orgbase.make_tenant_table('orgbase.patients', 'notes');
+             SELECT orgbase.classify('orgbase.patients', 'diagnosis', 'phi');
+             RESET ROLE;",
+        )
+        .await
+        .unwrap();
+    tokio::time::sleep(Duration::from_millis(1100)).await; // catalog reload interval
+    let p = api
+        .ok(
+            Method::POST,
+            "/v1/orgs/org-a/patients",
+            owner,
+            Some(json!({"name": "P", "diagnosis": "flu"})),
+        )
+        .await;
+    let pid = p["id"].as_str().unwrap();
+    api.ok(
+        Method::GET,
+        &format!("/v1/orgs/org-a/patients/{pid}"),
+        owner,
+        None,
+    )
+    .await;
+    api.ok(Method::GET, "/v1/orgs/org-a/patients", owner, None)
+        .await;
+    let reads: Vec<(String, Vec<uuid::Uuid>)> = admin
+        .query(
+            "SELECT table_name, record_ids FROM orgbase.read_access_log ORDER BY at",
+            &[],
+        )
+        .await
+        .unwrap()
+        .iter()
+        .map(|r| (r.get(0), r.get(1)))
+        .collect();
+    let pid = uuid::Uuid::parse_str(pid).unwrap();
+    assert_eq!(
+        reads,
+        vec![
+            ("orgbase.patients".to_string(), vec![pid]),
+            ("orgbase.patients".to_string(), vec![pid])
+        ]
+    );
+    // Notes are not phi: not logged.
+    api.ok(Method::GET, "/v1/orgs/org-a/notes", owner, None)
+        .await;
+    let n: i64 = admin
+        .query_one("SELECT count(*) FROM orgbase.read_access_log", &[])
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(n, 2);
+}
