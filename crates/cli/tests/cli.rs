@@ -438,10 +438,10 @@ fn audit_verify_passes_untouched_and_names_tampering() {
         "-v",
         "ON_ERROR_STOP=1",
         "-c",
-        "ALTER TABLE orgbase.audit_log DISABLE TRIGGER audit_guard; \
+        "ALTER TABLE orgbase.audit_log DISABLE TRIGGER USER; \
          DELETE FROM orgbase.audit_log WHERE seq = 2 AND org_id = \
          (SELECT id FROM orgbase.organizations ORDER BY created_at LIMIT 1); \
-         ALTER TABLE orgbase.audit_log ENABLE TRIGGER audit_guard;",
+         ALTER TABLE orgbase.audit_log ENABLE TRIGGER USER;",
     ]));
     assert!(ok, "{out}{err}");
     let (ok, out, err) = run(&mut with_data(&["audit", "verify"]));

@@ -380,7 +380,7 @@ async fn the_audit_log_is_append_only_and_read_only_to_admins_of_the_org() {
             "{sql}: {e}"
         );
     }
-    // Even the owner role cannot change or remove an entry while the guard trigger stands.
+    // Even the owner role cannot change or remove an entry while the guard triggers stand.
     let o = owner(&f).await;
     for sql in [
         "UPDATE orgbase.audit_log SET action = 'forged'",
@@ -455,13 +455,13 @@ async fn verify_a(f: &Fixture, checkpoints: &std::path::Path) -> ChainReport {
     reports.into_iter().next().unwrap()
 }
 
-/// Tamper as the owner role, which can switch off the guard trigger (as an attacker with the
+/// Tamper as the owner role, which can switch off the guard triggers (as an attacker with the
 /// owner's rights would).
 async fn tamper(f: &Fixture, sql: &str) {
     let o = owner(f).await;
     o.batch_execute(&format!(
-        "BEGIN; ALTER TABLE orgbase.audit_log DISABLE TRIGGER audit_guard; {sql}; \
-         ALTER TABLE orgbase.audit_log ENABLE TRIGGER audit_guard; COMMIT;"
+        "BEGIN; ALTER TABLE orgbase.audit_log DISABLE TRIGGER USER; {sql}; \
+         ALTER TABLE orgbase.audit_log ENABLE TRIGGER USER; COMMIT;"
     ))
     .await
     .unwrap();

@@ -1627,9 +1627,9 @@ async fn audit_trail_over_http_and_access_logs() {
     );
     assert!(v["entries"].as_u64().unwrap() >= 8, "{v}");
     o.batch_execute(
-        "ALTER TABLE orgbase.audit_log DISABLE TRIGGER audit_guard;
+        "ALTER TABLE orgbase.audit_log DISABLE TRIGGER USER;
          UPDATE orgbase.audit_log SET new = '{}' WHERE action = 'update' AND table_name = 'orgbase.notes';
-         ALTER TABLE orgbase.audit_log ENABLE TRIGGER audit_guard;",
+         ALTER TABLE orgbase.audit_log ENABLE TRIGGER USER;",
     )
     .await
     .unwrap();
