@@ -517,6 +517,67 @@ impl KeyStore {
             .collect())
     }
 
+    /// Master key rotation: re-wraps, under this store's provider, every live version that was
+    /// wrapped by `old` (unwrapping with `old`). Data keys and ciphertexts do not change.
+    /// Resumable: versions already under the new master key are skipped. Returns how many
+    /// versions were re-wrapped. Once it has run, the old master key can be destroyed, which
+    /// also makes any stray copy of a destroyed key's old file (on a disk block, in an old key
+    /// backup) unrecoverable. Run it while no other process uses the store with `old`.
+    pub fn rewrap_from(&self, old: &dyn KeyProvider) -> Result<usize, KeyError> {
+        let mut count = 0;
+        for info in self.list()? {
+            if info.destroyed.is_some() {
+                continue;
+            }
+            let key = info.key;
+            let g = self.lock()?;
+            let mut live = self.read_live(key)?;
+            let mut changed = false;
+            for v in &mut live.versions {
+                let (Some(kek_id), Some(wrapped)) = (&v.kek_id, &v.wrapped) else {
+                    continue;
+                };
+                if kek_id == self.provider.kek_id() {
+                    continue;
+                }
+                if !old.can_unwrap(kek_id) {
+                    return Err(KeyError::WrongMasterKey {
+                        key,
+                        version: v.version,
+                        wrapped_by: kek_id.clone(),
+                        configured: old.kek_id().to_string(),
+                    });
+                }
+                let context = WrapContext {
+                    key,
+                    version: v.version,
+                };
+                let raw = B64
+                    .decode(wrapped)
+                    .map_err(|_| KeyError::CorruptKeyFile {
+                        path: self.path(key),
+                        reason: format!("{}: wrapped key is not base64", v.version),
+                    })
+                    .and_then(|w| old.unwrap(&w, &context))?;
+                v.wrapped = Some(B64.encode(self.provider.wrap(&raw, &context)?));
+                v.kek_id = Some(self.provider.kek_id().to_string());
+                changed = true;
+                count += 1;
+            }
+            if changed {
+                self.write_file(&g, key, &KeyFile::Live(live))?;
+            }
+        }
+        if count > 0 {
+            tracing::info!(
+                versions = count,
+                kek = self.provider.kek_id(),
+                "data keys re-wrapped under a new master key"
+            );
+        }
+        Ok(count)
+    }
+
     /// Drops every unwrapped key from memory (they are unwrapped again on next use).
     pub fn clear_cache(&self) {
         self.cache_write().clear();

@@ -754,3 +754,36 @@ fn certificate_tampering_is_named() {
         Err(CertificateError::BadSignature)
     );
 }
+
+#[test]
+fn master_key_rotation_rewraps_every_live_version() {
+    let dir = tempfile::tempdir().unwrap();
+    let org = Uuid::new_v4();
+    let key = KeyId::org(org);
+    let a = aad(org, "r");
+    let (ct1, ct2) = {
+        let c = FieldCipher::new(store_at(dir.path(), 1, Duration::ZERO));
+        let ct1 = c.encrypt(b"one", &a, key).unwrap();
+        c.store().rotate(key).unwrap();
+        (ct1, c.encrypt(b"two", &a, key).unwrap())
+    };
+    let shredded = KeyId::subject(Uuid::new_v4());
+    store_at(dir.path(), 1, Duration::ZERO)
+        .destroy(shredded)
+        .unwrap();
+
+    let new_store = store_at(dir.path(), 2, Duration::ZERO);
+    let old = LocalKeyProvider::from_bytes(&[1; 32]).unwrap();
+    assert_eq!(new_store.rewrap_from(&old).unwrap(), 2);
+    assert_eq!(new_store.rewrap_from(&old).unwrap(), 0); // resumable / idempotent
+    let c = FieldCipher::new(Arc::clone(&new_store));
+    assert_eq!(c.decrypt(&ct1, &a).unwrap(), b"one");
+    assert_eq!(c.decrypt(&ct2, &a).unwrap(), b"two");
+    // the old master key no longer opens the store
+    let stale = FieldCipher::new(store_at(dir.path(), 1, Duration::ZERO));
+    assert!(matches!(
+        stale.decrypt(&ct1, &a),
+        Err(CipherError::Key(KeyError::WrongMasterKey { .. }))
+    ));
+    assert!(new_store.tombstone(shredded).unwrap().is_some());
+}
