@@ -317,10 +317,23 @@ fn rotation_under_concurrency_loses_nothing() {
     let key = KeyId::org(org);
     let done = Arc::new(AtomicBool::new(false));
 
+    // before: values written under v1
+    let before: Arc<Vec<(String, String, String)>> = Arc::new(
+        (0..50)
+            .map(|i| {
+                let row = format!("before-{i}");
+                let plain = format!("early {i}");
+                let ct = c.encrypt(plain.as_bytes(), &aad(org, &row), key).unwrap();
+                (row, plain, ct)
+            })
+            .collect(),
+    );
+
     let workers: Vec<_> = (0..4)
         .map(|w| {
             let c = c.clone();
             let done = Arc::clone(&done);
+            let before = Arc::clone(&before);
             std::thread::spawn(move || {
                 let mut mine: Vec<(String, String, String)> = Vec::new();
                 let mut i = 0u32;
@@ -334,6 +347,8 @@ fn rotation_under_concurrency_loses_nothing() {
                         let (r, p, old) = &mine[(i as usize * 7) % mine.len()];
                         assert_eq!(c.decrypt_string(old, &aad(org, r)).unwrap(), *p);
                     }
+                    let (r, p, old) = &before[(i as usize * 13 + w) % before.len()];
+                    assert_eq!(c.decrypt_string(old, &aad(org, r)).unwrap(), *p);
                     mine.push((row, plain, ct));
                     i += 1;
                 }
@@ -349,10 +364,11 @@ fn rotation_under_concurrency_loses_nothing() {
         last = store.rotate(key).unwrap();
     }
     done.store(true, Ordering::Relaxed);
-    let all: Vec<(String, String, String)> = workers
+    let mut all: Vec<(String, String, String)> = workers
         .into_iter()
         .flat_map(|h| h.join().unwrap())
         .collect();
+    all.extend(before.iter().cloned());
     assert_eq!(last, KeyVersion(21));
 
     // after: every value decrypts, values span many versions
