@@ -405,11 +405,16 @@ fn rotation_under_concurrency_loses_nothing() {
 #[test]
 fn concurrent_first_use_creates_one_key() {
     let dir = tempfile::tempdir().unwrap();
-    let store = store_at(dir.path(), 1, Duration::from_secs(1));
+    // two stores over one directory (each with its own lock file handle, as two processes)
+    let stores = [
+        store_at(dir.path(), 1, Duration::from_secs(1)),
+        store_at(dir.path(), 1, Duration::from_secs(1)),
+    ];
+    let store = Arc::clone(&stores[0]);
     let key = KeyId::subject(Uuid::new_v4());
     let handles: Vec<_> = (0..8)
-        .map(|_| {
-            let store = Arc::clone(&store);
+        .map(|i| {
+            let store = Arc::clone(&stores[i % 2]);
             std::thread::spawn(move || store.current(key).unwrap().0)
         })
         .collect();
