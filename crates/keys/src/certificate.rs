@@ -225,6 +225,29 @@ pub fn verify_certificate(
     Ok(cert)
 }
 
+/// Parses a published Ed25519 public key (standard or URL-safe base64, or 64 hex digits), for
+/// `verify_certificate`'s trusted key.
+pub fn parse_public_key(text: &str) -> Result<[u8; PUBLIC_KEY_LEN], CertificateError> {
+    let text = text.trim();
+    let bytes = if text.len() == 2 * PUBLIC_KEY_LEN && text.bytes().all(|b| b.is_ascii_hexdigit()) {
+        hex::decode(text).ok()
+    } else {
+        let t = text.trim_end_matches('=');
+        base64::engine::general_purpose::STANDARD_NO_PAD
+            .decode(t)
+            .or_else(|_| base64::engine::general_purpose::URL_SAFE_NO_PAD.decode(t))
+            .ok()
+    };
+    bytes
+        .and_then(|b| <[u8; PUBLIC_KEY_LEN]>::try_from(b).ok())
+        .ok_or_else(|| {
+            malformed(
+                "public key",
+                format!("expected {PUBLIC_KEY_LEN} bytes in base64 or hex"),
+            )
+        })
+}
+
 fn only_fields(
     obj: &Map<String, Value>,
     at: &str,
@@ -413,6 +436,14 @@ fn json_string(s: &str) -> Result<String, CertificateError> {
 mod tests {
     use super::*;
     use serde_json::json;
+
+    #[test]
+    fn public_keys_parse_from_base64_or_hex() {
+        let pk = [7u8; 32];
+        assert_eq!(parse_public_key(&B64.encode(pk)).unwrap(), pk);
+        assert_eq!(parse_public_key(&hex::encode(pk)).unwrap(), pk);
+        assert!(parse_public_key("AAAA").is_err());
+    }
 
     #[test]
     fn canonical_form_sorts_and_compacts() {

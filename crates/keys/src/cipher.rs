@@ -92,7 +92,10 @@ pub enum Reencrypted {
 }
 
 /// True when `value` looks like a field ciphertext (the `enc:v1:` prefix). Constant work, no
-/// decoding: for deciding whether a stored value still needs encrypting.
+/// decoding: for deciding whether a stored value still needs encrypting (e.g. when a column
+/// becomes classified and its rows are encrypted in place). A plaintext that happens to start
+/// with the prefix would be taken for a ciphertext, so once a column is encrypted, treat every
+/// value in it as a ciphertext and let [`FieldCipher::decrypt`] judge.
 pub fn is_ciphertext(value: &str) -> bool {
     value.starts_with(TEXT_PREFIX)
 }

@@ -23,7 +23,8 @@ use uuid::Uuid;
 use zeroize::Zeroizing;
 
 pub use certificate::{
-    CertificateError, DeletionCertificate, DestroyedKey, SignedCertificate, verify_certificate,
+    CertificateError, DeletionCertificate, DestroyedKey, SignedCertificate, parse_public_key,
+    verify_certificate,
 };
 pub use cipher::{CiphertextHeader, FieldAad, FieldCipher, Reencrypted, is_ciphertext};
 pub use config::{KeyPaths, KeysConfig, KeysConfigError};
