@@ -4,6 +4,25 @@
 //! ([`FieldCipher`]), crypto-shredding, and signed certificates of deletion.
 //!
 //! Start with [`Keys::open`]; `docs/keys.md` describes the design and the files.
+//!
+//! ```no_run
+//! # fn main() -> Result<(), Box<dyn std::error::Error>> {
+//! use orgbase_keys::{FieldAad, KeyId, Keys, KeysConfig};
+//! use uuid::Uuid;
+//!
+//! let keys = Keys::open(std::path::Path::new("/var/lib/orgbase"), &KeysConfig::default())?;
+//! let (org, user, row) = (Uuid::new_v4(), Uuid::new_v4(), Uuid::now_v7().to_string());
+//! let place = FieldAad { org, table: "members", column: "email", row: &row };
+//! let stored = keys.cipher().encrypt(b"alice@example.com", &place, KeyId::subject(user))?;
+//! assert_eq!(keys.cipher().decrypt(&stored, &place)?, b"alice@example.com");
+//!
+//! // erasure: destroy the person's key, audit it, certify it
+//! let tombstone = keys.shred_subject(user)?;
+//! assert!(keys.cipher().decrypt(&stored, &place).unwrap_err().is_key_destroyed());
+//! let certificate = keys.certify_deletion(user, vec!["database".into()], &[tombstone], "audit:1")?;
+//! std::fs::write("certificate.json", certificate.to_json()?)?;
+//! # Ok(()) }
+//! ```
 
 pub mod certificate;
 pub mod cipher;

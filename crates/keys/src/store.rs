@@ -615,6 +615,7 @@ impl KeyStore {
     /// does not exist.
     fn lookup(&self, key: KeyId) -> Result<Option<Arc<Cached>>, KeyError> {
         let hit = self.cache_read().get(&key).cloned();
+        let was_cached = hit.is_some();
         if let Some(c) = hit {
             let now = self.now_ns();
             let checked = c.checked.load(Ordering::Relaxed);
@@ -632,6 +633,14 @@ impl KeyStore {
             Some((file, stamp)) => Ok(Some(self.fill(&g, key, file, Some(stamp))?)),
             None => {
                 self.cache_write().remove(&key);
+                if was_cached {
+                    // Never silently make a new v1 over a key that existed: its values would
+                    // then fail as tampered instead of naming the cause.
+                    return Err(KeyError::CorruptKeyFile {
+                        path: self.path(key),
+                        reason: "the key file was removed outside orgbase; restore it from the key backup, or destroy the key".into(),
+                    });
+                }
                 Ok(None)
             }
         }

@@ -555,6 +555,15 @@ fn altered_key_files_are_detected() {
     ));
 
     std::fs::write(&path, b"{not json").unwrap();
+    let err = fresh.get(key, KeyVersion(1)).unwrap_err();
+    assert!(matches!(err, KeyError::CorruptKeyFile { .. }), "{err:?}");
+
+    // a key file deleted by hand is reported, not silently replaced by a new key
+    let k2 = KeyId::org(Uuid::new_v4());
+    store.current(k2).unwrap();
+    std::fs::remove_file(dir.path().join(format!("org-{}.json", k2.id))).unwrap();
+    let err = store.current(k2).unwrap_err();
+    assert!(err.to_string().contains("removed outside orgbase"), "{err}");
     assert!(matches!(
         fresh.get(key, KeyVersion(1)),
         Err(KeyError::CorruptKeyFile { .. })
