@@ -28,6 +28,7 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         }
         _ => {}
     }
+    crate::backup::remember_config_file(cli.global.config.clone());
     let config = load_config(&cli)?;
     init_tracing(&config, cli.global.log.as_deref())?;
     let runtime = tokio::runtime::Builder::new_multi_thread()
@@ -78,6 +79,9 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 opened.close().await?;
                 code
             }
+            Command::Backup(cmd) => crate::backup::backup(config, cmd).await,
+            Command::Pitr(cmd) => crate::backup::pitr(config, cmd).await,
+            Command::Wal(cmd) => crate::backup::wal(config, cmd).await,
             Command::Config(ConfigCommand::Example) | Command::Version => Ok(ExitCode::SUCCESS),
         }
     })
@@ -134,13 +138,13 @@ fn applied_by() -> String {
 }
 
 /// The database this command works on, and the embedded cluster if this process started it.
-struct Opened {
-    target: Target,
+pub(crate) struct Opened {
+    pub(crate) target: Target,
     cluster: Option<RunningCluster>,
 }
 
 impl Opened {
-    async fn close(self) -> anyhow::Result<()> {
+    pub(crate) async fn close(self) -> anyhow::Result<()> {
         if let Some(c) = self.cluster {
             tokio::task::spawn_blocking(move || c.stop())
                 .await
@@ -152,7 +156,7 @@ impl Opened {
 
 /// Start the embedded cluster (or, with `attach`, use the one a running `serve` holds), or use
 /// the external server; create the database on first run.
-async fn open(config: &Config, attach: bool) -> anyhow::Result<Opened> {
+pub(crate) async fn open(config: &Config, attach: bool) -> anyhow::Result<Opened> {
     if !config.embedded() {
         tracing::info!(database = %orgbase_db::database::redact(config.database.url.as_ref().context("database.url")?), "using an external PostgreSQL");
         return Ok(Opened {
@@ -164,9 +168,12 @@ async fn open(config: &Config, attach: bool) -> anyhow::Result<Opened> {
     let started = tokio::task::spawn_blocking(move || {
         let search = BinSearch::system(c.embedded.bin_dir.clone());
         match Cluster::open(&c.data_dir, &c.embedded, &search) {
-            Ok(cluster) => cluster.start().map(Some),
+            Ok(mut cluster) => {
+                crate::backup::prepare_cluster(&c, &mut cluster)?;
+                Ok(cluster.start().map(Some)?)
+            }
             Err(ClusterError::Locked { .. }) if attach => Ok(None),
-            Err(e) => Err(e),
+            Err(e) => Err(anyhow::Error::from(e)),
         }
     })
     .await
@@ -226,10 +233,15 @@ async fn serve(config: Config, _args: ServeArgs) -> anyhow::Result<ExitCode> {
         let admin = target.admin().await?;
         orgbase_http::Services::load(pool.clone(), &admin).await?
     };
-    let app = orgbase_http::app(
+    let mut metrics = orgbase_http::Metrics::new();
+    let backup_metrics = orgbase_backup::metrics::BackupMetrics::default();
+    backup_metrics.register(metrics.registry_mut());
+    let backup_schedule = crate::backup::spawn_scheduler(&config, &target, backup_metrics);
+    let app = orgbase_http::app_with_metrics(
         services,
         migrator.latest(),
         &orgbase_http::HttpSettings::from(&config),
+        metrics,
     );
     let listener = tokio::net::TcpListener::bind(config.server.listen)
         .await
@@ -268,6 +280,9 @@ async fn serve(config: Config, _args: ServeArgs) -> anyhow::Result<ExitCode> {
     )
     .await
     .context("serving HTTP")?;
+    if let Some(task) = backup_schedule {
+        task.abort();
+    }
     pool.close();
     opened.close().await?;
     say("orgbase stopped".into());
@@ -376,7 +391,7 @@ async fn migrate(config: Config, cmd: MigrateCommand) -> anyhow::Result<ExitCode
     Ok(code)
 }
 
-fn confirm(question: &str) -> anyhow::Result<()> {
+pub(crate) fn confirm(question: &str) -> anyhow::Result<()> {
     if !std::io::stdin().is_terminal() {
         bail!("{question}\nstdin is not a terminal: pass --yes to confirm");
     }

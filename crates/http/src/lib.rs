@@ -224,12 +224,22 @@ impl From<&Config> for HttpSettings {
 
 /// Build the application.
 pub fn app(services: Services, latest_migration: i64, settings: &HttpSettings) -> Router {
+    app_with_metrics(services, latest_migration, settings, Metrics::new())
+}
+
+/// Build the application with a metrics registry that others (backups) registered into.
+pub fn app_with_metrics(
+    services: Services,
+    latest_migration: i64,
+    settings: &HttpSettings,
+    metrics: Metrics,
+) -> Router {
     let (router, mut doc) = routes().split_for_parts();
     doc.info.version = orgbase_core::VERSION.to_string();
     let state = AppState {
         pool: services.pool,
         key: services.key.map(Arc::new),
-        metrics: Arc::new(Metrics::new()),
+        metrics: Arc::new(metrics),
         latest_migration,
         catalog: Arc::new(RwLock::new((Arc::new(services.catalog), None))),
         openapi: Arc::new(doc.to_json().unwrap_or_else(|_| "{}".into())),
