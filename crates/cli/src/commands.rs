@@ -28,6 +28,7 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         }
         _ => {}
     }
+    crate::backup::remember_config_file(cli.global.config.clone());
     let config = load_config(&cli)?;
     init_tracing(&config, cli.global.log.as_deref())?;
     let runtime = tokio::runtime::Builder::new_multi_thread()
@@ -84,6 +85,9 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 opened.close().await?;
                 code
             }
+            Command::Backup(cmd) => crate::backup::backup(config, cmd).await,
+            Command::Pitr(cmd) => crate::backup::pitr(config, cmd).await,
+            Command::Wal(cmd) => crate::backup::wal(config, cmd).await,
             Command::Config(ConfigCommand::Example) | Command::Version => Ok(ExitCode::SUCCESS),
         }
     })
@@ -140,13 +144,13 @@ fn applied_by() -> String {
 }
 
 /// The database this command works on, and the embedded cluster if this process started it.
-struct Opened {
-    target: Target,
+pub(crate) struct Opened {
+    pub(crate) target: Target,
     cluster: Option<RunningCluster>,
 }
 
 impl Opened {
-    async fn close(self) -> anyhow::Result<()> {
+    pub(crate) async fn close(self) -> anyhow::Result<()> {
         if let Some(c) = self.cluster {
             tokio::task::spawn_blocking(move || c.stop())
                 .await
@@ -158,7 +162,7 @@ impl Opened {
 
 /// Start the embedded cluster (or, with `attach`, use the one a running `serve` holds), or use
 /// the external server; create the database on first run.
-async fn open(config: &Config, attach: bool) -> anyhow::Result<Opened> {
+pub(crate) async fn open(config: &Config, attach: bool) -> anyhow::Result<Opened> {
     if !config.embedded() {
         tracing::info!(database = %orgbase_db::database::redact(config.database.url.as_ref().context("database.url")?), "using an external PostgreSQL");
         return Ok(Opened {
@@ -170,9 +174,12 @@ async fn open(config: &Config, attach: bool) -> anyhow::Result<Opened> {
     let started = tokio::task::spawn_blocking(move || {
         let search = BinSearch::system(c.embedded.bin_dir.clone());
         match Cluster::open(&c.data_dir, &c.embedded, &search) {
-            Ok(cluster) => cluster.start().map(Some),
+            Ok(mut cluster) => {
+                crate::backup::prepare_cluster(&c, &mut cluster)?;
+                Ok(cluster.start().map(Some)?)
+            }
             Err(ClusterError::Locked { .. }) if attach => Ok(None),
-            Err(e) => Err(e),
+            Err(e) => Err(anyhow::Error::from(e)),
         }
     })
     .await
@@ -232,6 +239,11 @@ async fn serve(config: Config, _args: ServeArgs) -> anyhow::Result<ExitCode> {
         let admin = target.admin().await?;
         orgbase_http::Services::load(pool.clone(), &admin).await?
     };
+    let backup_metrics = orgbase_backup::metrics::BackupMetrics::default();
+    if let Some(m) = std::sync::Arc::get_mut(&mut services.metrics) {
+        backup_metrics.register(m.registry_mut());
+    }
+    let backup_schedule = crate::backup::spawn_scheduler(&config, &target, backup_metrics);
     let jobs = if services.key.is_some() {
         services.checkpoints = Some(crate::audit::public_key(&config)?);
         Some(crate::audit::Jobs::start(&target, &config, services.metrics.clone()).await?)
@@ -280,6 +292,9 @@ async fn serve(config: Config, _args: ServeArgs) -> anyhow::Result<ExitCode> {
     )
     .await
     .context("serving HTTP")?;
+    if let Some(task) = backup_schedule {
+        task.abort();
+    }
     if let Some(jobs) = jobs {
         jobs.stop(&target).await;
     }
@@ -391,7 +406,7 @@ async fn migrate(config: Config, cmd: MigrateCommand) -> anyhow::Result<ExitCode
     Ok(code)
 }
 
-fn confirm(question: &str) -> anyhow::Result<()> {
+pub(crate) fn confirm(question: &str) -> anyhow::Result<()> {
     if !std::io::stdin().is_terminal() {
         bail!("{question}\nstdin is not a terminal: pass --yes to confirm");
     }

@@ -1,6 +1,7 @@
 //! The one `orgbase` binary: clap subcommands over the core, db and http crates.
 
 mod audit;
+mod backup;
 mod commands;
 mod tools;
 
@@ -88,6 +89,16 @@ pub enum Command {
     /// Benchmark helpers.
     #[command(subcommand)]
     Bench(BenchCommand),
+    /// Encrypted, verified backups: create, list, verify, restore, prune, rotate-key
+    /// (docs/backup.md).
+    #[command(subcommand)]
+    Backup(backup::BackupCommand),
+    /// Point-in-time recovery of the embedded cluster: base backups and restore to a time.
+    #[command(subcommand)]
+    Pitr(backup::PitrCommand),
+    /// WAL archiving, called by PostgreSQL's archive_command / restore_command.
+    #[command(subcommand, hide = true)]
+    Wal(backup::WalCommand),
     /// Print the orgbase version and the schema version it carries.
     Version,
 }

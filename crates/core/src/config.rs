@@ -42,6 +42,7 @@ pub struct Config {
     pub embedded: EmbeddedConfig,
     pub log: LogConfig,
     pub audit: AuditConfig,
+    pub backup: BackupConfig,
 }
 
 /// The audit trail and access logs (docs/audit.md).
@@ -114,6 +115,100 @@ pub struct EmbeddedConfig {
     pub max_connections: u32,
 }
 
+/// Encrypted backups and point-in-time recovery (SPEC R21, R22).
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct BackupConfig {
+    /// A local directory or `s3://bucket/prefix`; `None` means `<data_dir>/backups`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub store: Option<String>,
+    /// The backup master key (64 hex digits) for when `<data_dir>/keys/backup` is not wanted.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub master_key: Option<Secret>,
+    /// A file of master keys, one hex key per line, the first encrypting new backups.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub key_file: Option<PathBuf>,
+    /// Connection URL for the backup role; when unset orgbase gives it a generated password.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub url: Option<Secret>,
+    pub key_max_age_days: u32,
+    pub schedule: bool,
+    pub tiers: String,
+    pub zstd_level: i32,
+    pub zstd_threads: u32,
+    pub pitr: bool,
+    pub archive_timeout_secs: u32,
+    pub base_backup_every_hours: u32,
+    pub pitr_keep_days: u32,
+}
+
+impl Default for BackupConfig {
+    fn default() -> Self {
+        Self {
+            store: None,
+            master_key: None,
+            key_file: None,
+            url: None,
+            key_max_age_days: 90,
+            schedule: true,
+            tiers: "6h:30d,1d:90d,7d:365d".into(),
+            zstd_level: 3,
+            zstd_threads: 0,
+            pitr: false,
+            archive_timeout_secs: 60,
+            base_backup_every_hours: 24,
+            pitr_keep_days: 7,
+        }
+    }
+}
+
+/// One backup tier: a backup every `every`, kept for `keep`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Tier {
+    /// The tier's name as written in `backup.tiers` (`6h`, `1d`, `7d`).
+    pub name: String,
+    pub every: Duration,
+    pub keep: Duration,
+}
+
+fn parse_span(text: &str) -> Option<Duration> {
+    let text = text.trim();
+    let (num, unit) = text.split_at(text.len().checked_sub(1)?);
+    let n: u64 = num.parse().ok().filter(|n| *n > 0)?;
+    match unit {
+        "h" => Some(Duration::from_secs(n * 3600)),
+        "d" => Some(Duration::from_secs(n * 86_400)),
+        _ => None,
+    }
+}
+
+impl BackupConfig {
+    /// The tiers of `backup.tiers` (`every:keep,…`, e.g. `6h:30d,1d:90d,7d:365d`).
+    pub fn parse_tiers(&self) -> Result<Vec<Tier>, ConfigError> {
+        let mut tiers = Vec::new();
+        for item in self.tiers.split(',').filter(|s| !s.trim().is_empty()) {
+            let parsed = item
+                .split_once(':')
+                .and_then(|(e, k)| Some((e.trim(), parse_span(e)?, parse_span(k)?)));
+            let Some((name, every, keep)) = parsed else {
+                return Err(ConfigError::Field {
+                    key: "backup.tiers",
+                    message: format!(
+                        "`{}` is not EVERY:KEEP with hours or days, e.g. \"6h:30d,1d:90d,7d:365d\"",
+                        item.trim()
+                    ),
+                });
+            };
+            tiers.push(Tier {
+                name: name.to_string(),
+                every,
+                keep,
+            });
+        }
+        Ok(tiers)
+    }
+}
+
 #[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq)]
 #[serde(rename_all = "lowercase")]
 pub enum LogFormat {
@@ -137,6 +232,7 @@ impl Default for Config {
             embedded: EmbeddedConfig::default(),
             log: LogConfig::default(),
             audit: AuditConfig::default(),
+            backup: BackupConfig::default(),
         }
     }
 }
@@ -333,6 +429,25 @@ impl Config {
                 "database.runtime_url",
                 "must start with postgres:// or postgresql://",
             );
+        }
+        self.backup.parse_tiers()?;
+        if !(-7..=22).contains(&self.backup.zstd_level) {
+            return field("backup.zstd_level", "must be between -7 and 22");
+        }
+        if self.backup.archive_timeout_secs == 0 || self.backup.archive_timeout_secs > 300 {
+            return field(
+                "backup.archive_timeout_secs",
+                "must be between 1 and 300 (the recovery point objective is under 5 minutes)",
+            );
+        }
+        if self.backup.base_backup_every_hours == 0 {
+            return field("backup.base_backup_every_hours", "must be at least 1");
+        }
+        if let Some(url) = &self.backup.url
+            && !(url.expose().starts_with("postgres://")
+                || url.expose().starts_with("postgresql://"))
+        {
+            return field("backup.url", "must start with postgres:// or postgresql://");
         }
         Ok(())
     }

@@ -243,6 +243,8 @@ pub struct Cluster {
     settings: EmbeddedConfig,
     /// Remove the whole data directory once PostgreSQL has stopped after orgbase exits (tests).
     ephemeral: bool,
+    /// More postgresql.conf lines (WAL archiving, recovery), appended to orgbase.conf.
+    extra_settings: String,
     _lock: File,
 }
 
@@ -281,6 +283,7 @@ impl Cluster {
             run_as,
             settings: settings.clone(),
             ephemeral: false,
+            extra_settings: String::new(),
             _lock: lock,
         })
     }
@@ -288,6 +291,17 @@ impl Cluster {
     /// Delete the data directory after this process exits and PostgreSQL has stopped.
     pub fn set_ephemeral(&mut self) {
         self.ephemeral = true;
+    }
+
+    /// Lines added to the managed settings at every start (e.g. WAL archiving for backups).
+    pub fn set_extra_settings(&mut self, text: impl Into<String>) {
+        self.extra_settings = text.into();
+    }
+
+    /// The OS user PostgreSQL runs as when orgbase runs as root (files it must read or write
+    /// are handed to it), or `None` when PostgreSQL runs as this process's user.
+    pub fn os_user_ids(&self) -> Option<(u32, u32)> {
+        self.run_as.map(|r| (r.uid.as_raw(), r.gid.as_raw()))
     }
 
     pub fn port(&self) -> u16 {
@@ -377,6 +391,11 @@ impl Cluster {
             maxc = s.max_connections,
             sb = s.shared_buffers,
         );
+        let text = if self.extra_settings.is_empty() {
+            text
+        } else {
+            format!("{text}{}\n", self.extra_settings.trim_end())
+        };
         let path = self.layout.pgdata.join("orgbase.conf");
         fs::write(&path, text).map_err(io(format!("writing {}", path.display())))?;
         self.chown(&path)

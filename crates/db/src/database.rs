@@ -16,6 +16,8 @@ use crate::secrets;
 pub const EMBEDDED_DATABASE: &str = "orgbase";
 /// The role requests run as.
 pub const RUNTIME_ROLE: &str = "orgbase_runtime";
+/// The role backups (pg_dump) run as: reads every table, BYPASSRLS.
+pub const BACKUP_ROLE: &str = "orgbase_backup";
 
 #[derive(Debug, thiserror::Error)]
 pub enum DbError {
@@ -282,6 +284,46 @@ impl Target {
         self.runtime.password(pw.expose());
         tracing::info!(role = RUNTIME_ROLE, "runtime role password set");
         Ok(())
+    }
+
+    /// A connection configuration for the backup role, with a generated password kept in
+    /// `secrets_dir` ((re)set through the administrative connection when it does not work).
+    pub async fn backup_login(
+        &self,
+        secrets_dir: &Path,
+    ) -> Result<tokio_postgres::Config, DbError> {
+        let mut backup = self.admin.clone();
+        backup.user(BACKUP_ROLE).application_name("orgbase-backup");
+        if let Some(pw) = secrets::read(secrets_dir, BACKUP_ROLE)? {
+            backup.password(pw.expose());
+            if connect(&backup, self.connect_timeout).await.is_ok() {
+                return Ok(backup);
+            }
+        }
+        let admin = self.admin().await?;
+        let role_exists = admin
+            .query_opt("SELECT 1 FROM pg_roles WHERE rolname = $1", &[&BACKUP_ROLE])
+            .await?
+            .is_some();
+        if !role_exists {
+            return Err(DbError::NotMigrated(format!(
+                "the role {BACKUP_ROLE} does not exist: the database is not migrated; run \
+                 `orgbase migrate up`"
+            )));
+        }
+        let pw = secrets::generate()?;
+        let sql: String = admin
+            .query_one(
+                "SELECT format('ALTER ROLE %I WITH LOGIN PASSWORD %L', $1::text, $2::text)",
+                &[&BACKUP_ROLE, &pw.expose()],
+            )
+            .await?
+            .get(0);
+        admin.batch_execute(&sql).await?;
+        secrets::write(secrets_dir, BACKUP_ROLE, &pw)?;
+        backup.password(pw.expose());
+        tracing::info!(role = BACKUP_ROLE, "backup role password set");
+        Ok(backup)
     }
 
     /// The request pool, connected as the runtime role.

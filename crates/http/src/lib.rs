@@ -241,7 +241,8 @@ impl From<&Config> for HttpSettings {
     }
 }
 
-/// Build the application.
+/// Build the application. Background jobs (sealer, backups) report through
+/// `services.metrics`, which `/metrics` serves.
 pub fn app(services: Services, latest_migration: i64, settings: &HttpSettings) -> Router {
     let (router, mut doc) = routes().split_for_parts();
     doc.info.version = orgbase_core::VERSION.to_string();

@@ -108,6 +108,11 @@ impl Metrics {
         }
     }
 
+    /// For metrics kept elsewhere (e.g. backups) to register themselves before serving.
+    pub fn registry_mut(&mut self) -> &mut Registry {
+        &mut self.registry
+    }
+
     pub fn encode(&self) -> Result<String, std::fmt::Error> {
         let mut out = String::new();
         prometheus_client::encoding::text::encode(&mut out, &self.registry)?;
