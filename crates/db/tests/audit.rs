@@ -677,3 +677,64 @@ async fn checkpoints_catch_a_rewritten_chain_and_a_cut_tail() {
     let e = audit::load_checkpoints(dir.path(), Some(&"ab".repeat(32))).unwrap_err();
     assert!(e.contains("not by the trusted key"), "{e}");
 }
+
+async fn parts(c: &Client, parent: &str) -> Vec<String> {
+    c.query(
+        "SELECT c.relname::text FROM pg_inherits i JOIN pg_class c ON c.oid = i.inhrelid
+          WHERE i.inhparent = $1::text::regclass ORDER BY 1",
+        &[&parent],
+    )
+    .await
+    .unwrap()
+    .iter()
+    .map(|r| r.get::<_, String>(0))
+    .collect()
+}
+
+#[tokio::test]
+async fn log_retention_drops_whole_monthly_partitions() {
+    let f = fixture().await;
+    let o = owner(&f).await;
+    // The migration made last month to two months ahead.
+    let std_now = parts(&o, "orgbase.access_log_std").await;
+    assert_eq!(std_now.len(), 4, "{std_now:?}");
+    let oldest = std_now[0].clone();
+    // Thirteen months on (run as a fixed time): the oldest standard partition has passed its
+    // one-year retention and is dropped whole; HIPAA partitions (six years) stay.
+    let out: Vec<String> = o
+        .query(
+            "SELECT * FROM orgbase.maintain_logs(now() + interval '13 months')",
+            &[],
+        )
+        .await
+        .unwrap()
+        .iter()
+        .map(|r| r.get(0))
+        .collect();
+    assert!(
+        out.contains(&format!("dropped orgbase.{oldest}")),
+        "{out:?}"
+    );
+    assert!(!parts(&o, "orgbase.access_log_std").await.contains(&oldest));
+    let hipaa = parts(&o, "orgbase.access_log_hipaa").await;
+    assert!(
+        hipaa.contains(&oldest.replace("_std_", "_hipaa_")),
+        "{hipaa:?}"
+    );
+    assert!(
+        out.iter()
+            .all(|l| !l.contains("hipaa") || l.starts_with("created")),
+        "{out:?}"
+    );
+    // The runtime role cannot read or write partitions directly.
+    let e = request(
+        &f,
+        &f.alice_token,
+        f.org_a,
+        &format!("DELETE FROM orgbase.{}", hipaa[0]),
+        &[],
+    )
+    .await
+    .unwrap_err();
+    assert_eq!(e.as_db_error().unwrap().code().code(), "42501", "{e}");
+}
