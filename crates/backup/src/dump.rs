@@ -12,7 +12,7 @@ use indicatif::ProgressBar;
 use tokio_postgres::{Client, NoTls};
 
 use crate::manifest::{Kind, Manifest};
-use crate::pipe::{self, Sink, Source};
+use crate::pipe::{self, Source};
 use crate::{BackupError, Backups, new_id};
 
 const TABLES: &str = "SELECT format('%I.%I', n.nspname, c.relname) FROM pg_class c \
@@ -135,32 +135,17 @@ impl Backups {
         let oid = id.clone();
         let obj = object.clone();
         let stats = tokio::task::spawn_blocking(move || -> Result<pipe::Stats, BackupError> {
-            let key = ring.current()?;
-            let mut child = cmd.spawn().map_err(BackupError::io("starting pg_dump"))?;
-            let stderr = pipe::collect_stderr(child.stderr.take());
-            let Some(mut out) = child.stdout.take() else {
-                pipe::kill(child);
-                return Err(BackupError::Invalid("pg_dump has no stdout".into()));
-            };
-            let mut sink = match Sink::new(upload, &oid, key, level, threads) {
-                Ok(s) => s,
-                Err(e) => {
-                    pipe::kill(child);
-                    return Err(pipe::object_error(&obj, e));
-                }
-            };
-            let raw = match pipe::copy(&mut out, &mut sink, &pb) {
-                Ok(n) => n,
-                Err(e) => {
-                    pipe::kill(child);
-                    return Err(pipe::object_error(&obj, e));
-                }
-            };
             // pg_dump must have succeeded before the object is completed.
-            pipe::wait("pg_dump", child, stderr)?;
-            let stats = sink.finish(raw).map_err(|e| pipe::object_error(&obj, e))?;
-            pb.finish_and_clear();
-            Ok(stats)
+            pipe::command_to_object(
+                "pg_dump",
+                cmd,
+                upload,
+                &oid,
+                &obj,
+                ring.current()?,
+                (level, threads),
+                &pb,
+            )
         })
         .await
         .map_err(|e| BackupError::Invalid(format!("backup task: {e}")))?;

@@ -231,3 +231,44 @@ pub fn kill(mut child: Child) {
     let _ = child.kill();
     let _ = child.wait();
 }
+
+/// Run `cmd` (stdout piped) and stream its output through a [`Sink`] into `upload`. The command
+/// must succeed before the object is completed; on any failure the child is killed. Blocking.
+#[allow(clippy::too_many_arguments)]
+pub fn command_to_object(
+    what: &str,
+    mut cmd: std::process::Command,
+    upload: ChannelWriter,
+    object_id: &str,
+    object: &str,
+    key: &MasterKey,
+    (level, threads): (i32, u32),
+    pb: &ProgressBar,
+) -> Result<Stats, BackupError> {
+    let mut child = cmd
+        .spawn()
+        .map_err(BackupError::io(format!("starting {what}")))?;
+    let stderr = collect_stderr(child.stderr.take());
+    let Some(mut out) = child.stdout.take() else {
+        kill(child);
+        return Err(BackupError::Invalid(format!("{what} has no stdout")));
+    };
+    let mut sink = match Sink::new(upload, object_id, key, level, threads) {
+        Ok(s) => s,
+        Err(e) => {
+            kill(child);
+            return Err(object_error(object, e));
+        }
+    };
+    let raw = match copy(&mut out, &mut sink, pb) {
+        Ok(n) => n,
+        Err(e) => {
+            kill(child);
+            return Err(object_error(object, e));
+        }
+    };
+    wait(what, child, stderr)?;
+    let stats = sink.finish(raw).map_err(|e| object_error(object, e))?;
+    pb.finish_and_clear();
+    Ok(stats)
+}

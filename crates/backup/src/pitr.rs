@@ -153,33 +153,16 @@ impl Backups {
             object.clone(),
         );
         let stats = tokio::task::spawn_blocking(move || {
-            let key = ring.current()?;
-            let mut child = cmd
-                .spawn()
-                .map_err(BackupError::io("starting pg_basebackup"))?;
-            let stderr = pipe::collect_stderr(child.stderr.take());
-            let Some(mut out) = child.stdout.take() else {
-                pipe::kill(child);
-                return Err(BackupError::Invalid("pg_basebackup has no stdout".into()));
-            };
-            let mut sink = match Sink::new(upload, &oid, key, level, threads) {
-                Ok(s) => s,
-                Err(e) => {
-                    pipe::kill(child);
-                    return Err(pipe::object_error(&obj, e));
-                }
-            };
-            let raw = match pipe::copy(&mut out, &mut sink, &pb) {
-                Ok(n) => n,
-                Err(e) => {
-                    pipe::kill(child);
-                    return Err(pipe::object_error(&obj, e));
-                }
-            };
-            pipe::wait("pg_basebackup", child, stderr)?;
-            let stats = sink.finish(raw).map_err(|e| pipe::object_error(&obj, e))?;
-            pb.finish_and_clear();
-            Ok(stats)
+            pipe::command_to_object(
+                "pg_basebackup",
+                cmd,
+                upload,
+                &oid,
+                &obj,
+                ring.current()?,
+                (level, threads),
+                &pb,
+            )
         })
         .await
         .map_err(|e| BackupError::Invalid(format!("base backup task: {e}")))?;
