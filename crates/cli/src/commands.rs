@@ -86,6 +86,13 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 code
             }
             Command::Backup(cmd) => crate::backup::backup(config, cmd).await,
+            Command::Keys(cmd) => {
+                let opened = open(&config, true).await?;
+                let code = crate::keys::run(&opened.target, &config, cmd).await;
+                opened.close().await?;
+                code
+            }
+            Command::Erase(cmd) => crate::privacy::erase(config, cmd).await,
             Command::Pitr(cmd) => crate::backup::pitr(config, cmd).await,
             Command::Wal(cmd) => crate::backup::wal(config, cmd).await,
             Command::Config(ConfigCommand::Example) | Command::Version => Ok(ExitCode::SUCCESS),
@@ -239,11 +246,23 @@ async fn serve(config: Config, _args: ServeArgs) -> anyhow::Result<ExitCode> {
         let admin = target.admin().await?;
         orgbase_http::Services::load(pool.clone(), &admin).await?
     };
+    let keys = crate::keys::open(&config)?;
+    services.fields = orgbase_db::fields::Fields::new(keys.clone(), config.keys.field_encryption);
+    services.privacy = orgbase_http::Privacy {
+        dir: config.privacy.dir(&config.data_dir),
+        erasure_grace: std::time::Duration::from_secs(
+            u64::from(config.privacy.erasure_grace_days) * 86_400,
+        ),
+    };
     let backup_metrics = orgbase_backup::metrics::BackupMetrics::default();
     if let Some(m) = std::sync::Arc::get_mut(&mut services.metrics) {
         backup_metrics.register(m.registry_mut());
     }
     let backup_schedule = crate::backup::spawn_scheduler(&config, &target, backup_metrics);
+    let privacy_worker = services
+        .key
+        .is_some()
+        .then(|| crate::privacy::spawn_worker(target.clone(), &config, keys.clone()));
     let jobs = if services.key.is_some() {
         services.checkpoints = Some(crate::audit::public_key(&config)?);
         Some(crate::audit::Jobs::start(&target, &config, services.metrics.clone()).await?)
@@ -293,6 +312,9 @@ async fn serve(config: Config, _args: ServeArgs) -> anyhow::Result<ExitCode> {
     .await
     .context("serving HTTP")?;
     if let Some(task) = backup_schedule {
+        task.abort();
+    }
+    if let Some(task) = privacy_worker {
         task.abort();
     }
     if let Some(jobs) = jobs {

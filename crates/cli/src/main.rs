@@ -3,6 +3,8 @@
 mod audit;
 mod backup;
 mod commands;
+mod keys;
+mod privacy;
 mod tools;
 
 use std::process::ExitCode;
@@ -93,6 +95,13 @@ pub enum Command {
     /// (docs/backup.md).
     #[command(subcommand)]
     Backup(backup::BackupCommand),
+    /// Data keys of field encryption: list, rotate, re-encrypt (docs/keys.md).
+    #[command(subcommand)]
+    Keys(keys::KeysCommand),
+    /// GDPR requests: carry out due exports and erasures, check certificates of deletion
+    /// (docs/erasure.md).
+    #[command(subcommand)]
+    Erase(privacy::EraseCommand),
     /// Point-in-time recovery of the embedded cluster: base backups and restore to a time.
     #[command(subcommand)]
     Pitr(backup::PitrCommand),

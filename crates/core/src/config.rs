@@ -20,6 +20,9 @@ pub const FLAG_ENV_VARS: &[&str] = &[
     "ORGBASE_DATABASE_URL",
     "ORGBASE_LISTEN",
     "ORGBASE_LOG",
+    // The master key of field encryption (base64), read by the key provider, never by the
+    // layered loader: it must not end up in `config check` output.
+    "ORGBASE_MASTER_KEY",
 ];
 
 #[derive(Debug, thiserror::Error)]
@@ -43,6 +46,75 @@ pub struct Config {
     pub log: LogConfig,
     pub audit: AuditConfig,
     pub backup: BackupConfig,
+    pub keys: KeysSettings,
+    pub privacy: PrivacyConfig,
+}
+
+/// Field encryption and data keys (docs/keys.md). The master key comes from
+/// `ORGBASE_MASTER_KEY` (base64 of 32 bytes) when set, else from `master_key_file`.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct KeysSettings {
+    /// Encrypt values of columns classified confidential, pii or phi before they reach
+    /// PostgreSQL. Turning it off stores new values in clear; existing ciphertexts still decrypt.
+    pub field_encryption: bool,
+    /// Directory of all key material [default: <data_dir>/keys]. Never inside PGDATA.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub dir: Option<PathBuf>,
+    /// The master key file [default: <keys dir>/master.key].
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub master_key_file: Option<PathBuf>,
+    /// A data key is rotated when its current version is this old.
+    pub rotation_max_age_days: u32,
+    /// How often a cached key is re-read, to see rotations and destructions by other processes.
+    pub cache_revalidate_ms: u64,
+    /// Most data keys kept unwrapped in memory.
+    pub cache_capacity: usize,
+}
+
+impl Default for KeysSettings {
+    fn default() -> Self {
+        Self {
+            field_encryption: true,
+            dir: None,
+            master_key_file: None,
+            rotation_max_age_days: 90,
+            cache_revalidate_ms: 1000,
+            cache_capacity: 10_000,
+        }
+    }
+}
+
+/// GDPR requests: export and erasure (docs/erasure.md).
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct PrivacyConfig {
+    /// Days between an erasure request (soft delete at once) and the hard delete and
+    /// crypto-shred.
+    pub erasure_grace_days: u32,
+    /// Days an export archive stays downloadable.
+    pub export_keep_days: u32,
+    /// Where export archives and certificates of deletion are written [default:
+    /// <data_dir>/privacy].
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub dir: Option<PathBuf>,
+}
+
+impl Default for PrivacyConfig {
+    fn default() -> Self {
+        Self {
+            erasure_grace_days: 90,
+            export_keep_days: 7,
+            dir: None,
+        }
+    }
+}
+
+impl PrivacyConfig {
+    /// The directory of exports and certificates, relative to `data_dir` unless configured.
+    pub fn dir(&self, data_dir: &std::path::Path) -> PathBuf {
+        self.dir.clone().unwrap_or_else(|| data_dir.join("privacy"))
+    }
 }
 
 /// The audit trail and access logs (docs/audit.md).
@@ -233,6 +305,8 @@ impl Default for Config {
             log: LogConfig::default(),
             audit: AuditConfig::default(),
             backup: BackupConfig::default(),
+            keys: KeysSettings::default(),
+            privacy: PrivacyConfig::default(),
         }
     }
 }
@@ -448,6 +522,15 @@ impl Config {
                 || url.expose().starts_with("postgresql://"))
         {
             return field("backup.url", "must start with postgres:// or postgresql://");
+        }
+        if self.keys.rotation_max_age_days == 0 {
+            return field("keys.rotation_max_age_days", "must be at least 1");
+        }
+        if self.keys.cache_capacity == 0 {
+            return field("keys.cache_capacity", "must be at least 1");
+        }
+        if self.privacy.export_keep_days == 0 {
+            return field("privacy.export_keep_days", "must be at least 1");
         }
         Ok(())
     }

@@ -7,6 +7,8 @@ pub mod catalog;
 pub mod check;
 pub mod cluster;
 pub mod database;
+pub mod fields;
+pub mod gdpr;
 pub mod migrate;
 pub mod records;
 pub mod request;

@@ -11,6 +11,7 @@ use tokio_postgres::{Client, Row};
 use uuid::Uuid;
 
 use crate::catalog::{Kind, Table, quote_ident};
+use crate::fields::{Fields, is_sealed};
 use crate::request::{self, Caller, Context, ReqError};
 
 pub const MAX_LIMIT: i64 = 200;
@@ -129,6 +130,10 @@ impl ListQuery {
                         None => (false, v.as_str()),
                     };
                     match table.column(col) {
+                        Some(c) if is_sealed(c) => errors.push(field_err(
+                            "sort",
+                            format!("cannot sort by {col:?}: its values are encrypted"),
+                        )),
                         Some(c) if c.indexed && c.not_null && c.kind != Kind::Json => {
                             q.sort = col.to_string();
                             q.descending = desc;
@@ -150,6 +155,9 @@ impl ListQuery {
                         _ => (k.as_str(), Op::Eq),
                     };
                     match table.column(col) {
+                        Some(c) if is_sealed(c) => {
+                            errors.push(field_err(k, "cannot filter on an encrypted column"))
+                        }
                         Some(c) if c.indexed && col != "org_id" => {
                             match check_scalar(c.kind, k, v) {
                                 Ok(()) => q.filters.push((col.to_string(), op, v.clone())),
@@ -205,6 +213,7 @@ pub async fn list(
     caller: &Caller,
     org: &str,
     table: &Table,
+    fields: &Fields,
     q: &ListQuery,
 ) -> Result<Page, ReqError> {
     let mut params: Vec<Box<dyn ToSql + Sync + Send>> = Vec::new();
@@ -264,7 +273,7 @@ pub async fn list(
         if i > 0 {
             items.push(',');
         }
-        items.push_str(r.get::<_, &str>(0));
+        items.push_str(&fields.open(table, r.get::<_, &str>(0))?);
         last = Some((r.get::<_, String>(1), r.get::<_, Uuid>(2)));
     }
     items.push(']');
@@ -283,12 +292,37 @@ fn record(rows: &[tokio_postgres::Row]) -> Result<Record, ReqError> {
     })
 }
 
+/// A record with its classified values decrypted.
+fn opened(fields: &Fields, table: &Table, mut rec: Record) -> Result<Record, ReqError> {
+    if let std::borrow::Cow::Owned(json) = fields.open(table, &rec.json)? {
+        rec.json = json;
+    }
+    Ok(rec)
+}
+
+/// PHI needs a session that passed MFA (API keys never do).
+async fn phi_gate(client: &Client, caller: &Caller, table: &Table) -> Result<(), ReqError> {
+    if !table.phi {
+        return Ok(());
+    }
+    let cred: &[u8] = &caller.cred_hash;
+    let row = client
+        .query_one("SELECT orgbase.session_mfa($1)", &[&cred])
+        .await?;
+    if row.get::<_, bool>(0) {
+        Ok(())
+    } else {
+        Err(ReqError::PhiNeedsMfa)
+    }
+}
+
 /// `GET /v1/orgs/{org}/{table}/{id}`.
 pub async fn get(
     pool: &Pool,
     caller: &Caller,
     org: &str,
     table: &Table,
+    fields: &Fields,
     id: Uuid,
 ) -> Result<Record, ReqError> {
     let sql = format!(
@@ -296,7 +330,7 @@ pub async fn get(
         table.qualified
     );
     let rows = read(pool, caller, org, table, &sql, &[&id], |_| vec![id]).await?;
-    record(&rows)
+    opened(fields, table, record(&rows)?)
 }
 
 /// A read: one pipelined statement, or for a table with phi columns the statement and the
@@ -314,6 +348,7 @@ async fn read(
         return Ok(request::one(pool, caller, org, sql, params).await?.1);
     }
     request::many(pool, caller, org, async |c: &Client, _| {
+        phi_gate(c, caller, table).await?;
         let rows = c.query(sql, params).await?;
         let ids = ids(&rows);
         if !ids.is_empty() {
@@ -413,10 +448,24 @@ pub async fn create(
     caller: &Caller,
     org: &str,
     table: &Table,
+    fields: &Fields,
     mut body: Map<String, Value>,
 ) -> Result<Record, ReqError> {
-    body.entry("id")
-        .or_insert_with(|| Value::String(Uuid::now_v7().to_string()));
+    // The row id is chosen here: encrypted values are bound to it.
+    let id = match body.get("id").and_then(Value::as_str).map(Uuid::parse_str) {
+        Some(Ok(id)) => id,
+        Some(Err(_)) => {
+            return Err(ReqError::Invalid(
+                Some("id".into()),
+                "must be a UUID".into(),
+            ));
+        }
+        None => {
+            let id = Uuid::now_v7();
+            body.insert("id".into(), Value::String(id.to_string()));
+            id
+        }
+    };
     let cols: Vec<String> = body.keys().map(|k| quote_ident(k)).collect();
     let cols = cols.join(", ");
     let sql = format!(
@@ -424,9 +473,19 @@ pub async fn create(
          RETURNING row_to_json(t)::text, {ETAG}",
         q = table.qualified
     );
-    let body = Value::Object(body);
-    let (_, rows) = request::one(pool, caller, org, &sql, &[&body]).await?;
-    record(&rows)
+    let rec = if fields.seals(table, &body) || table.phi {
+        // Encryption needs the verified organization and user: context first, then the insert.
+        request::many(pool, caller, org, async |c: &Client, ctx: &Context| {
+            phi_gate(c, caller, table).await?;
+            fields.seal(table, ctx.org_id, id, Some(ctx.user_id), &mut body)?;
+            record(&c.query(&sql, &[&Value::Object(body)]).await?)
+        })
+        .await?
+    } else {
+        let body = Value::Object(body);
+        record(&request::one(pool, caller, org, &sql, &[&body]).await?.1)?
+    };
+    opened(fields, table, rec)
 }
 
 /// `PATCH /v1/orgs/{org}/{table}/{id}` with a validated body; `if_match` is the version the
@@ -436,8 +495,9 @@ pub async fn update(
     caller: &Caller,
     org: &str,
     table: &Table,
+    fields: &Fields,
     id: Uuid,
-    body: Map<String, Value>,
+    mut body: Map<String, Value>,
     if_match: Option<i64>,
 ) -> Result<Record, ReqError> {
     let sets: Vec<String> = body
@@ -451,13 +511,22 @@ pub async fn update(
          RETURNING row_to_json(t)::text, {ETAG}",
         sets.join(", ")
     );
-    let body = Value::Object(body);
     let exists = format!("SELECT 1 FROM {q} t WHERE t.id = $1 AND t.deleted_at IS NULL");
-    request::many(
+    let subject =
+        format!("SELECT t.created_by FROM {q} t WHERE t.id = $1 AND t.deleted_at IS NULL");
+    let rec = request::many(
         pool,
         caller,
         org,
-        async |client: &tokio_postgres::Client, _: &Context| {
+        async |client: &tokio_postgres::Client, ctx: &Context| {
+            phi_gate(client, caller, table).await?;
+            if fields.seals(table, &body) {
+                // Values are encrypted under the key of the row's creator, not the editor.
+                let row = client.query_opt(&subject, &[&id]).await?;
+                let creator: Uuid = row.ok_or(ReqError::NotFound)?.get(0);
+                fields.seal(table, ctx.org_id, id, Some(creator), &mut body)?;
+            }
+            let body = Value::Object(body);
             let rows = client.query(&sql, &[&body, &id, &if_match]).await?;
             if rows.is_empty()
                 && if_match.is_some()
@@ -470,7 +539,8 @@ pub async fn update(
             record(&rows)
         },
     )
-    .await
+    .await?;
+    opened(fields, table, rec)
 }
 
 /// `DELETE /v1/orgs/{org}/{table}/{id}`: soft delete (purged after the grace period).
@@ -485,7 +555,15 @@ pub async fn delete(
         "UPDATE {} AS t SET deleted_at = now() WHERE t.id = $1 AND t.deleted_at IS NULL RETURNING t.id",
         table.qualified
     );
-    let (_, rows) = request::one(pool, caller, org, &sql, &[&id]).await?;
+    let rows = if table.phi {
+        request::many(pool, caller, org, async |c: &Client, _| {
+            phi_gate(c, caller, table).await?;
+            Ok(c.query(&sql, &[&id]).await?)
+        })
+        .await?
+    } else {
+        request::one(pool, caller, org, &sql, &[&id]).await?.1
+    };
     if rows.is_empty() {
         Err(ReqError::NotFound)
     } else {
@@ -499,6 +577,7 @@ pub async fn restore(
     caller: &Caller,
     org: &str,
     table: &Table,
+    fields: &Fields,
     id: Uuid,
 ) -> Result<Record, ReqError> {
     let sql = format!(
@@ -506,8 +585,16 @@ pub async fn restore(
          RETURNING row_to_json(t)::text, {ETAG}",
         table.qualified
     );
-    let (_, rows) = request::one(pool, caller, org, &sql, &[&id]).await?;
-    record(&rows)
+    let rows = if table.phi {
+        request::many(pool, caller, org, async |c: &Client, _| {
+            phi_gate(c, caller, table).await?;
+            Ok(c.query(&sql, &[&id]).await?)
+        })
+        .await?
+    } else {
+        request::one(pool, caller, org, &sql, &[&id]).await?.1
+    };
+    opened(fields, table, record(&rows)?)
 }
 
 #[cfg(test)]

@@ -74,6 +74,18 @@ pub enum ReqError {
     Unavailable(String),
     #[error("database error: {0}")]
     Db(tokio_postgres::Error),
+    /// PHI columns need a session that passed multi-factor authentication.
+    #[error(
+        "this table holds health data (PHI): sign in with multi-factor authentication to use it"
+    )]
+    PhiNeedsMfa,
+    /// The key store failed (I/O): nothing was written.
+    #[error("key store unavailable: {0}")]
+    Keys(String),
+    /// A stored ciphertext does not decrypt for its place: moved, altered, or under a key
+    /// version that is gone.
+    #[error("a stored value cannot be decrypted: {0}")]
+    Undecryptable(String),
 }
 
 impl From<tokio_postgres::Error> for ReqError {
@@ -101,7 +113,7 @@ pub fn classify(e: tokio_postgres::Error) -> ReqError {
             return ReqError::Conflict(db.message().to_string());
         }
         Some("orgbase_last_owner") => return ReqError::Conflict(db.message().to_string()),
-        Some("orgbase_no_invitation") => return ReqError::NotFound,
+        Some("orgbase_no_invitation") | Some("orgbase_not_found") => return ReqError::NotFound,
         Some("orgbase_forbidden") => return ReqError::Forbidden(db.message().to_string()),
         Some("orgbase_bad_proof")
         | Some("orgbase_no_context")

@@ -58,6 +58,11 @@ pub enum ApiError {
     Forbidden(String),
     #[error("multi-factor authentication required")]
     MfaRequired,
+    #[error("multi-factor authentication required for health data")]
+    PhiNeedsMfa,
+    /// A stored value did not decrypt for its row (moved, altered, or its key version gone).
+    #[error("a stored value cannot be decrypted: {0}")]
+    Undecryptable(String),
     #[error("address not allowed for this API key")]
     IpNotAllowed,
     #[error("conflict: {0}")]
@@ -123,6 +128,16 @@ impl ApiError {
                 "mfa-required",
                 "Multi-factor authentication required",
             ),
+            ApiError::PhiNeedsMfa => (
+                StatusCode::FORBIDDEN,
+                "mfa-required",
+                "Multi-factor authentication required",
+            ),
+            ApiError::Undecryptable(_) => (
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "undecryptable",
+                "A stored value cannot be decrypted",
+            ),
             ApiError::IpNotAllowed => (
                 StatusCode::FORBIDDEN,
                 "ip-not-allowed",
@@ -180,6 +195,12 @@ impl ApiError {
                  (POST /v1/auth/mfa/totp/verify) or log in with one"
                     .into(),
             ),
+            ApiError::PhiNeedsMfa => Some(
+                "this table holds health data (PHI): use a session that passed multi-factor \
+                 authentication (API keys cannot read PHI)"
+                    .into(),
+            ),
+            ApiError::Undecryptable(d) => Some(d.clone()),
             ApiError::IpNotAllowed => Some("this API key may not be used from this address".into()),
             ApiError::PayloadTooLarge => {
                 Some("the request body exceeds the configured limit".into())
@@ -272,6 +293,9 @@ impl From<orgbase_db::ReqError> for ApiError {
             R::Timeout => ApiError::Timeout,
             R::Unavailable(m) => ApiError::Unavailable(m),
             R::Db(e) => ApiError::internal(e),
+            R::PhiNeedsMfa => ApiError::PhiNeedsMfa,
+            R::Keys(m) => ApiError::Unavailable(m),
+            R::Undecryptable(m) => ApiError::Undecryptable(m),
         }
     }
 }

@@ -10,6 +10,7 @@ pub mod identity;
 pub mod metrics;
 pub mod middleware;
 pub mod orgs;
+pub mod privacy;
 pub mod tables;
 
 use std::future::Future;
@@ -44,6 +45,26 @@ pub struct Services {
     /// Where the signed audit checkpoints are, and the key that signs them, for
     /// `GET /v1/orgs/{org}/audit/verify`.
     pub checkpoints: Option<(std::path::PathBuf, String)>,
+    /// Field encryption (docs/keys.md); disabled unless the server opened a key store.
+    pub fields: orgbase_db::fields::Fields,
+    /// Where export archives are written, and how long an erasure waits (GDPR requests).
+    pub privacy: Privacy,
+}
+
+/// GDPR request settings the API needs.
+#[derive(Debug, Clone)]
+pub struct Privacy {
+    pub dir: std::path::PathBuf,
+    pub erasure_grace: std::time::Duration,
+}
+
+impl Default for Privacy {
+    fn default() -> Self {
+        Self {
+            dir: std::path::PathBuf::from("./orgbase-data/privacy"),
+            erasure_grace: std::time::Duration::from_secs(90 * 86_400),
+        }
+    }
 }
 
 impl Services {
@@ -63,6 +84,8 @@ impl Services {
                 catalog: Catalog::default(),
                 metrics: Arc::new(Metrics::new()),
                 checkpoints: None,
+                fields: orgbase_db::fields::Fields::disabled(),
+                privacy: Privacy::default(),
             });
         }
         let key = ServerKey::load(admin).await?;
@@ -73,6 +96,8 @@ impl Services {
             catalog,
             metrics: Arc::new(Metrics::new()),
             checkpoints: None,
+            fields: orgbase_db::fields::Fields::disabled(),
+            privacy: Privacy::default(),
         })
     }
 }
@@ -89,6 +114,8 @@ pub struct AppState {
     openapi: Arc<String>,
     access: Option<access::AccessLog>,
     checkpoints: Option<Arc<(std::path::PathBuf, String)>>,
+    pub fields: Arc<orgbase_db::fields::Fields>,
+    pub privacy: Arc<Privacy>,
 }
 
 impl AppState {
@@ -147,6 +174,7 @@ impl AppState {
         (name = "teams", description = "Teams within an organization"),
         (name = "api-keys", description = "Organization API keys (Bearer credentials with scopes)"),
         (name = "audit", description = "The organization's tamper-evident audit trail"),
+        (name = "privacy", description = "GDPR: export and erasure of a person's data, with certificates of deletion"),
         (name = "records", description = "The generic API over every tenant table (notes, projects, tasks, …)"),
     ),
     modifiers(&BearerAuth),
@@ -210,6 +238,16 @@ fn routes() -> OpenApiRouter<AppState> {
         .routes(routes!(orgs::revoke_api_key))
         .routes(routes!(audit::list))
         .routes(routes!(audit::verify))
+        .routes(routes!(privacy::export_me))
+        .routes(routes!(privacy::erase_me))
+        .routes(routes!(privacy::list_mine))
+        .routes(routes!(privacy::get_mine))
+        .routes(routes!(privacy::download_mine))
+        .routes(routes!(privacy::export_member))
+        .routes(routes!(privacy::erase_member))
+        .routes(routes!(privacy::list_org))
+        .routes(routes!(privacy::get_org))
+        .routes(routes!(privacy::download_org))
         .routes(routes!(tables::list, tables::create))
         .routes(routes!(tables::get, tables::update, tables::delete))
         .routes(routes!(tables::restore))
@@ -251,6 +289,8 @@ pub fn app(services: Services, latest_migration: i64, settings: &HttpSettings) -
     let state = AppState {
         access,
         checkpoints: services.checkpoints.map(Arc::new),
+        fields: Arc::new(services.fields),
+        privacy: Arc::new(services.privacy),
         pool: services.pool,
         key: services.key.map(Arc::new),
         metrics: services.metrics,

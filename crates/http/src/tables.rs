@@ -73,7 +73,7 @@ pub async fn list(
 ) -> Result<Response, ApiError> {
     let t = table(&state, &name).await?;
     let q = ListQuery::parse(&t, &query_pairs(raw)?)?;
-    let page = records::list(&state.pool, &caller, &org, &t, &q).await?;
+    let page = records::list(&state.pool, &caller, &org, &t, &state.fields, &q).await?;
     let cursor = match page.next_cursor {
         Some(c) => format!("\"{c}\""),
         None => "null".into(),
@@ -95,7 +95,7 @@ pub async fn get(
 ) -> Result<Response, ApiError> {
     let t = table(&state, &name).await?;
     let id = parse_id(&id)?;
-    let rec = records::get(&state.pool, &caller, &org, &t, id).await?;
+    let rec = records::get(&state.pool, &caller, &org, &t, &state.fields, id).await?;
     Ok(with_etag(StatusCode::OK, rec))
 }
 
@@ -115,7 +115,7 @@ pub async fn create(
     let t = table(&state, &name).await?;
     let body = object(body)?;
     records::validate(&t, &body, true)?;
-    let rec = records::create(&state.pool, &caller, &org, &t, body).await?;
+    let rec = records::create(&state.pool, &caller, &org, &t, &state.fields, body).await?;
     Ok(with_etag(StatusCode::CREATED, rec))
 }
 
@@ -144,7 +144,17 @@ pub async fn update(
     let expected = if_match(&headers)?;
     let body = object(body)?;
     records::validate(&t, &body, false)?;
-    let rec = records::update(&state.pool, &caller, &org, &t, id, body, expected).await?;
+    let rec = records::update(
+        &state.pool,
+        &caller,
+        &org,
+        &t,
+        &state.fields,
+        id,
+        body,
+        expected,
+    )
+    .await?;
     Ok(with_etag(StatusCode::OK, rec))
 }
 
@@ -175,6 +185,6 @@ pub async fn restore(
 ) -> Result<Response, ApiError> {
     let t = table(&state, &name).await?;
     let id = parse_id(&id)?;
-    let rec = records::restore(&state.pool, &caller, &org, &t, id).await?;
+    let rec = records::restore(&state.pool, &caller, &org, &t, &state.fields, id).await?;
     Ok(with_etag(StatusCode::OK, rec).into_response())
 }

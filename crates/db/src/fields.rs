@@ -1,0 +1,235 @@
+//! Field encryption in the record API (SPEC R14, docs/keys.md): values of columns classified
+//! `confidential`, `pii` or `phi` are encrypted before they reach PostgreSQL and decrypted for
+//! authorized callers on the way out.
+//!
+//! Which key: a row's values are encrypted under the data key of its **subject** — the person
+//! who created it (`created_by`) — in that organization ([`subject_key`]); rows without a
+//! creator use the organization's key. Erasing a person in an organization destroys that one
+//! key, and every copy of those values (audit entries, old dumps, backups) becomes noise.
+//!
+//! The ciphertext is bound to (organization, table, column, row id): copied to another row or
+//! organization it does not decrypt.
+
+use std::borrow::Cow;
+use std::sync::Arc;
+
+use orgbase_keys::{CipherError, FieldAad, KeyError, KeyId, Keys, is_ciphertext};
+use serde_json::{Map, Value};
+use uuid::Uuid;
+
+use crate::catalog::{Column, Kind, Table};
+use crate::request::ReqError;
+
+/// The data key of person `user` in organization `org`: one key per (organization, person), so
+/// that an organization can erase a member without touching their data elsewhere, and a
+/// person's own erasure destroys the keys of every organization they belonged to.
+pub fn subject_key(org: Uuid, user: Uuid) -> KeyId {
+    let mut ctx = aws_lc_rs::digest::Context::new(&aws_lc_rs::digest::SHA256);
+    ctx.update(b"orgbase.subject-key.v1\0");
+    ctx.update(org.as_bytes());
+    ctx.update(user.as_bytes());
+    let digest = ctx.finish();
+    let mut bytes = [0u8; 16];
+    bytes.copy_from_slice(&digest.as_ref()[..16]);
+    KeyId::subject(uuid::Builder::from_custom_bytes(bytes).into_uuid())
+}
+
+/// True for a column whose values are encrypted: classified confidential, pii or phi, and of a
+/// type that can hold the ciphertext (text, or JSON holding it as a string).
+pub fn is_sealed(c: &Column) -> bool {
+    matches!(c.class.as_str(), "confidential" | "pii" | "phi")
+        && matches!(c.kind, Kind::Text | Kind::Json)
+}
+
+/// The table's name in ciphertext bindings: `schema.table`.
+fn aad_table(table: &Table) -> String {
+    table.qualified.replace('"', "")
+}
+
+/// Encrypts and decrypts the classified values of records.
+#[derive(Debug, Clone)]
+pub struct Fields {
+    keys: Option<Arc<Keys>>,
+    encrypt: bool,
+}
+
+impl Fields {
+    /// `encrypt: false` stores new values in clear (existing ciphertexts still decrypt).
+    pub fn new(keys: Arc<Keys>, encrypt: bool) -> Self {
+        Self {
+            keys: Some(keys),
+            encrypt,
+        }
+    }
+
+    /// No key store: values are stored as given, and a ciphertext cannot be read.
+    pub fn disabled() -> Self {
+        Self {
+            keys: None,
+            encrypt: false,
+        }
+    }
+
+    pub fn keys(&self) -> Option<&Arc<Keys>> {
+        self.keys.as_ref()
+    }
+
+    fn cipher(&self) -> Result<&orgbase_keys::FieldCipher, ReqError> {
+        self.keys
+            .as_deref()
+            .map(Keys::cipher)
+            .ok_or_else(|| ReqError::Undecryptable("no key store is configured".into()))
+    }
+
+    /// Whether writing these fields of `table` needs encryption (and so the row's subject).
+    pub fn seals(&self, table: &Table, body: &Map<String, Value>) -> bool {
+        self.encrypt
+            && table
+                .columns
+                .iter()
+                .any(|c| is_sealed(c) && body.get(&c.name).is_some_and(|v| !v.is_null()))
+    }
+
+    /// Encrypts the classified values of `body` in place for row `row` of `org`, under the key
+    /// of `subject` (the row's creator) or of the organization.
+    pub fn seal(
+        &self,
+        table: &Table,
+        org: Uuid,
+        row: Uuid,
+        subject: Option<Uuid>,
+        body: &mut Map<String, Value>,
+    ) -> Result<(), ReqError> {
+        if !self.encrypt {
+            return Ok(());
+        }
+        let cipher = self.cipher()?;
+        let key = subject.map_or(KeyId::org(org), |u| subject_key(org, u));
+        let name = aad_table(table);
+        let row = row.to_string();
+        for c in table.columns.iter().filter(|c| is_sealed(c)) {
+            let Some(v) = body.get_mut(&c.name) else {
+                continue;
+            };
+            let plain = match (&*v, c.kind) {
+                (Value::Null, _) => continue,
+                (Value::String(s), Kind::Text) => Cow::Borrowed(s.as_bytes()),
+                (other, _) => Cow::Owned(serde_json::to_vec(other).map_err(|e| {
+                    ReqError::Invalid(Some(c.name.clone()), format!("cannot encode: {e}"))
+                })?),
+            };
+            let place = FieldAad {
+                org,
+                table: &name,
+                column: &c.name,
+                row: &row,
+            };
+            let sealed = cipher
+                .encrypt(&plain, &place, key)
+                .map_err(|e| ReqError::Keys(e.to_string()))?;
+            *v = Value::String(sealed);
+        }
+        Ok(())
+    }
+
+    /// Decrypts the classified values of one row rendered as JSON. Values whose key was
+    /// destroyed (an erased person) come back as `null`; a value that does not decrypt for its
+    /// place (moved, altered) is an error naming the row and column.
+    pub fn open<'a>(&self, table: &Table, json: &'a str) -> Result<Cow<'a, str>, ReqError> {
+        if !json.contains("\"enc:v1:") || !table.columns.iter().any(is_sealed) {
+            return Ok(Cow::Borrowed(json));
+        }
+        let mut row: Map<String, Value> = serde_json::from_str(json)
+            .map_err(|e| ReqError::Undecryptable(format!("row is not JSON: {e}")))?;
+        self.open_map(table, &mut row)?;
+        serde_json::to_string(&row)
+            .map(Cow::Owned)
+            .map_err(|e| ReqError::Undecryptable(e.to_string()))
+    }
+
+    /// [`Fields::open`] on a parsed row (with its `org_id` and `id`).
+    pub fn open_map(&self, table: &Table, row: &mut Map<String, Value>) -> Result<(), ReqError> {
+        let id = row.get("id").and_then(Value::as_str).map(str::to_owned);
+        let org = row
+            .get("org_id")
+            .and_then(Value::as_str)
+            .and_then(|s| Uuid::parse_str(s).ok());
+        let (Some(id), Some(org)) = (id, org) else {
+            return Err(ReqError::Undecryptable(format!(
+                "a row of {} without id or org_id",
+                table.name
+            )));
+        };
+        let name = aad_table(table);
+        let cipher = self.cipher()?;
+        for c in table.columns.iter().filter(|c| is_sealed(c)) {
+            let Some(v) = row.get_mut(&c.name) else {
+                continue;
+            };
+            let Some(text) = v.as_str().filter(|s| is_ciphertext(s)) else {
+                continue;
+            };
+            let place = FieldAad {
+                org,
+                table: &name,
+                column: &c.name,
+                row: &id,
+            };
+            *v = match cipher.decrypt(text, &place) {
+                Ok(plain) => match c.kind {
+                    Kind::Text => Value::String(String::from_utf8(plain).map_err(|_| {
+                        ReqError::Undecryptable(format!(
+                            "{}.{} of row {id}: not UTF-8",
+                            table.name, c.name
+                        ))
+                    })?),
+                    _ => serde_json::from_slice(&plain).map_err(|e| {
+                        ReqError::Undecryptable(format!(
+                            "{}.{} of row {id}: {e}",
+                            table.name, c.name
+                        ))
+                    })?,
+                },
+                Err(e) if e.is_key_destroyed() => Value::Null,
+                Err(CipherError::Key(e @ (KeyError::Io { .. } | KeyError::Random))) => {
+                    return Err(ReqError::Keys(e.to_string()));
+                }
+                Err(e) => {
+                    return Err(ReqError::Undecryptable(format!(
+                        "{}.{} of row {id}: {e}",
+                        table.name, c.name
+                    )));
+                }
+            };
+        }
+        Ok(())
+    }
+
+    /// Opens a JSON array of rows (a list page).
+    pub fn open_all(&self, table: &Table, rows: &mut [String]) -> Result<(), ReqError> {
+        for r in rows.iter_mut() {
+            if let Cow::Owned(s) = self.open(table, r)? {
+                *r = s;
+            }
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn subject_keys_differ_per_org_and_person() {
+        let (a, b, u, v) = (
+            Uuid::now_v7(),
+            Uuid::now_v7(),
+            Uuid::now_v7(),
+            Uuid::now_v7(),
+        );
+        assert_eq!(subject_key(a, u), subject_key(a, u));
+        assert_ne!(subject_key(a, u), subject_key(b, u));
+        assert_ne!(subject_key(a, u), subject_key(a, v));
+    }
+}
