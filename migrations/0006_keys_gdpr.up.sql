@@ -15,7 +15,7 @@ ALTER TABLE orgbase.tasks DROP CONSTRAINT tasks_description_check,
 
 -- A product's own table declares its classes with the tenant-table helper:
 --     SELECT orgbase.make_tenant_table('app.patients', 'clinic',
---                                      '{"diagnosis": "phi", "phone": "pii"}');
+--                                      classes => '{"diagnosis": "phi", "phone": "pii"}');
 CREATE FUNCTION orgbase.make_tenant_table(tbl regclass, app text, classes jsonb) RETURNS void
 LANGUAGE plpgsql
 SET search_path = pg_catalog, orgbase
@@ -100,6 +100,20 @@ DECLARE
 BEGIN
     IF kind NOT IN ('export', 'erase') THEN
         RAISE EXCEPTION 'kind must be export or erase' USING ERRCODE = 'invalid_parameter_value';
+    END IF;
+    -- An organization with other members keeps an owner: erasing its last one waits for a
+    -- transfer of ownership.
+    IF kind = 'erase' AND EXISTS (
+        SELECT 1 FROM orgbase.members m
+         WHERE m.user_id = subject AND m.role = 'owner' AND m.deleted_at IS NULL
+           AND (org IS NULL OR m.org_id = org)
+           AND NOT EXISTS (SELECT 1 FROM orgbase.members o
+                            WHERE o.org_id = m.org_id AND o.user_id <> subject
+                              AND o.role = 'owner' AND o.deleted_at IS NULL)
+           AND EXISTS (SELECT 1 FROM orgbase.members o
+                        WHERE o.org_id = m.org_id AND o.user_id <> subject AND o.deleted_at IS NULL)) THEN
+        RAISE EXCEPTION 'the person is the last owner of an organization with other members: transfer ownership first'
+            USING ERRCODE = 'check_violation', HINT = 'orgbase_last_owner';
     END IF;
     SELECT * INTO r FROM orgbase.gdpr_requests g
      WHERE g.kind = gdpr_open.kind AND g.subject = gdpr_open.subject

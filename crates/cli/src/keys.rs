@@ -8,12 +8,9 @@ use anyhow::Context;
 use clap::Subcommand;
 use orgbase_core::Config;
 use orgbase_db::Target;
-use orgbase_db::catalog::{Catalog, quote_ident};
-use orgbase_db::fields::is_sealed;
-use orgbase_keys::{FieldAad, KeyId, Keys, KeysConfig, Reencrypted};
+use orgbase_keys::{KeyId, Keys, KeysConfig};
 use serde_json::json;
 use tokio_postgres::Client;
-use uuid::Uuid;
 
 #[derive(Debug, Subcommand)]
 pub enum KeysCommand {
@@ -176,92 +173,10 @@ pub async fn rotate(
     Ok(rotated)
 }
 
-/// Moves every value under an old key version to the current one (compare-and-set, so a
-/// concurrent update wins). Returns the number of values re-encrypted.
+/// [`orgbase_db::fields::reencrypt`] with a progress spinner, audited as one event.
 pub async fn reencrypt(keys: &Keys, client: &mut Client, batch: i64) -> anyhow::Result<u64> {
-    let catalog = Catalog::load(&*client).await?;
-    let mut moved = 0u64;
     let bar = progress("re-encrypting");
-    for t in catalog.tables.values() {
-        let cols: Vec<&str> = t
-            .columns
-            .iter()
-            .filter(|c| is_sealed(c))
-            .map(|c| c.name.as_str())
-            .collect();
-        if cols.is_empty() {
-            continue;
-        }
-        let name = t.qualified.replace('"', "");
-        for col in cols {
-            let q = quote_ident(col);
-            let mut after: (Uuid, Uuid) = (Uuid::nil(), Uuid::nil());
-            loop {
-                let tx = client.transaction().await?;
-                // Re-encryption changes no content: no audit entry per value (one for the run),
-                // no update trigger (updated_at and ETags stay).
-                tx.batch_execute("SET LOCAL session_replication_role = replica")
-                    .await?;
-                let rows = tx
-                    .query(
-                        &format!(
-                            "SELECT org_id, id, {q}::text FROM {} WHERE (org_id, id) > ($1, $2)
-                               AND {q}::text LIKE '%enc:v1:%' ORDER BY org_id, id LIMIT $3",
-                            t.qualified
-                        ),
-                        &[&after.0, &after.1, &batch],
-                    )
-                    .await?;
-                let Some(last) = rows.last() else {
-                    tx.commit().await?;
-                    break;
-                };
-                after = (last.get(0), last.get(1));
-                for r in &rows {
-                    let (org, id, stored): (Uuid, Uuid, String) = (r.get(0), r.get(1), r.get(2));
-                    // JSON columns hold the ciphertext as a JSON string.
-                    let (text, is_json) = match serde_json::from_str::<String>(&stored) {
-                        Ok(s) => (s, true),
-                        Err(_) => (stored.clone(), false),
-                    };
-                    let row = id.to_string();
-                    let place = FieldAad {
-                        org,
-                        table: &name,
-                        column: col,
-                        row: &row,
-                    };
-                    match keys.cipher().reencrypt(&text, &place) {
-                        Ok(Reencrypted::Rewritten(new)) => {
-                            let new = if is_json {
-                                serde_json::to_string(&new)?
-                            } else {
-                                new
-                            };
-                            let n = tx
-                                .execute(
-                                    &format!(
-                                        "UPDATE {} SET {q} = $3::text::{ty} WHERE org_id = $1 AND id = $2 AND {q}::text = $4",
-                                        t.qualified,
-                                        ty = t.column(col).map_or("text", |c| c.sql_type.as_str())
-                                    ),
-                                    &[&org, &id, &new, &stored],
-                                )
-                                .await?;
-                            moved += n;
-                        }
-                        Ok(Reencrypted::AlreadyCurrent) => {}
-                        Err(e) if e.is_key_destroyed() => {}
-                        Err(e) => {
-                            tracing::warn!(table = %t.name, column = col, row = %id, error = %e, "value not re-encrypted");
-                        }
-                    }
-                    bar.inc(1);
-                }
-                tx.commit().await?;
-            }
-        }
-    }
+    let moved = orgbase_db::fields::reencrypt(keys, client, batch, || bar.inc(1)).await?;
     bar.finish_and_clear();
     audit_event(client, "keys.reencrypt", json!({"values": moved})).await?;
     Ok(moved)

@@ -29,7 +29,7 @@ const ACCOUNT_CHAIN: Uuid = Uuid::nil();
 
 #[derive(Debug, thiserror::Error)]
 pub enum GdprError {
-    #[error("database: {0}")]
+    #[error("database: {}", db_message(.0))]
     Db(#[from] tokio_postgres::Error),
     #[error(transparent)]
     Catalog(#[from] crate::DbError),
@@ -44,6 +44,13 @@ pub enum GdprError {
     /// The request cannot proceed as asked (legal hold, last owner): it stays open.
     #[error("{0}")]
     Refused(String),
+}
+
+fn db_message(e: &tokio_postgres::Error) -> String {
+    match e.as_db_error() {
+        Some(db) => format!("{} ({})", db.message(), db.code().code()),
+        None => e.to_string(),
+    }
 }
 
 fn io(context: impl Into<String>) -> impl FnOnce(std::io::Error) -> GdprError {
@@ -361,8 +368,30 @@ async fn hard_delete(
         tx.execute(sql, &[&orgs, &req.subject]).await?;
     }
     // Memberships go, unless rows of others still refer to them (then they stay, disabled).
+    // An organization keeps an owner; one left without members is closed.
     let mut members_kept = 0u64;
+    let mut orgs_closed = Vec::new();
     for org in orgs {
+        let r = tx
+            .query_one(
+                "SELECT count(*) FILTER (WHERE role = 'owner'), count(*) FROM orgbase.members
+                  WHERE org_id = $1 AND user_id <> $2 AND deleted_at IS NULL",
+                &[org, &req.subject],
+            )
+            .await?;
+        let (owners, others): (i64, i64) = (r.get(0), r.get(1));
+        if others == 0 {
+            tx.execute(
+                "UPDATE orgbase.organizations SET deleted_at = coalesce(deleted_at, now()) WHERE id = $1",
+                &[org],
+            )
+            .await?;
+            orgs_closed.push(*org);
+        } else if owners == 0 {
+            return Err(GdprError::Refused(format!(
+                "the person is the last owner of organization {org}, which has other members: transfer ownership first"
+            )));
+        }
         tx.batch_execute("SAVEPOINT erase_member").await?;
         match tx
             .execute(
@@ -440,6 +469,7 @@ async fn hard_delete(
         "organizations": orgs,
         "rows": rows.iter().map(|(t, (d, k))| (t.clone(), json!({"deleted": d, "kept_shredded": k}))).collect::<Map<String, Value>>(),
         "memberships_kept_disabled": members_kept,
+        "organizations_closed": orgs_closed,
         "audit_entries_redacted": redacted,
         "keys_destroyed": keys,
     });
@@ -680,9 +710,9 @@ async fn export(
                                    'request_id', a.request_id, 'redacted_at', a.redacted_at,
                                    'old', CASE WHEN mine THEN a.old END, 'new', CASE WHEN mine THEN a.new END)
            FROM orgbase.audit_log a,
-                LATERAL (SELECT (a.table_name = 'orgbase.users' AND a.record_id = $1::text)
-                             OR coalesce(a.new ->> 'created_by', a.old ->> 'created_by') = $1::text
-                             OR coalesce(a.new ->> 'user_id', a.old ->> 'user_id') = $1::text AS mine) m
+                LATERAL (SELECT (a.table_name = 'orgbase.users' AND a.record_id = $1::uuid::text)
+                             OR coalesce(a.new ->> 'created_by', a.old ->> 'created_by') = $1::uuid::text
+                             OR coalesce(a.new ->> 'user_id', a.old ->> 'user_id') = $1::uuid::text AS mine) m
           WHERE (a.org_id = ANY($2) OR a.org_id = $3)
             AND (a.actor_user = $1 OR mine)
           ORDER BY a.id",

@@ -6,96 +6,9 @@
 use std::time::Duration;
 
 use orgbase_http::{HttpSettings, Services, app};
-use orgbase_testkit::{TestDb, spawn_app};
+use orgbase_testkit::{Api, TestDb, spawn_app};
 use reqwest::{Method, StatusCode};
 use serde_json::{Value, json};
-
-struct Api {
-    base: String,
-    http: reqwest::Client,
-}
-
-impl Api {
-    async fn call(
-        &self,
-        method: Method,
-        path: &str,
-        token: Option<&str>,
-        body: Option<Value>,
-    ) -> (StatusCode, Value) {
-        let mut req = self.http.request(method, format!("{}{path}", self.base));
-        if let Some(t) = token {
-            req = req.bearer_auth(t);
-        }
-        if let Some(b) = body {
-            req = req.json(&b);
-        }
-        let resp = req.send().await.unwrap();
-        let status = resp.status();
-        if status.is_client_error() || status.is_server_error() {
-            assert_eq!(
-                resp.headers()["content-type"],
-                "application/problem+json",
-                "{path}"
-            );
-        }
-        let text = resp.text().await.unwrap();
-        let v = if text.is_empty() {
-            Value::Null
-        } else {
-            serde_json::from_str(&text).unwrap_or(Value::String(text))
-        };
-        (status, v)
-    }
-
-    async fn ok(&self, method: Method, path: &str, token: &str, body: Option<Value>) -> Value {
-        let (s, v) = self.call(method.clone(), path, Some(token), body).await;
-        assert!(s.is_success(), "{method} {path}: {s} {v}");
-        v
-    }
-
-    async fn expect(
-        &self,
-        method: Method,
-        path: &str,
-        token: Option<&str>,
-        body: Option<Value>,
-        status: u16,
-        kind: &str,
-    ) -> Value {
-        let (s, v) = self.call(method.clone(), path, token, body).await;
-        assert_eq!(s.as_u16(), status, "{method} {path}: {v}");
-        assert_eq!(
-            v["type"],
-            format!("urn:orgbase:problem:{kind}"),
-            "{method} {path}: {v}"
-        );
-        v
-    }
-
-    async fn user(&self, email: &str) -> (String, String) {
-        let (s, v) = self
-            .call(
-                Method::POST,
-                "/v1/auth/signup",
-                None,
-                Some(json!({"email": email, "password": "password-1234", "name": email})),
-            )
-            .await;
-        assert_eq!(s, StatusCode::CREATED, "{v}");
-        let id = v["id"].as_str().unwrap().to_string();
-        let (s, v) = self
-            .call(
-                Method::POST,
-                "/v1/auth/login",
-                None,
-                Some(json!({"email": email, "password": "password-1234"})),
-            )
-            .await;
-        assert_eq!(s, StatusCode::OK, "{v}");
-        (id, v["token"].as_str().unwrap().to_string())
-    }
-}
 
 struct World {
     db: TestDb,
@@ -126,10 +39,7 @@ async fn world() -> World {
         &settings,
     ))
     .await;
-    let api = Api {
-        base,
-        http: reqwest::Client::new(),
-    };
+    let api = Api::new(base);
     let a_owner = api.user("owner@a.example").await;
     let a_editor = api.user("editor@a.example").await;
     let a_viewer = api.user("viewer@a.example").await;

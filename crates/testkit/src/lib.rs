@@ -4,7 +4,7 @@
 //!
 //! The cluster stops and its directory is removed by the cluster watchdog once the test process
 //! exits, however it exits. Logs are silent unless `TEST_LOG` is set (e.g. `TEST_LOG=debug`).
-#![allow(clippy::expect_used, clippy::panic)] // a harness that cannot start should stop loudly
+#![allow(clippy::expect_used, clippy::panic, clippy::unwrap_used)] // a harness that cannot start should stop loudly
 
 use std::os::unix::fs::PermissionsExt;
 use std::path::PathBuf;
@@ -179,4 +179,109 @@ pub async fn spawn_app(app: axum::Router) -> String {
         .await;
     });
     format!("http://{addr}")
+}
+
+/// A small HTTP client for API tests: every error answer must be problem+json.
+#[derive(Debug)]
+pub struct Api {
+    pub base: String,
+    pub http: reqwest::Client,
+}
+
+impl Api {
+    pub fn new(base: String) -> Self {
+        Self {
+            base,
+            http: reqwest::Client::new(),
+        }
+    }
+
+    pub async fn call(
+        &self,
+        method: reqwest::Method,
+        path: &str,
+        token: Option<&str>,
+        body: Option<serde_json::Value>,
+    ) -> (reqwest::StatusCode, serde_json::Value) {
+        let mut req = self.http.request(method, format!("{}{path}", self.base));
+        if let Some(t) = token {
+            req = req.bearer_auth(t);
+        }
+        if let Some(b) = body {
+            req = req.json(&b);
+        }
+        let resp = req.send().await.unwrap();
+        let status = resp.status();
+        if status.is_client_error() || status.is_server_error() {
+            assert_eq!(
+                resp.headers()["content-type"],
+                "application/problem+json",
+                "{path}"
+            );
+        }
+        let text = resp.text().await.unwrap();
+        let v = if text.is_empty() {
+            serde_json::Value::Null
+        } else {
+            serde_json::from_str(&text).unwrap_or(serde_json::Value::String(text))
+        };
+        (status, v)
+    }
+
+    pub async fn ok(
+        &self,
+        method: reqwest::Method,
+        path: &str,
+        token: &str,
+        body: Option<serde_json::Value>,
+    ) -> serde_json::Value {
+        let (s, v) = self.call(method.clone(), path, Some(token), body).await;
+        assert!(s.is_success(), "{method} {path}: {s} {v}");
+        v
+    }
+
+    pub async fn expect(
+        &self,
+        method: reqwest::Method,
+        path: &str,
+        token: Option<&str>,
+        body: Option<serde_json::Value>,
+        status: u16,
+        kind: &str,
+    ) -> serde_json::Value {
+        let (s, v) = self.call(method.clone(), path, token, body).await;
+        assert_eq!(s.as_u16(), status, "{method} {path}: {v}");
+        assert_eq!(
+            v["type"],
+            format!("urn:orgbase:problem:{kind}"),
+            "{method} {path}: {v}"
+        );
+        v
+    }
+
+    /// Sign up and log in: (user id, session token).
+    pub async fn user(&self, email: &str) -> (String, String) {
+        let (s, v) = self
+            .call(
+                reqwest::Method::POST,
+                "/v1/auth/signup",
+                None,
+                Some(
+                    serde_json::json!({"email": email, "password": "password-1234", "name": email}),
+                ),
+            )
+            .await;
+        assert_eq!(s, reqwest::StatusCode::CREATED, "{v}");
+        let id = v["id"].as_str().unwrap().to_string();
+        let (s, v) = self
+            .call(
+                reqwest::Method::POST,
+                "/v1/auth/login",
+                None,
+                Some(serde_json::json!({"email": email, "password": "password-1234"})),
+            )
+            .await;
+        assert_eq!(s, reqwest::StatusCode::OK, "{v}");
+        (id, v["token"].as_str().unwrap().to_string())
+    }
 }

@@ -1,0 +1,859 @@
+//! Field encryption, crypto-shredding and the GDPR workflows (SPEC R14–R18) over real HTTP and
+//! a real database: erasure reaches the live database, the audit trail and an old `pg_dump`;
+//! ciphertexts are bound to their row; rotation under load loses nothing; exports hold a
+//! person's data from every organization and nobody else's; PHI needs MFA.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)] // tests fail loudly
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::sync::Arc;
+use std::time::Duration;
+
+use base64::Engine;
+use orgbase_db::fields::{Fields, subject_key};
+use orgbase_db::gdpr::{self, Worker};
+use orgbase_http::{HttpSettings, Privacy, Services, app};
+use orgbase_keys::{FieldAad, Keys, KeysConfig};
+use orgbase_testkit::{Api, TestDb, spawn_app, temp_dir};
+use reqwest::Method;
+use serde_json::{Value, json};
+use uuid::Uuid;
+
+const PII: &str = "Carol Danvers, SSN 078-05-1120, 42 Rue Lepic Paris";
+
+struct World {
+    db: TestDb,
+    api: Api,
+    keys: Arc<Keys>,
+    fields: Fields,
+    dir: PathBuf,
+}
+
+impl World {
+    async fn new() -> Self {
+        let db = TestDb::migrated().await;
+        let dir = temp_dir("orgbase-privacy-");
+        let keys = Arc::new(Keys::open(&dir, &KeysConfig::default()).unwrap());
+        let fields = Fields::new(keys.clone(), true);
+        let admin = db.admin().await;
+        let mut services = Services::load(db.pool(), &admin).await.unwrap();
+        services.fields = fields.clone();
+        services.privacy = Privacy {
+            dir: dir.join("privacy"),
+            erasure_grace: Duration::from_secs(90 * 86_400),
+        };
+        let settings = HttpSettings {
+            request_timeout: Duration::from_secs(30),
+            body_limit_bytes: 256 * 1024,
+            access_log: false,
+        };
+        let base = spawn_app(app(
+            services,
+            orgbase_db::Migrator::embedded("t").latest(),
+            &settings,
+        ))
+        .await;
+        World {
+            db,
+            api: Api::new(base),
+            keys,
+            fields,
+            dir,
+        }
+    }
+
+    /// Carries out the due GDPR requests as the server's worker does (`now`: skip the grace).
+    async fn run_requests(&self, now: bool) -> Vec<gdpr::Outcome> {
+        let mut admin = self.db.admin().await;
+        let dir = self.dir.join("privacy");
+        let worker = Worker {
+            keys: &self.keys,
+            fields: &self.fields,
+            dir: &dir,
+        };
+        let out = gdpr::run(&mut admin, &worker, now, None).await.unwrap();
+        for o in &out {
+            assert!(o.error.is_none(), "{o:?}");
+        }
+        out
+    }
+
+    async fn org(&self, token: &str, slug: &str) -> String {
+        let o = self
+            .api
+            .ok(
+                Method::POST,
+                "/v1/orgs",
+                token,
+                Some(json!({"name": slug, "slug": slug})),
+            )
+            .await;
+        o["id"].as_str().unwrap().to_string()
+    }
+
+    /// Adds `email` to `org` as a member with the notes editor role.
+    async fn add_editor(&self, owner: &str, org: &str, email: &str) {
+        let m = self
+            .api
+            .ok(
+                Method::POST,
+                &format!("/v1/orgs/{org}/members"),
+                owner,
+                Some(json!({"email": email, "role": "member"})),
+            )
+            .await;
+        let uid = m["user_id"].as_str().unwrap();
+        self.api
+            .ok(
+                Method::PUT,
+                &format!("/v1/orgs/{org}/members/{uid}/apps/notes"),
+                owner,
+                Some(json!({"role": "editor"})),
+            )
+            .await;
+    }
+
+    async fn note(&self, token: &str, org: &str, title: &str, body: &str) -> Value {
+        self.api
+            .ok(
+                Method::POST,
+                &format!("/v1/orgs/{org}/notes"),
+                token,
+                Some(json!({"title": title, "body": body})),
+            )
+            .await
+    }
+
+    /// `pg_dump` of a database (custom format when `file` ends in .dump, else plain SQL).
+    fn dump(&self, env: &[(&'static str, String)], file: &Path) {
+        let custom = file.extension().is_some_and(|e| e == "dump");
+        let mut cmd = Command::new(orgbase_testkit::bin_dir().join("pg_dump"));
+        cmd.envs(env.iter().map(|(k, v)| (*k, v.as_str())))
+            .arg(if custom { "-Fc" } else { "-Fp" })
+            .arg("-f")
+            .arg(file);
+        let st = cmd.status().unwrap();
+        assert!(st.success(), "pg_dump failed");
+    }
+}
+
+fn count(haystack: &[u8], needle: &str) -> usize {
+    haystack
+        .windows(needle.len())
+        .filter(|w| *w == needle.as_bytes())
+        .count()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn erasure_reaches_live_data_audit_and_an_old_dump() {
+    let w = World::new().await;
+    let (_alice, alice) = w.api.user("alice@acme.example").await;
+    let (carol_id, carol) = w.api.user("carol@acme.example").await;
+    let org = w.org(&alice, "acme").await;
+    w.add_editor(&alice, "acme", "carol@acme.example").await;
+    let alice_note = w.note(&alice, "acme", "Q3 plan", "ship it").await;
+    let n = w.note(&carol, "acme", "About me", PII).await;
+    let nid = n["id"].as_str().unwrap();
+    assert_eq!(n["body"], PII, "the API answers the plaintext");
+    // an update: the audit trail has old and new values
+    w.api
+        .ok(
+            Method::PATCH,
+            &format!("/v1/orgs/acme/notes/{nid}"),
+            &carol,
+            Some(json!({"title": PII})),
+        )
+        .await;
+    let got = w
+        .api
+        .ok(
+            Method::GET,
+            &format!("/v1/orgs/acme/notes/{nid}"),
+            &carol,
+            None,
+        )
+        .await;
+    assert_eq!(
+        (got["title"].as_str(), got["body"].as_str()),
+        (Some(PII), Some(PII))
+    );
+
+    // PostgreSQL holds only ciphertext, in the table and in the audit entries.
+    let admin = w.db.admin().await;
+    let stored: String = admin
+        .query_one(
+            "SELECT body FROM orgbase.notes WHERE id = $1",
+            &[&Uuid::parse_str(nid).unwrap()],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    assert!(stored.starts_with("enc:v1:"), "{stored}");
+    let audited: i64 = admin
+        .query_one(
+            "SELECT count(*) FROM orgbase.audit_log WHERE record_id = $1 AND new::text LIKE '%enc:v1:%'",
+            &[&nid],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    assert!(audited >= 2, "insert and update audited with ciphertexts");
+
+    // A backup taken before the erasure.
+    let work = temp_dir("orgbase-erase-dump-");
+    let old_dump = work.join("before.dump");
+    w.dump(&w.db.libpq_env(), &old_dump);
+    let before = std::fs::read(&old_dump).unwrap();
+    assert_eq!(count(&before, PII), 0, "the dump holds ciphertext only");
+
+    // The person asks; the worker soft-deletes at once, then (--now) shreds.
+    let req = w.api.ok(Method::POST, "/v1/me/erase", &carol, None).await;
+    assert_eq!(req["status"], "requested");
+    let out = w.run_requests(false).await;
+    assert_eq!(out[0].status, "pending", "grace period: soft delete only");
+    w.api
+        .expect(
+            Method::GET,
+            "/v1/me",
+            Some(&carol),
+            None,
+            401,
+            "unauthorized",
+        )
+        .await;
+    let out = w.run_requests(true).await;
+    assert_eq!(out[0].status, "done");
+    let result = &out[0].detail;
+
+    // Live database: no row, no plaintext, the account anonymized.
+    let live = work.join("live.sql");
+    w.dump(&w.db.libpq_env(), &live);
+    let live_bytes = std::fs::read(&live).unwrap();
+    assert_eq!(count(&live_bytes, PII), 0);
+    assert_eq!(
+        count(&live_bytes, "carol@acme.example"),
+        0,
+        "email gone from users and audit"
+    );
+    let left: i64 = admin
+        .query_one(
+            "SELECT count(*) FROM orgbase.notes WHERE created_by = $1",
+            &[&Uuid::parse_str(&carol_id).unwrap()],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(left, 0);
+    // Audit table: the entries that held the note's ciphertexts are still there, unreadable.
+    let rows = admin
+        .query(
+            "SELECT new ->> 'body' FROM orgbase.audit_log WHERE record_id = $1 AND new ->> 'body' LIKE 'enc:v1:%'",
+            &[&nid],
+        )
+        .await
+        .unwrap();
+    assert!(!rows.is_empty());
+    let org_id = Uuid::parse_str(&org).unwrap();
+    let place = FieldAad {
+        org: org_id,
+        table: "orgbase.notes",
+        column: "body",
+        row: nid,
+    };
+    for r in &rows {
+        let e = w.keys.cipher().decrypt(r.get(0), &place).unwrap_err();
+        assert!(e.is_key_destroyed(), "{e}");
+    }
+
+    // The old dump, restored: the ciphertext is there, and no key opens it any more.
+    let restored = TestDb::empty().await;
+    let st = Command::new(orgbase_testkit::bin_dir().join("pg_restore"))
+        .envs(restored.libpq_env().iter().map(|(k, v)| (*k, v.as_str())))
+        .args(["--no-owner", "--exit-on-error", "-d", &restored.name])
+        .arg(&old_dump)
+        .status()
+        .unwrap();
+    assert!(st.success(), "pg_restore");
+    let r_admin = restored.admin().await;
+    let old_body: String = r_admin
+        .query_one(
+            "SELECT body FROM orgbase.notes WHERE id = $1",
+            &[&Uuid::parse_str(nid).unwrap()],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(old_body, stored);
+    let e = w.keys.cipher().decrypt(&old_body, &place).unwrap_err();
+    assert!(e.is_key_destroyed(), "{e}");
+    let restored_sql = work.join("restored.sql");
+    w.dump(&restored.libpq_env(), &restored_sql);
+    assert_eq!(count(&std::fs::read(&restored_sql).unwrap(), PII), 0);
+
+    // The audit chains still verify (redacted entries count by their digest).
+    let mut admin = w.db.admin().await;
+    orgbase_db::audit::seal_all(&mut admin).await.unwrap();
+    let reports = orgbase_db::audit::verify(&admin, None, &[], |_| {})
+        .await
+        .unwrap();
+    assert!(reports.iter().all(|r| r.problem.is_none()), "{reports:?}");
+    assert!(reports.iter().map(|r| r.redacted).sum::<u64>() >= 1);
+
+    // The certificate verifies offline against the server's key and names the destroyed key.
+    let cert = serde_json::to_string(&result["certificate"]).unwrap();
+    let c = orgbase_keys::verify_certificate(&cert, Some(&w.keys.signer().public_key())).unwrap();
+    assert_eq!(
+        c.keys_destroyed[0].key_id,
+        subject_key(org_id, Uuid::parse_str(&carol_id).unwrap())
+    );
+    assert_eq!(c.audit_entry, format!("audit:{}", result["audit_entry"]));
+    let shred: String = admin
+        .query_one(
+            "SELECT action FROM orgbase.audit_log WHERE id = $1",
+            &[&result["audit_entry"].as_i64().unwrap()],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(shred, "gdpr.erase.shred");
+    let mut tampered: Value = serde_json::from_str(&cert).unwrap();
+    tampered["certificate"]["stores_touched"] = json!(["database"]);
+    assert!(
+        orgbase_keys::verify_certificate(
+            &tampered.to_string(),
+            Some(&w.keys.signer().public_key())
+        )
+        .is_err()
+    );
+
+    // Alice's data is untouched.
+    let a = w
+        .api
+        .ok(
+            Method::GET,
+            &format!("/v1/orgs/acme/notes/{}", alice_note["id"].as_str().unwrap()),
+            &alice,
+            None,
+        )
+        .await;
+    assert_eq!(a["body"], "ship it");
+}
+
+#[tokio::test]
+async fn ciphertext_is_bound_to_its_row_and_organization() {
+    let w = World::new().await;
+    let (_a, alice) = w.api.user("alice@a.example").await;
+    let (_b, bob) = w.api.user("bob@b.example").await;
+    w.org(&alice, "org-a").await;
+    w.org(&bob, "org-b").await;
+    let n1 = w.note(&alice, "org-a", "one", "first secret").await;
+    let n2 = w.note(&alice, "org-a", "two", "second secret").await;
+    let n3 = w.note(&bob, "org-b", "three", "third secret").await;
+    let id = |n: &Value| Uuid::parse_str(n["id"].as_str().unwrap()).unwrap();
+    let admin = w.db.admin().await;
+    let body1: String = admin
+        .query_one("SELECT body FROM orgbase.notes WHERE id = $1", &[&id(&n1)])
+        .await
+        .unwrap()
+        .get(0);
+    // moved to another row of the same organization
+    admin
+        .execute(
+            "UPDATE orgbase.notes SET body = $1 WHERE id = $2",
+            &[&body1, &id(&n2)],
+        )
+        .await
+        .unwrap();
+    let v = w
+        .api
+        .expect(
+            Method::GET,
+            &format!("/v1/orgs/org-a/notes/{}", id(&n2)),
+            Some(&alice),
+            None,
+            500,
+            "undecryptable",
+        )
+        .await;
+    assert!(
+        v["detail"]
+            .as_str()
+            .unwrap()
+            .contains("another organization, table, column or row"),
+        "{v}"
+    );
+    // moved to another organization
+    admin
+        .execute(
+            "UPDATE orgbase.notes SET body = $1 WHERE id = $2",
+            &[&body1, &id(&n3)],
+        )
+        .await
+        .unwrap();
+    w.api
+        .expect(
+            Method::GET,
+            &format!("/v1/orgs/org-b/notes/{}", id(&n3)),
+            Some(&bob),
+            None,
+            500,
+            "undecryptable",
+        )
+        .await;
+    // tampered: one byte of the encrypted body flipped
+    let mut raw = base64::engine::general_purpose::URL_SAFE_NO_PAD
+        .decode(body1.strip_prefix("enc:v1:").unwrap())
+        .unwrap();
+    let last = raw.len() - 20;
+    raw[last] ^= 1;
+    let flipped = format!(
+        "enc:v1:{}",
+        base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(&raw)
+    );
+    admin
+        .execute(
+            "UPDATE orgbase.notes SET body = $1 WHERE id = $2",
+            &[&flipped, &id(&n1)],
+        )
+        .await
+        .unwrap();
+    let v = w
+        .api
+        .expect(
+            Method::GET,
+            &format!("/v1/orgs/org-a/notes/{}", id(&n1)),
+            Some(&alice),
+            None,
+            500,
+            "undecryptable",
+        )
+        .await;
+    assert!(v["detail"].as_str().unwrap().contains("tampered"), "{v}");
+    // a key version that does not exist (bytes 18..22 of the header)
+    let mut raw = base64::engine::general_purpose::URL_SAFE_NO_PAD
+        .decode(body1.strip_prefix("enc:v1:").unwrap())
+        .unwrap();
+    raw[18..22].copy_from_slice(&9u32.to_be_bytes());
+    let wrong = format!(
+        "enc:v1:{}",
+        base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(&raw)
+    );
+    admin
+        .execute(
+            "UPDATE orgbase.notes SET body = $1 WHERE id = $2",
+            &[&wrong, &id(&n1)],
+        )
+        .await
+        .unwrap();
+    let v = w
+        .api
+        .expect(
+            Method::GET,
+            &format!("/v1/orgs/org-a/notes/{}", id(&n1)),
+            Some(&alice),
+            None,
+            500,
+            "undecryptable",
+        )
+        .await;
+    assert!(
+        v["detail"].as_str().unwrap().contains("has no version v9"),
+        "{v}"
+    );
+    // encrypted columns cannot be filtered or sorted on
+    w.api
+        .expect(
+            Method::GET,
+            "/v1/orgs/org-a/notes?sort=title",
+            Some(&alice),
+            None,
+            422,
+            "validation",
+        )
+        .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn rotation_under_load_loses_nothing() {
+    let w = Arc::new(World::new().await);
+    let (_a, alice) = w.api.user("alice@load.example").await;
+    w.org(&alice, "load").await;
+    let writers: Vec<_> = (0..4)
+        .map(|t| {
+            let w = w.clone();
+            let alice = alice.clone();
+            tokio::spawn(async move {
+                let mut mine = Vec::new();
+                for i in 0..40 {
+                    let body = format!("writer {t} value {i}");
+                    let n = w.note(&alice, "load", &format!("t{t}-{i}"), &body).await;
+                    // read back at once: whatever version wrote it decrypts
+                    let got = w
+                        .api
+                        .ok(
+                            Method::GET,
+                            &format!("/v1/orgs/load/notes/{}", n["id"].as_str().unwrap()),
+                            &alice,
+                            None,
+                        )
+                        .await;
+                    assert_eq!(got["body"], body);
+                    mine.push((n["id"].as_str().unwrap().to_string(), body));
+                }
+                mine
+            })
+        })
+        .collect();
+    // meanwhile: rotate every key a few times and re-encrypt
+    let mut admin = w.db.admin().await;
+    for _ in 0..4 {
+        tokio::time::sleep(Duration::from_millis(150)).await;
+        for info in w.keys.store().list().unwrap() {
+            w.keys.store().rotate(info.key).unwrap();
+        }
+        orgbase_db::fields::reencrypt(&w.keys, &mut admin, 25, || {})
+            .await
+            .unwrap();
+    }
+    let mut all = Vec::new();
+    for h in writers {
+        all.extend(h.await.unwrap());
+    }
+    assert_eq!(all.len(), 160);
+    // one more rotation: every stored value (title and body of each note) moves
+    for info in w.keys.store().list().unwrap() {
+        w.keys.store().rotate(info.key).unwrap();
+    }
+    let moved = orgbase_db::fields::reencrypt(&w.keys, &mut admin, 25, || {})
+        .await
+        .unwrap();
+    assert_eq!(moved, 320);
+    // every value decrypts, and every stored value is now under its key's current version
+    for (id, body) in &all {
+        let got = w
+            .api
+            .ok(
+                Method::GET,
+                &format!("/v1/orgs/load/notes/{id}"),
+                &alice,
+                None,
+            )
+            .await;
+        assert_eq!(&got["body"], body);
+    }
+    let rows = admin
+        .query("SELECT body FROM orgbase.notes", &[])
+        .await
+        .unwrap();
+    for r in rows {
+        let h = orgbase_keys::cipher::header(r.get(0)).unwrap();
+        let (current, _) = w.keys.store().current(h.key).unwrap();
+        assert_eq!(h.version, current);
+    }
+    assert_eq!(
+        orgbase_db::fields::reencrypt(&w.keys, &mut admin, 25, || {})
+            .await
+            .unwrap(),
+        0,
+        "a second run finds nothing to do"
+    );
+}
+
+#[tokio::test]
+async fn export_holds_both_organizations_and_nobody_else() {
+    let w = World::new().await;
+    let (_a, alice) = w.api.user("alice@x.example").await;
+    let (_b, bob) = w.api.user("bob@y.example").await;
+    let (dave_id, dave) = w.api.user("dave@z.example").await;
+    w.org(&alice, "xco").await;
+    w.org(&bob, "yco").await;
+    w.add_editor(&alice, "xco", "dave@z.example").await;
+    w.add_editor(&bob, "yco", "dave@z.example").await;
+    w.note(&dave, "xco", "dave in x", "dave-secret-x").await;
+    w.note(&dave, "yco", "dave in y", "dave-secret-y").await;
+    w.note(&alice, "xco", "alice note", "alice-secret").await;
+    w.note(&bob, "yco", "bob note", "bob-secret").await;
+    let req = w.api.ok(Method::POST, "/v1/me/export", &dave, None).await;
+    let id = req["id"].as_str().unwrap().to_string();
+    w.api
+        .expect(
+            Method::GET,
+            &format!("/v1/me/gdpr-requests/{id}/download"),
+            Some(&dave),
+            None,
+            409,
+            "conflict",
+        )
+        .await;
+    w.run_requests(false).await;
+    let r = w
+        .api
+        .ok(
+            Method::GET,
+            &format!("/v1/me/gdpr-requests/{id}"),
+            &dave,
+            None,
+        )
+        .await;
+    assert_eq!(r["status"], "done", "{r}");
+    // someone else cannot see or download it
+    w.api
+        .expect(
+            Method::GET,
+            &format!("/v1/me/gdpr-requests/{id}/download"),
+            Some(&alice),
+            None,
+            404,
+            "not-found",
+        )
+        .await;
+    let resp = w
+        .api
+        .http
+        .get(format!("{}/v1/me/gdpr-requests/{id}/download", w.api.base))
+        .bearer_auth(&dave)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 200);
+    assert_eq!(resp.headers()["content-type"], "application/zip");
+    let bytes = resp.bytes().await.unwrap().to_vec();
+    let sha = hex::encode(aws_lc_rs::digest::digest(
+        &aws_lc_rs::digest::SHA256,
+        &bytes,
+    ));
+    assert_eq!(r["result"]["sha256"], sha);
+    let mut zip = zip::ZipArchive::new(std::io::Cursor::new(bytes)).unwrap();
+    let mut all = String::new();
+    let mut files = std::collections::BTreeMap::new();
+    for i in 0..zip.len() {
+        let mut f = zip.by_index(i).unwrap();
+        let mut s = String::new();
+        std::io::Read::read_to_string(&mut f, &mut s).unwrap();
+        all.push_str(&s);
+        files.insert(f.name().to_string(), s);
+    }
+    for want in ["dave-secret-x", "dave-secret-y", "dave@z.example", &dave_id] {
+        assert!(all.contains(want), "export lacks {want}");
+    }
+    for never in [
+        "alice-secret",
+        "bob-secret",
+        "alice@x.example",
+        "bob@y.example",
+        "enc:v1:",
+    ] {
+        assert!(!all.contains(never), "export holds {never}");
+    }
+    let notes: Value = serde_json::from_str(&files["data/notes.json"]).unwrap();
+    assert_eq!(notes.as_array().unwrap().len(), 2);
+    assert!(files["data/notes.csv"].contains("dave-secret-y"));
+    let manifest: Value = serde_json::from_str(&files["manifest.json"]).unwrap();
+    for f in manifest["files"].as_array().unwrap() {
+        let name = f["name"].as_str().unwrap();
+        let sha = hex::encode(aws_lc_rs::digest::digest(
+            &aws_lc_rs::digest::SHA256,
+            files[name].as_bytes(),
+        ));
+        assert_eq!(f["sha256"], sha, "{name}");
+    }
+    // an admin exports a member: that organization only
+    let dave_uuid = Uuid::parse_str(&dave_id).unwrap();
+    let req = w
+        .api
+        .ok(
+            Method::POST,
+            &format!("/v1/orgs/xco/members/{dave_uuid}/export"),
+            &alice,
+            None,
+        )
+        .await;
+    w.run_requests(false).await;
+    let resp = w
+        .api
+        .http
+        .get(format!(
+            "{}/v1/orgs/xco/gdpr-requests/{}/download",
+            w.api.base,
+            req["id"].as_str().unwrap()
+        ))
+        .bearer_auth(&alice)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 200);
+    let mut zip =
+        zip::ZipArchive::new(std::io::Cursor::new(resp.bytes().await.unwrap().to_vec())).unwrap();
+    let mut notes = String::new();
+    std::io::Read::read_to_string(&mut zip.by_name("data/notes.json").unwrap(), &mut notes)
+        .unwrap();
+    assert!(notes.contains("dave-secret-x") && !notes.contains("dave-secret-y"));
+    // and bob (another org's owner) cannot ask for it
+    w.api
+        .expect(
+            Method::POST,
+            &format!("/v1/orgs/xco/members/{dave_uuid}/export"),
+            Some(&bob),
+            None,
+            404,
+            "not-found",
+        )
+        .await;
+}
+
+#[tokio::test]
+async fn an_admin_erases_a_member_in_one_organization_only() {
+    let w = World::new().await;
+    let (_a, alice) = w.api.user("alice@p.example").await;
+    let (_b, bob) = w.api.user("bob@q.example").await;
+    let (erin_id, erin) = w.api.user("erin@r.example").await;
+    let p = w.org(&alice, "pco").await;
+    w.org(&bob, "qco").await;
+    w.add_editor(&alice, "pco", "erin@r.example").await;
+    w.add_editor(&bob, "qco", "erin@r.example").await;
+    w.note(&erin, "pco", "erin p", "erin-in-p").await;
+    let q_note = w.note(&erin, "qco", "erin q", "erin-in-q").await;
+    let erin_uuid = Uuid::parse_str(&erin_id).unwrap();
+    // a member cannot erase another member
+    w.api
+        .expect(
+            Method::POST,
+            &format!("/v1/orgs/qco/members/{erin_uuid}/erase"),
+            Some(&erin),
+            None,
+            403,
+            "forbidden",
+        )
+        .await;
+    w.api
+        .ok(
+            Method::POST,
+            &format!("/v1/orgs/pco/members/{erin_uuid}/erase"),
+            &alice,
+            None,
+        )
+        .await;
+    w.run_requests(true).await;
+    // gone from P (membership and rows), her key there destroyed
+    w.api
+        .expect(
+            Method::GET,
+            "/v1/orgs/pco/notes",
+            Some(&erin),
+            None,
+            404,
+            "not-found",
+        )
+        .await;
+    let e = w
+        .keys
+        .store()
+        .current(subject_key(Uuid::parse_str(&p).unwrap(), erin_uuid))
+        .unwrap_err();
+    assert!(e.to_string().contains("destroyed"), "{e}");
+    // untouched in Q
+    let got = w
+        .api
+        .ok(
+            Method::GET,
+            &format!("/v1/orgs/qco/notes/{}", q_note["id"].as_str().unwrap()),
+            &erin,
+            None,
+        )
+        .await;
+    assert_eq!(got["body"], "erin-in-q");
+    let reqs = w
+        .api
+        .ok(Method::GET, "/v1/orgs/pco/gdpr-requests", &alice, None)
+        .await;
+    assert_eq!(reqs["items"][0]["status"], "done");
+    assert!(reqs["items"][0]["result"]["certificate"]["signature"].is_string());
+}
+
+#[tokio::test]
+async fn phi_needs_a_session_that_passed_mfa() {
+    let w = World::new().await;
+    let (_a, alice) = w.api.user("alice@clinic.example").await;
+    w.org(&alice, "clinic").await;
+    let admin = w.db.admin().await;
+    admin
+        .batch_execute(
+            "SET ROLE orgbase_owner;
+             CREATE TABLE orgbase.visits (reason text NOT NULL, diagnosis text);
+             SELECT orgbase.make_tenant_table('orgbase.visits', 'notes', classes => '{\"diagnosis\": \"phi\", \"reason\": \"pii\"}');
+             RESET ROLE;",
+        )
+        .await
+        .unwrap();
+    tokio::time::sleep(Duration::from_millis(1100)).await; // the catalog reloads at most once a second
+    w.api
+        .expect(
+            Method::POST,
+            "/v1/orgs/clinic/visits",
+            Some(&alice),
+            Some(json!({"reason": "checkup", "diagnosis": "flu"})),
+            403,
+            "mfa-required",
+        )
+        .await;
+    w.api
+        .expect(
+            Method::GET,
+            "/v1/orgs/clinic/visits",
+            Some(&alice),
+            None,
+            403,
+            "mfa-required",
+        )
+        .await;
+    let rows: i64 = admin
+        .query_one("SELECT count(*) FROM orgbase.visits", &[])
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(rows, 0, "nothing written");
+    // with MFA
+    let e = w
+        .api
+        .ok(Method::POST, "/v1/auth/mfa/totp/enroll", &alice, None)
+        .await;
+    let secret = totp_rs::Secret::Encoded(e["secret"].as_str().unwrap().to_string())
+        .to_bytes()
+        .unwrap();
+    let totp = orgbase_db::auth::totp(&secret, "alice@clinic.example").unwrap();
+    w.api
+        .ok(
+            Method::POST,
+            "/v1/auth/mfa/totp/verify",
+            &alice,
+            Some(json!({"code": totp.generate_current().unwrap()})),
+        )
+        .await;
+    let v = w
+        .api
+        .ok(
+            Method::POST,
+            "/v1/orgs/clinic/visits",
+            &alice,
+            Some(json!({"reason": "checkup", "diagnosis": "flu"})),
+        )
+        .await;
+    assert_eq!(v["diagnosis"], "flu");
+    let stored: String = admin
+        .query_one("SELECT diagnosis FROM orgbase.visits", &[])
+        .await
+        .unwrap()
+        .get(0);
+    assert!(stored.starts_with("enc:v1:"));
+    let list = w
+        .api
+        .ok(Method::GET, "/v1/orgs/clinic/visits", &alice, None)
+        .await;
+    assert_eq!(list["items"][0]["reason"], "checkup");
+    let logged: i64 = admin
+        .query_one("SELECT count(*) FROM orgbase.read_access_log", &[])
+        .await
+        .unwrap()
+        .get(0);
+    assert!(logged >= 1, "PHI reads are logged");
+}
