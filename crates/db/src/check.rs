@@ -40,6 +40,9 @@ const IDENTITY_TABLES: &[&str] = &[
     "audit_heads",
     "access_log",
     "read_access_log",
+    // GDPR requests: closed to the runtime role, reached only through SECURITY DEFINER functions
+    // that authenticate the caller (docs/erasure.md).
+    "gdpr_requests",
 ];
 
 /// SQL predicate: the schema `n` is not a system schema.

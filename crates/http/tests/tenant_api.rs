@@ -1606,6 +1606,21 @@ async fn audit_trail_over_http_and_access_logs() {
         .await
         .unwrap();
     tokio::time::sleep(Duration::from_millis(1100)).await; // catalog reload interval
+    // PHI needs a session that passed MFA
+    let e = api
+        .ok(Method::POST, "/v1/auth/mfa/totp/enroll", owner, None)
+        .await;
+    let secret = totp_rs::Secret::Encoded(e["secret"].as_str().unwrap().to_string())
+        .to_bytes()
+        .unwrap();
+    let totp = orgbase_db::auth::totp(&secret, "owner@a.example").unwrap();
+    api.ok(
+        Method::POST,
+        "/v1/auth/mfa/totp/verify",
+        owner,
+        Some(json!({"code": totp.generate_current().unwrap()})),
+    )
+    .await;
     let p = api
         .ok(
             Method::POST,
