@@ -40,6 +40,11 @@ const IDENTITY_TABLES: &[&str] = &[
     "audit_heads",
     "access_log",
     "read_access_log",
+    // Consent records, retention policies and legal holds (migration 0007,
+    // docs/retention.md): organization-scoped identity tables like members.
+    "consents",
+    "retention_policies",
+    "legal_holds",
 ];
 
 /// SQL predicate: the schema `n` is not a system schema.
