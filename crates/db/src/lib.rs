@@ -10,6 +10,7 @@ pub mod database;
 pub mod migrate;
 pub mod records;
 pub mod request;
+pub mod retention;
 pub mod secrets;
 
 pub use check::{Finding, check};
