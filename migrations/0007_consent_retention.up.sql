@@ -103,13 +103,13 @@ CREATE FUNCTION orgbase.retention_keep(org uuid, data_type text) RETURNS interva
 LANGUAGE sql STABLE
 SET search_path = pg_catalog, orgbase
 AS $$
-    SELECT CASE WHEN data_type IN ('audit', 'access_log')
-                THEN greatest(p.keep, orgbase.retention_default(data_type, h.hipaa))
-                ELSE coalesce(p.keep, orgbase.retention_default(data_type, h.hipaa)) END
+    SELECT CASE WHEN retention_keep.data_type IN ('audit', 'access_log')
+                THEN greatest(p.keep, orgbase.retention_default(retention_keep.data_type, h.hipaa))
+                ELSE coalesce(p.keep, orgbase.retention_default(retention_keep.data_type, h.hipaa)) END
       FROM (SELECT coalesce((SELECT 'hipaa' = ANY (o.compliance)
-                               FROM orgbase.organizations o WHERE o.id = org), false) AS hipaa) h
+                               FROM orgbase.organizations o WHERE o.id = retention_keep.org), false) AS hipaa) h
       LEFT JOIN orgbase.retention_policies p
-             ON p.org_id = org AND p.data_type = retention_keep.data_type
+             ON p.org_id = retention_keep.org AND p.data_type = retention_keep.data_type
 $$;
 GRANT EXECUTE ON FUNCTION orgbase.retention_keep(uuid, text) TO orgbase_runtime;
 

@@ -24,8 +24,9 @@ fn held(org: &str, subject: &str) -> String {
     )
 }
 
-/// An interval expression as (months, days, microseconds), for [`Keep::from_interval`].
-fn interval_parts(expr: &str) -> String {
+/// An interval expression as three columns (months, days, microseconds), for
+/// [`Keep::from_interval`].
+pub fn interval_parts(expr: &str) -> String {
     format!(
         "(extract(year FROM {expr}) * 12 + extract(month FROM {expr}))::int4, \
          extract(day FROM {expr})::int4, \
