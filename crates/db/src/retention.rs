@@ -65,6 +65,21 @@ pub struct Line {
     pub note: Option<String>,
 }
 
+impl Line {
+    /// A line not tied to one organization.
+    fn general(data_type: DataType, keep: Option<String>, c: Counts, note: String) -> Self {
+        Self {
+            org: None,
+            slug: None,
+            data_type: data_type.as_str(),
+            keep,
+            deleted: c.deleted,
+            held: c.held,
+            note: Some(note),
+        }
+    }
+}
+
 /// Per-organization counts of one deletion statement.
 #[derive(Debug, Clone, Copy, Default)]
 struct Counts {
@@ -461,15 +476,13 @@ pub async fn run(
     progress("sessions");
     if opts.org.is_none() {
         let c = sessions(client, opts.dry_run).await?;
-        out.push(Line {
-            org: None,
-            slug: None,
-            data_type: DataType::Sessions.as_str(),
-            keep: None,
-            deleted: c.deleted,
-            held: c.held,
-            note: Some("account-level: ended longer ago than the longest policy of the user's organizations".into()),
-        });
+        out.push(Line::general(
+            DataType::Sessions,
+            None,
+            c,
+            "account-level: ended longer ago than the longest policy of the user's organizations"
+                .into(),
+        ));
     }
 
     let mut kept_tables = Vec::new();
@@ -485,15 +498,12 @@ pub async fn run(
     }
     per_org_lines(DataType::SoftDeleted, &soft, &mut out);
     for why in kept_tables {
-        out.push(Line {
-            org: None,
-            slug: None,
-            data_type: DataType::SoftDeleted.as_str(),
-            keep: None,
-            deleted: 0,
-            held: 0,
-            note: Some(format!("kept {why} (rows still referenced by live rows)")),
-        });
+        out.push(Line::general(
+            DataType::SoftDeleted,
+            None,
+            Counts::default(),
+            format!("kept {why} (rows still referenced by live rows)"),
+        ));
     }
 
     progress("accounts");
@@ -504,19 +514,21 @@ pub async fn run(
     if opts.org.is_none() {
         let ((std, hipaa), lines) = maintain_logs(client, opts.dry_run).await?;
         let dropped = lines.iter().filter(|l| l.starts_with("dropped")).count() as u64;
-        out.push(Line {
-            org: None,
-            slug: None,
-            data_type: DataType::AccessLog.as_str(),
-            keep: Some(format!("{std}mo/{hipaa}mo")),
+        let note = if lines.is_empty() {
+            "monthly partitions: nothing to drop (standard/HIPAA months kept shown)".into()
+        } else {
+            format!("monthly partitions: {}", lines.join(", "))
+        };
+        let dropped = Counts {
             deleted: dropped,
             held: 0,
-            note: Some(if lines.is_empty() {
-                "monthly partitions: nothing to drop (standard/HIPAA months kept shown)".into()
-            } else {
-                format!("monthly partitions: {}", lines.join(", "))
-            }),
-        });
+        };
+        out.push(Line::general(
+            DataType::AccessLog,
+            Some(format!("{std}mo/{hipaa}mo")),
+            dropped,
+            note,
+        ));
     }
 
     progress("audit, exports, backups");
@@ -537,15 +549,7 @@ pub async fn run(
             "not per organization: `orgbase backup prune` applies the backup tiers",
         ),
     ] {
-        out.push(Line {
-            org: None,
-            slug: None,
-            data_type: t.as_str(),
-            keep: None,
-            deleted: 0,
-            held: 0,
-            note: Some(note.into()),
-        });
+        out.push(Line::general(t, None, Counts::default(), note.into()));
     }
     Ok(out)
 }
