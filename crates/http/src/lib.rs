@@ -10,7 +10,7 @@ pub mod identity;
 pub mod metrics;
 pub mod middleware;
 pub mod orgs;
-pub mod privacy;
+pub mod consent;
 pub mod tables;
 
 use std::future::Future;
@@ -148,7 +148,7 @@ impl AppState {
         (name = "teams", description = "Teams within an organization"),
         (name = "api-keys", description = "Organization API keys (Bearer credentials with scopes)"),
         (name = "audit", description = "The organization's tamper-evident audit trail"),
-        (name = "privacy", description = "Consent records, retention policies and legal holds"),
+        (name = "consent", description = "Consent records, retention policies and legal holds"),
         (name = "records", description = "The generic API over every tenant table (notes, projects, tasks, …)"),
     ),
     modifiers(&BearerAuth),
@@ -212,10 +212,10 @@ fn routes() -> OpenApiRouter<AppState> {
         .routes(routes!(orgs::revoke_api_key))
         .routes(routes!(audit::list))
         .routes(routes!(audit::verify))
-        .routes(routes!(privacy::list_consents, privacy::record_consent))
-        .routes(routes!(privacy::get_retention, privacy::put_retention))
-        .routes(routes!(privacy::list_holds, privacy::place_hold))
-        .routes(routes!(privacy::release_hold))
+        .routes(routes!(consent::list_consents, consent::record_consent))
+        .routes(routes!(consent::get_retention, consent::put_retention))
+        .routes(routes!(consent::list_holds, consent::place_hold))
+        .routes(routes!(consent::release_hold))
         .routes(routes!(tables::list, tables::create))
         .routes(routes!(tables::get, tables::update, tables::delete))
         .routes(routes!(tables::restore))

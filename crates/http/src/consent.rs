@@ -94,7 +94,7 @@ impl ConsentQuery {
 /// (`subject=<user id>`) or everyone's (`subject=all`). Query: `purpose`, `limit` (1–500,
 /// default 100), `cursor` (from `next_cursor`). `current` (one entry per purpose, the newest
 /// decision) is given when the listing is about one person.
-#[utoipa::path(get, path = "/v1/orgs/{org}/consents", tag = "privacy",
+#[utoipa::path(get, path = "/v1/orgs/{org}/consents", tag = "consent",
     params(("org" = String, Path, description = "Organization id or slug"),
            ("subject" = Option<String>, Query, description = "A user id, or `all` (admins)"),
            ("purpose" = Option<String>, Query), ("limit" = Option<i64>, Query),
@@ -185,7 +185,7 @@ pub struct NewConsent {
 /// Record a consent decision (grant or withdrawal) for a purpose. History is kept: a withdrawal
 /// is a new record, never a change of the old one. Members record their own; owners and admins
 /// may record one for any member of the organization. Audited.
-#[utoipa::path(post, path = "/v1/orgs/{org}/consents", tag = "privacy", request_body = NewConsent,
+#[utoipa::path(post, path = "/v1/orgs/{org}/consents", tag = "consent", request_body = NewConsent,
     params(("org" = String, Path, description = "Organization id or slug")),
     responses((status = 201, description = "The record", body = Object),
               (status = 401, body = Problem), (status = 403, body = Problem),
@@ -290,7 +290,7 @@ async fn policies_json(c: &Client, org: Uuid) -> Result<serde_json::Value, ReqEr
 ///
 /// Data types: `sessions`, `soft_deleted`, `accounts`, `audit`, `access_log`, `exports`,
 /// `backups` (docs/retention.md). Periods are written `24h`, `90d`, `2w`, `18mo`, `6y`.
-#[utoipa::path(get, path = "/v1/orgs/{org}/retention", tag = "privacy",
+#[utoipa::path(get, path = "/v1/orgs/{org}/retention", tag = "consent",
     params(("org" = String, Path, description = "Organization id or slug")),
     responses((status = 200, description = "`{\"items\": [{\"data_type\", \"policy\", \"default\", \"keep\", …}]}`", body = Object),
               (status = 401, body = Problem), (status = 403, body = Problem), (status = 404, body = Problem)))]
@@ -325,7 +325,7 @@ pub struct RetentionPolicies {
 /// to their defaults. `audit` and `access_log` cannot be set below their defaults (1 year; 6
 /// years for HIPAA organizations). Any invalid entry: 422 naming each, nothing written.
 /// Changes are audited.
-#[utoipa::path(put, path = "/v1/orgs/{org}/retention", tag = "privacy", request_body = RetentionPolicies,
+#[utoipa::path(put, path = "/v1/orgs/{org}/retention", tag = "consent", request_body = RetentionPolicies,
     params(("org" = String, Path, description = "Organization id or slug")),
     responses((status = 200, description = "The policies now in force, as GET returns them", body = Object),
               (status = 401, body = Problem), (status = 403, body = Problem),
@@ -423,7 +423,7 @@ const HOLD_JSON: &str = "json_build_object('id', h.id, 'subject', h.subject_id, 
      'released_by', h.released_by, 'released_at', h.released_at, 'active', h.released_at IS NULL)";
 
 /// The organization's legal holds, active first, then newest first. Owners and admins only.
-#[utoipa::path(get, path = "/v1/orgs/{org}/legal-holds", tag = "privacy",
+#[utoipa::path(get, path = "/v1/orgs/{org}/legal-holds", tag = "consent",
     params(("org" = String, Path, description = "Organization id or slug")),
     responses((status = 200, description = "`{\"items\": [...]}`", body = Object),
               (status = 401, body = Problem), (status = 403, body = Problem), (status = 404, body = Problem)))]
@@ -463,7 +463,7 @@ pub struct NewHold {
 /// Place a legal hold on the organization or on one member: while active, retention deletes
 /// nothing it covers (and the erasure flow asks `orgbase.on_legal_hold`). Owners and admins.
 /// Audited.
-#[utoipa::path(post, path = "/v1/orgs/{org}/legal-holds", tag = "privacy", request_body = NewHold,
+#[utoipa::path(post, path = "/v1/orgs/{org}/legal-holds", tag = "consent", request_body = NewHold,
     params(("org" = String, Path, description = "Organization id or slug")),
     responses((status = 201, description = "The hold", body = Object),
               (status = 401, body = Problem), (status = 403, body = Problem),
@@ -503,7 +503,7 @@ pub async fn place_hold(
 
 /// Release a legal hold (owners and admins). A hold is released once: 409 when it already is.
 /// Audited.
-#[utoipa::path(post, path = "/v1/orgs/{org}/legal-holds/{id}/release", tag = "privacy",
+#[utoipa::path(post, path = "/v1/orgs/{org}/legal-holds/{id}/release", tag = "consent",
     params(("org" = String, Path, description = "Organization id or slug"), ("id" = Uuid, Path)),
     responses((status = 200, description = "The released hold", body = Object),
               (status = 401, body = Problem), (status = 403, body = Problem),
