@@ -1,5 +1,5 @@
-//! `orgbase audit …` and the server's audit jobs: the sealer, signed checkpoints and the monthly
-//! partitions of the access logs.
+//! `orgbase audit …` and the server's audit jobs: the sealer, signed checkpoints, and the daily
+//! retention run that also keeps the monthly partitions of the access logs.
 
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
@@ -213,10 +213,10 @@ impl Jobs {
         config: &Config,
         metrics: Arc<Metrics>,
     ) -> anyhow::Result<Self> {
-        let mut client = owner(target).await?;
-        for line in maintain_logs(&client).await? {
+        for line in maintain_logs(target).await? {
             tracing::info!("access logs: {line}");
         }
+        let mut client = owner(target).await?;
         audit::seal_all(&mut client).await?;
         let signer = Signer::load_or_create(&secrets(config))?;
         let dir = config.audit.checkpoint_dir(&config.data_dir);
@@ -263,14 +263,14 @@ pub fn public_key(config: &Config) -> anyhow::Result<(PathBuf, String)> {
     ))
 }
 
-async fn maintain_logs(client: &Client) -> anyhow::Result<Vec<String>> {
-    Ok(client
-        .query("SELECT * FROM orgbase.maintain_logs()", &[])
+/// The access-log partitions, kept as long as the organizations' retention policies and legal
+/// holds say (docs/retention.md), as the administrator.
+async fn maintain_logs(target: &Target) -> anyhow::Result<Vec<String>> {
+    let mut client = target.admin().await?;
+    let (_, lines) = orgbase_db::retention::maintain_logs(&mut client, false)
         .await
-        .context("maintaining the access-log partitions")?
-        .iter()
-        .map(|r| r.get(0))
-        .collect())
+        .context("maintaining the access-log partitions")?;
+    Ok(lines)
 }
 
 async fn sealer(target: Target, client: Client, every: Duration, metrics: Arc<Metrics>) {
@@ -343,23 +343,14 @@ async fn checkpoint_once(
     Ok(audit::write_checkpoint(&mut client, signer, dir).await?)
 }
 
+/// Daily: the retention run (which also maintains the access-log partitions).
 async fn maintainer(target: Target) {
     let mut tick = tokio::time::interval(Duration::from_secs(24 * 3600));
     tick.tick().await;
     loop {
         tick.tick().await;
-        let result = async {
-            let client = owner(&target).await?;
-            maintain_logs(&client).await
-        }
-        .await;
-        match result {
-            Ok(lines) => {
-                for line in lines {
-                    tracing::info!("access logs: {line}");
-                }
-            }
-            Err(e) => tracing::warn!(error = %e, "access-log maintenance failed"),
+        if let Err(e) = crate::retention::daily(&target).await {
+            tracing::warn!(error = %e, "daily retention run failed");
         }
     }
 }

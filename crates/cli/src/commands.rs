@@ -73,6 +73,12 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 opened.close().await?;
                 code
             }
+            Command::Retention(cmd) => {
+                let opened = open(&config, true).await?;
+                let code = crate::retention::run(&opened.target, cmd).await;
+                opened.close().await?;
+                code
+            }
             Command::Demo => {
                 let opened = open(&config, true).await?;
                 let code = crate::tools::demo(&opened.target, &config).await;

@@ -5,6 +5,7 @@ mod backup;
 mod commands;
 mod keys;
 mod privacy;
+mod retention;
 mod tools;
 
 use std::process::ExitCode;
@@ -83,8 +84,13 @@ pub enum Command {
     /// The tamper-evident audit trail: verify the hash chains, seal, checkpoint.
     #[command(subcommand)]
     Audit(crate::audit::AuditCommand),
-    /// Hard-delete rows soft-deleted longer ago than the grace period, in every tenant table.
+    /// Hard-delete rows soft-deleted longer ago than the grace period, in every tenant table
+    /// (rows under a legal hold are kept).
     Purge(PurgeArgs),
+    /// Retention policies (SPEC R20): run them now, or see what a run would delete
+    /// (docs/retention.md).
+    #[command(subcommand)]
+    Retention(retention::RetentionCommand),
     /// Create a demo data set: two organizations with an admin, a manager and an employee each,
     /// notes, projects and tasks; print the credentials and curl commands to try.
     Demo,

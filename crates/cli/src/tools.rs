@@ -6,9 +6,8 @@ use std::process::ExitCode;
 
 use anyhow::Context;
 use orgbase_core::Config;
-use orgbase_db::Target;
 use orgbase_db::auth::{self, SESSION_PREFIX};
-use tokio_postgres::Client;
+use orgbase_db::{Target, retention};
 use uuid::Uuid;
 
 use crate::{PurgeArgs, SeedArgs};
@@ -28,97 +27,49 @@ pub async fn check(target: Target) -> anyhow::Result<ExitCode> {
     Ok(ExitCode::FAILURE)
 }
 
-/// Tenant tables, children before parents (a table referencing another comes first).
-async fn tables_children_first(client: &Client) -> anyhow::Result<Vec<String>> {
-    let rows = client
-        .query(
-            "SELECT t.table_name::oid, t.table_name::text FROM orgbase.tenant_tables t ORDER BY 2",
-            &[],
-        )
-        .await?;
-    let tables: Vec<(u32, String)> = rows.iter().map(|r| (r.get(0), r.get(1))).collect();
-    let edges = client
-        .query(
-            "SELECT conrelid::oid, confrelid::oid FROM pg_constraint WHERE contype = 'f' \
-             AND conrelid IN (SELECT table_name FROM orgbase.tenant_tables) \
-             AND confrelid IN (SELECT table_name FROM orgbase.tenant_tables) AND conrelid <> confrelid",
-            &[],
-        )
-        .await?;
-    let edges: Vec<(u32, u32)> = edges.iter().map(|r| (r.get(0), r.get(1))).collect();
-    // Kahn's algorithm on "child before parent".
-    let mut order = Vec::new();
-    let mut left = tables.clone();
-    while !left.is_empty() {
-        let before = left.len();
-        let mut next = Vec::new();
-        for (oid, name) in &left {
-            // A table is ready when no remaining table references it.
-            let referenced = edges
-                .iter()
-                .any(|(child, parent)| parent == oid && left.iter().any(|(o, _)| o == child));
-            if referenced {
-                next.push((*oid, name.clone()));
-            } else {
-                order.push(name.clone());
-            }
-        }
-        left = next;
-        if left.len() == before {
-            // a cycle: take the rest as they are
-            order.extend(left.drain(..).map(|(_, n)| n));
-        }
-    }
-    Ok(order)
-}
-
+/// `orgbase purge`: the soft-deleted rows of every organization older than one grace period,
+/// through the same code as the retention run (legal holds apply here too).
 pub async fn purge(target: &Target, args: &PurgeArgs) -> anyhow::Result<ExitCode> {
     let mut client = target.admin().await?;
-    let tables = tables_children_first(&client).await?;
-    let tx = client.transaction().await?;
-    let days = args.older_than_days as i32;
-    let mut total = 0u64;
+    let days = i32::try_from(args.older_than_days)
+        .map_err(|_| anyhow::anyhow!("--older-than-days is too large"))?;
+    let tables =
+        retention::purge_soft_deleted(&mut client, None, Some(days), args.dry_run, |_| {}).await?;
+    let (mut total, mut held) = (0u64, 0u64);
     for t in &tables {
-        let sql = if args.dry_run {
-            format!("SELECT count(*) FROM {t} WHERE deleted_at < now() - make_interval(days => $1)")
-        } else {
-            format!(
-                "WITH d AS (DELETE FROM {t} WHERE deleted_at < now() - make_interval(days => $1) \
-                 RETURNING 1) SELECT count(*) FROM d"
-            )
-        };
-        tx.batch_execute("SAVEPOINT purge_table").await?;
-        match tx.query_one(&sql, &[&days]).await {
-            Ok(row) => {
-                let n: i64 = row.get(0);
-                total += n as u64;
-                if n > 0 {
-                    println!(
-                        "{t}: {n} row(s) {}",
-                        if args.dry_run {
-                            "would be removed"
-                        } else {
-                            "removed"
-                        }
-                    );
+        let n: u64 = t.per_org.iter().map(|(_, d, _)| d).sum();
+        let h: u64 = t.per_org.iter().map(|(_, _, h)| h).sum();
+        total += n;
+        held += h;
+        if n > 0 {
+            println!(
+                "{}: {n} row(s) {}",
+                t.table,
+                if args.dry_run {
+                    "would be removed"
+                } else {
+                    "removed"
                 }
-                tx.batch_execute("RELEASE SAVEPOINT purge_table").await?;
-            }
-            Err(e) => {
-                tx.batch_execute("ROLLBACK TO SAVEPOINT purge_table")
-                    .await?;
-                let msg = e
-                    .as_db_error()
-                    .map(|d| d.message().to_string())
-                    .unwrap_or_else(|| e.to_string());
-                println!("{t}: kept — {msg} (rows still referenced by live rows)");
-            }
+            );
+        }
+        if h > 0 {
+            println!("{}: {h} row(s) kept under legal hold", t.table);
+        }
+        if let Some(msg) = &t.kept {
+            println!(
+                "{}: kept — {msg} (rows still referenced by live rows)",
+                t.table
+            );
         }
     }
-    tx.commit().await?;
     println!(
-        "{total} row(s) {} (deleted more than {days} days ago)",
-        if args.dry_run { "to remove" } else { "removed" }
+        "{total} row(s) {} (deleted more than {days} days ago){}",
+        if args.dry_run { "to remove" } else { "removed" },
+        if held > 0 {
+            format!("; {held} kept under legal hold")
+        } else {
+            String::new()
+        }
     );
     Ok(ExitCode::SUCCESS)
 }

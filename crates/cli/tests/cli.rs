@@ -399,6 +399,16 @@ fn check_bench_seed_demo_and_purge() {
     let (ok, out, err) = run(&mut with_data(&["purge", "--dry-run"]));
     assert!(ok, "{err}");
     assert!(out.contains("0 row(s) to remove"), "{out}");
+    // Retention, while the server runs (attached to its cluster); an unknown --org changes nothing.
+    let (ok, out, err) = run(&mut with_data(&["retention", "run", "--dry-run"]));
+    assert!(ok, "{err}");
+    assert!(out.contains("dry run: nothing changed"), "{out}");
+    assert!(out.contains("chain anchoring not built"), "{out}");
+    let (ok, out, err) = run(&mut with_data(&["retention", "run", "--org", "acme"]));
+    assert!(ok, "{err}");
+    assert!(out.contains("deleted;"), "{out}");
+    let (ok, _, err) = run(&mut with_data(&["retention", "run", "--org", "nope"]));
+    assert!(!ok && err.contains("no organization"), "{err}");
     signal(&s.child, Signal::SIGINT);
     assert!(s.child.wait().unwrap().success());
     std::fs::remove_dir_all(dir).unwrap();

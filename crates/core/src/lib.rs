@@ -2,6 +2,7 @@
 //! audit, keys and privacy. No HTTP and no SQL strings live here.
 
 pub mod config;
+pub mod retention;
 pub mod secret;
 
 pub use config::{Config, ConfigError};

@@ -43,6 +43,11 @@ const IDENTITY_TABLES: &[&str] = &[
     // GDPR requests: closed to the runtime role, reached only through SECURITY DEFINER functions
     // that authenticate the caller (docs/erasure.md).
     "gdpr_requests",
+    // Consent records, retention policies and legal holds (migration 0007,
+    // docs/retention.md): organization-scoped identity tables like members.
+    "consents",
+    "retention_policies",
+    "legal_holds",
 ];
 
 /// SQL predicate: the schema `n` is not a system schema.

@@ -12,6 +12,7 @@ pub mod gdpr;
 pub mod migrate;
 pub mod records;
 pub mod request;
+pub mod retention;
 pub mod secrets;
 
 pub use check::{Finding, check};

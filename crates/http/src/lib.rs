@@ -3,6 +3,7 @@
 
 pub mod access;
 pub mod audit;
+pub mod consent;
 pub mod error;
 pub mod extract;
 pub mod health;
@@ -175,6 +176,7 @@ impl AppState {
         (name = "api-keys", description = "Organization API keys (Bearer credentials with scopes)"),
         (name = "audit", description = "The organization's tamper-evident audit trail"),
         (name = "privacy", description = "GDPR: export and erasure of a person's data, with certificates of deletion"),
+        (name = "consent", description = "Consent records, retention policies and legal holds"),
         (name = "records", description = "The generic API over every tenant table (notes, projects, tasks, …)"),
     ),
     modifiers(&BearerAuth),
@@ -248,6 +250,10 @@ fn routes() -> OpenApiRouter<AppState> {
         .routes(routes!(privacy::list_org))
         .routes(routes!(privacy::get_org))
         .routes(routes!(privacy::download_org))
+        .routes(routes!(consent::list_consents, consent::record_consent))
+        .routes(routes!(consent::get_retention, consent::put_retention))
+        .routes(routes!(consent::list_holds, consent::place_hold))
+        .routes(routes!(consent::release_hold))
         .routes(routes!(tables::list, tables::create))
         .routes(routes!(tables::get, tables::update, tables::delete))
         .routes(routes!(tables::restore))

@@ -857,3 +857,58 @@ async fn phi_needs_a_session_that_passed_mfa() {
         .get(0);
     assert!(logged >= 1, "PHI reads are logged");
 }
+
+#[tokio::test]
+async fn a_legal_hold_stops_an_erasure_until_released() {
+    let w = World::new().await;
+    let (_a, alice) = w.api.user("alice@hold.example").await;
+    let (frank_id, frank) = w.api.user("frank@hold.example").await;
+    w.org(&alice, "hold").await;
+    w.add_editor(&alice, "hold", "frank@hold.example").await;
+    let n = w.note(&frank, "hold", "frank", "frank-evidence").await;
+    let hold = w
+        .api
+        .ok(
+            Method::POST,
+            "/v1/orgs/hold/legal-holds",
+            &alice,
+            Some(json!({"reason": "litigation", "subject": frank_id})),
+        )
+        .await;
+    w.api.ok(Method::POST, "/v1/me/erase", &frank, None).await;
+    let mut admin = w.db.admin().await;
+    let dir = w.dir.join("privacy");
+    let worker = Worker {
+        keys: &w.keys,
+        fields: &w.fields,
+        dir: &dir,
+    };
+    let out = gdpr::run(&mut admin, &worker, true, None).await.unwrap();
+    assert!(
+        out[0].error.as_deref().unwrap().contains("legal hold"),
+        "{out:?}"
+    );
+    assert_eq!(out[0].status, "requested", "nothing happened");
+    let body: String = admin
+        .query_one(
+            "SELECT body FROM orgbase.notes WHERE id = $1 AND deleted_at IS NULL",
+            &[&Uuid::parse_str(n["id"].as_str().unwrap()).unwrap()],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    assert!(body.starts_with("enc:v1:"), "the row is still there");
+    w.api
+        .ok(
+            Method::POST,
+            &format!(
+                "/v1/orgs/hold/legal-holds/{}/release",
+                hold["id"].as_str().unwrap()
+            ),
+            &alice,
+            None,
+        )
+        .await;
+    let out = w.run_requests(true).await;
+    assert_eq!(out[0].status, "done");
+}
