@@ -488,6 +488,13 @@ pub async fn create(
     opened(fields, table, rec)
 }
 
+/// A validated update body and the version the client last saw (`If-Match`).
+#[derive(Debug, Clone)]
+pub struct Patch {
+    pub body: Map<String, Value>,
+    pub if_match: Option<i64>,
+}
+
 /// `PATCH /v1/orgs/{org}/{table}/{id}` with a validated body; `if_match` is the version the
 /// client last saw.
 pub async fn update(
@@ -497,9 +504,9 @@ pub async fn update(
     table: &Table,
     fields: &Fields,
     id: Uuid,
-    mut body: Map<String, Value>,
-    if_match: Option<i64>,
+    patch: Patch,
 ) -> Result<Record, ReqError> {
+    let Patch { mut body, if_match } = patch;
     let sets: Vec<String> = body
         .keys()
         .map(|k| format!("{0} = r.{0}", quote_ident(k)))

@@ -151,8 +151,10 @@ pub async fn update(
         &t,
         &state.fields,
         id,
-        body,
-        expected,
+        records::Patch {
+            body,
+            if_match: expected,
+        },
     )
     .await?;
     Ok(with_etag(StatusCode::OK, rec))
