@@ -81,13 +81,17 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             }
             Command::Demo => {
                 let opened = open(&config, true).await?;
-                let code = crate::tools::demo(&opened.target, &config).await;
+                let code =
+                    crate::tools::demo(&opened.target, &config, &crate::keys::fields(&config)?)
+                        .await;
                 opened.close().await?;
                 code
             }
             Command::Bench(BenchCommand::Seed(args)) => {
                 let opened = open(&config, true).await?;
-                let code = crate::tools::bench_seed(&opened.target, &args).await;
+                let code =
+                    crate::tools::bench_seed(&opened.target, &args, &crate::keys::fields(&config)?)
+                        .await;
                 opened.close().await?;
                 code
             }

@@ -63,6 +63,14 @@ pub fn open(config: &Config) -> anyhow::Result<Arc<Keys>> {
     Ok(Arc::new(keys))
 }
 
+/// Field encryption as configured, over this data directory's key store.
+pub fn fields(config: &Config) -> anyhow::Result<orgbase_db::fields::Fields> {
+    Ok(orgbase_db::fields::Fields::new(
+        open(config)?,
+        config.keys.field_encryption,
+    ))
+}
+
 /// An account-chain audit entry written by the administrator (key events have no organization).
 pub async fn audit_event(
     client: &Client,

@@ -7,6 +7,8 @@ use std::process::ExitCode;
 use anyhow::Context;
 use orgbase_core::Config;
 use orgbase_db::auth::{self, SESSION_PREFIX};
+use orgbase_db::catalog::Catalog;
+use orgbase_db::fields::Fields;
 use orgbase_db::{Target, retention};
 use uuid::Uuid;
 
@@ -102,8 +104,10 @@ async fn upsert_user(
     Ok((id, token))
 }
 
-pub async fn demo(target: &Target, config: &Config) -> anyhow::Result<ExitCode> {
+pub async fn demo(target: &Target, config: &Config, fields: &Fields) -> anyhow::Result<ExitCode> {
     let mut client = target.admin().await?;
+    let catalog = Catalog::load(&client).await?;
+    let notes_table = notes(&catalog)?;
     let password = format!("demo-{}", &hex::encode(auth::random_bytes::<6>()?));
     let hash = auth::hash_password(password.clone()).await?;
     let tx = client.transaction().await?;
@@ -175,10 +179,21 @@ pub async fn demo(target: &Target, config: &Config) -> anyhow::Result<ExitCode> 
                     "They asked about GDPR exports and data residency.",
                 ),
             ] {
+                let id = Uuid::now_v7();
+                let mut note = serde_json::Map::new();
+                note.insert("title".into(), format!("{title} ({slug})").into());
+                note.insert("body".into(), body.into());
+                fields.seal(notes_table, org, id, Some(by), &mut note)?;
+                let text = |k: &str| {
+                    note.get(k)
+                        .and_then(|v| v.as_str())
+                        .unwrap_or_default()
+                        .to_string()
+                };
                 tx.execute(
                     "INSERT INTO orgbase.notes (org_id, id, title, body, tags, created_by, updated_by) \
-                     VALUES ($1, $2, $3 || ' (' || $5 || ')', $4, '{demo}', $6, $6)",
-                    &[&org, &Uuid::now_v7(), &title, &body, &slug, &by],
+                     VALUES ($1, $2, $3, $4, '{demo}', $5, $5)",
+                    &[&org, &id, &text("title"), &text("body"), &by],
                 )
                 .await?;
             }
@@ -245,13 +260,27 @@ pub async fn demo(target: &Target, config: &Config) -> anyhow::Result<ExitCode> 
     Ok(ExitCode::SUCCESS)
 }
 
-pub async fn bench_seed(target: &Target, args: &SeedArgs) -> anyhow::Result<ExitCode> {
+fn notes(catalog: &Catalog) -> anyhow::Result<&orgbase_db::catalog::Table> {
+    catalog
+        .tables
+        .get("notes")
+        .map(|t| t.as_ref())
+        .context("the notes table is not registered: run `orgbase migrate up`")
+}
+
+pub async fn bench_seed(
+    target: &Target,
+    args: &SeedArgs,
+    fields: &Fields,
+) -> anyhow::Result<ExitCode> {
     if args.orgs == 0 || args.users == 0 {
         anyhow::bail!("--orgs and --users must be at least 1");
     }
     std::fs::create_dir_all(&args.out)
         .with_context(|| format!("creating {}", args.out.display()))?;
     let mut client = target.admin().await?;
+    let catalog = Catalog::load(&client).await?;
+    let notes_table = notes(&catalog)?;
     let hash = auth::hash_password("bench-password".into()).await?;
     let tx = client.transaction().await?;
     let progress = indicatif::ProgressBar::new(args.orgs as u64);
@@ -294,21 +323,52 @@ pub async fn bench_seed(target: &Target, args: &SeedArgs) -> anyhow::Result<Exit
             &[&org, &user_ids],
         )
         .await?;
-        let rows = tx
-            .query(
-                "INSERT INTO orgbase.notes (org_id, id, title, body, created_by, updated_by, created_at, updated_at) \
-                 SELECT $1, gen_random_uuid(), \
-                        left('Note ' || n || ' ' || md5(n::text), 40), \
-                        left(repeat(md5(n::text || 'body') || ' ', 16), 500), \
-                        u, u, now() - n * interval '1 second', now() - n * interval '1 second' \
-                   FROM generate_series(1, $3::int) n, \
-                        LATERAL (SELECT ($2::uuid[])[1 + n % cardinality($2::uuid[])] AS u) x \
-                 RETURNING id",
-                &[&org, &user_ids, &(args.notes as i32)],
-            )
-            .await?;
-        for r in rows {
-            let id: Uuid = r.get(0);
+        // Notes are made here, not in SQL, so that their confidential columns are encrypted
+        // as the API would store them (unless keys.field_encryption is off).
+        let mut ids = Vec::with_capacity(args.notes as usize);
+        let mut titles = Vec::with_capacity(args.notes as usize);
+        let mut bodies = Vec::with_capacity(args.notes as usize);
+        let mut authors = Vec::with_capacity(args.notes as usize);
+        let mut ages = Vec::with_capacity(args.notes as usize);
+        for n in 1..=args.notes {
+            let id = Uuid::new_v4();
+            let author = user_ids[n as usize % user_ids.len()];
+            let digest = format!(
+                "{:032x}",
+                u128::from(n).wrapping_mul(0x9e37_79b9_7f4a_7c15_f39c_c060_5ced_c835)
+            );
+            let mut note = serde_json::Map::new();
+            note.insert("title".into(), format!("Note {n} {}", &digest[..30]).into());
+            note.insert(
+                "body".into(),
+                format!("{digest} ")
+                    .repeat(8)
+                    .chars()
+                    .take(500)
+                    .collect::<String>()
+                    .into(),
+            );
+            fields.seal(notes_table, org, id, Some(author), &mut note)?;
+            let text = |k: &str| {
+                note.get(k)
+                    .and_then(|v| v.as_str())
+                    .unwrap_or_default()
+                    .to_string()
+            };
+            titles.push(text("title"));
+            bodies.push(text("body"));
+            ids.push(id);
+            authors.push(author);
+            ages.push(n as i32);
+        }
+        tx.execute(
+            "INSERT INTO orgbase.notes (org_id, id, title, body, created_by, updated_by, created_at, updated_at) \
+             SELECT $1, id, t, b, u, u, now() - n * interval '1 second', now() - n * interval '1 second' \
+               FROM unnest($2::uuid[], $3::text[], $4::text[], $5::uuid[], $6::int[]) AS x(id, t, b, u, n)",
+            &[&org, &ids, &titles, &bodies, &authors, &ages],
+        )
+        .await?;
+        for id in ids {
             notes_tsv.push_str(&format!("{org}\t{id}\n"));
         }
         progress.inc(1);

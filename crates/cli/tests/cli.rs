@@ -462,3 +462,82 @@ fn audit_verify_passes_untouched_and_names_tampering() {
     );
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+#[test]
+fn keys_and_erase_commands() {
+    let dir = temp_dir("orgbase-keys-");
+    let data = dir.join("data");
+    let with_data = |args: &[&str]| {
+        let mut c = orgbase();
+        c.arg("--data-dir").arg(&data).args(args);
+        c
+    };
+    let (ok, _, err) = run(&mut with_data(&["migrate", "up"]));
+    assert!(ok, "{err}");
+    let (ok, out, err) = run(&mut with_data(&["demo"]));
+    assert!(ok, "{out}{err}");
+    // the demo's notes are stored encrypted
+    let (ok, out, err) = run(&mut with_data(&[
+        "db",
+        "psql",
+        "--",
+        "-Atc",
+        "select count(*) filter (where body like 'enc:v1:%'), count(*) from orgbase.notes",
+    ]));
+    assert!(ok, "{err}");
+    assert_eq!(out.trim(), "6|6", "{out}");
+    let (ok, out, err) = run(&mut with_data(&["keys", "list", "--json"]));
+    assert!(ok, "{err}");
+    let keys: Vec<serde_json::Value> = out
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert!(
+        !keys.is_empty() && keys.iter().all(|k| k["current"] == 1),
+        "{out}"
+    );
+    let (ok, out, err) = run(&mut with_data(&["keys", "rotate"]));
+    assert!(ok, "{err}");
+    assert!(out.contains("no key is due"), "{out}");
+    let (ok, out, err) = run(&mut with_data(&["keys", "rotate", "--all"]));
+    assert!(ok, "{err}");
+    assert_eq!(
+        out.lines().filter(|l| l.starts_with("rotated ")).count(),
+        keys.len(),
+        "{out}"
+    );
+    let (ok, out, err) = run(&mut with_data(&["keys", "reencrypt"]));
+    assert!(ok, "{err}");
+    assert!(out.contains("re-encrypted 12 values"), "{out}");
+    let (ok, out, err) = run(&mut with_data(&["keys", "rotate", "subject:not-a-uuid"]));
+    assert!(!ok && err.contains("KEY"), "{out}{err}");
+    let (ok, _, err) = run(&mut with_data(&["keys", "reencrypt", "--batch", "0"]));
+    assert!(!ok && err.contains("--batch"), "{err}");
+    // rotations are audited
+    let (ok, out, err) = run(&mut with_data(&[
+        "db",
+        "psql",
+        "--",
+        "-Atc",
+        "select count(*) from orgbase.audit_log where action = 'keys.rotate'",
+    ]));
+    assert!(ok, "{err}");
+    assert_eq!(out.trim(), keys.len().to_string());
+    let (ok, out, err) = run(&mut with_data(&["erase", "run"]));
+    assert!(ok, "{err}");
+    assert!(out.contains("no GDPR request is due"), "{out}");
+    // a certificate that does not verify: named, exit 1
+    let bad = dir.join("bad.json");
+    std::fs::write(
+        &bad,
+        r#"{"certificate": {"format": "x"}, "signature": "AA"}"#,
+    )
+    .unwrap();
+    let (ok, _, err) = run(&mut with_data(&[
+        "erase",
+        "verify-certificate",
+        bad.to_str().unwrap(),
+    ]));
+    assert!(!ok && err.contains("NOT valid"), "{err}");
+    let _ = std::fs::remove_dir_all(&dir);
+}
