@@ -693,8 +693,35 @@ async fn pitr_restore(
     Ok(ExitCode::SUCCESS)
 }
 
-/// The backup schedule of `serve`: each minute, take the due tier's backup (and a base backup
-/// when PITR is on and one is due), then prune. Failures are counted, logged and retried.
+/// The backup series of `/metrics` from the start of `serve`: the newest backup of each kind in
+/// the store, or zeros (a store that cannot be read now is logged; the series still appear).
+pub async fn start_metrics(config: &Config, metrics: &BackupMetrics) {
+    let mut kinds = vec![Kind::Dump];
+    if config.backup.pitr && config.embedded() {
+        kinds.push(Kind::Base);
+    }
+    let store = backups(config, &StoreArg { store: None }).map(|b| b.store);
+    for kind in kinds {
+        let latest = match &store {
+            Ok(store) => match Manifest::list(store, kind).await {
+                Ok(mut all) => all.pop(),
+                Err(e) => {
+                    tracing::warn!(error = %e, "reading the backup store for /metrics");
+                    None
+                }
+            },
+            Err(e) => {
+                tracing::warn!(error = %format!("{e:#}"), "opening the backup store for /metrics");
+                None
+            }
+        };
+        metrics.start(&format!("{kind:?}").to_lowercase(), latest.as_ref());
+    }
+}
+
+/// The backup schedule of `serve`: every `backup.schedule_check_secs` (60), take the due tier's
+/// backup (and a base backup when PITR is on and one is due), then prune. Failures are counted,
+/// logged and retried after 10 minutes.
 pub fn spawn_scheduler(
     config: &Config,
     target: &Target,
@@ -707,8 +734,9 @@ pub fn spawn_scheduler(
     let target = target.clone();
     Some(tokio::spawn(async move {
         let mut retry_after = tokio::time::Instant::now();
+        let every = Duration::from_secs(config.backup.schedule_check_secs);
         loop {
-            tokio::time::sleep(Duration::from_secs(60)).await;
+            tokio::time::sleep(every).await;
             if tokio::time::Instant::now() < retry_after {
                 continue;
             }

@@ -254,9 +254,11 @@ async fn serve(config: Config, _args: ServeArgs) -> anyhow::Result<ExitCode> {
         orgbase_http::Services::load(pool.clone(), &admin).await?
     };
     let backup_metrics = orgbase_backup::metrics::BackupMetrics::default();
-    if let Some(m) = std::sync::Arc::get_mut(&mut services.metrics) {
-        backup_metrics.register(m.registry_mut());
+    match std::sync::Arc::get_mut(&mut services.metrics) {
+        Some(m) => backup_metrics.register(m.registry_mut()),
+        None => tracing::warn!("backup metrics not registered: the metrics registry is shared"),
     }
+    crate::backup::start_metrics(&config, &backup_metrics).await;
     let backup_schedule = crate::backup::spawn_scheduler(&config, &target, backup_metrics);
     let jobs = if services.key.is_some() {
         services.checkpoints = Some(crate::audit::public_key(&config)?);
