@@ -273,3 +273,36 @@ fn serve_schedules_backups_prunes_and_reports_them_on_metrics() {
     assert!(verified.starts_with("ok:"), "{verified}");
     std::fs::remove_dir_all(&dir).unwrap();
 }
+
+#[test]
+fn config_check_never_prints_backup_secrets() {
+    let dir = temp_dir("orgbase-config-secrets-");
+    let out = ok(orgbase(&dir.join("data"))
+        .env("ORGBASE_BACKUP__MASTER_KEY", "ab".repeat(32))
+        .env("ORGBASE_BACKUP__STORE", "s3://bucket/prefix")
+        .env("ORGBASE_BACKUP__S3__ACCESS_KEY_ID", "AKIDEXAMPLE")
+        .env("ORGBASE_BACKUP__S3__SECRET_ACCESS_KEY", "s3-secret-value")
+        .env(
+            "ORGBASE_BACKUP__URL",
+            "postgresql://orgbase_backup:pw-value@db/orgbase",
+        )
+        .args(["config", "check"]));
+    for secret in ["abababab", "s3-secret-value", "pw-value"] {
+        assert!(!out.contains(secret), "{secret} printed:\n{out}");
+    }
+    assert!(out.contains("AKIDEXAMPLE"), "{out}");
+    assert!(out.contains("[redacted]"), "{out}");
+    // A bad S3 setting is named.
+    let out = orgbase(&dir.join("data"))
+        .env("ORGBASE_BACKUP__S3__ENDPOINT", "http://127.0.0.1:9")
+        .args(["config", "check"])
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("backup.s3.endpoint") && err.contains("allow_http"),
+        "{err}"
+    );
+    std::fs::remove_dir_all(&dir).unwrap();
+}
