@@ -753,51 +753,61 @@ async fn scheduled_round(
     target: &Target,
     metrics: &BackupMetrics,
 ) -> anyhow::Result<()> {
-    let b = backups(config, &StoreArg { store: None })?;
-    let tiers = config.backup.parse_tiers()?;
-    let dumps = Manifest::list(&b.store, Kind::Dump).await?;
+    // Any error before a backup exists (a store that cannot be opened or listed, no connection)
+    // counts as a failed backup: the failure metric is what alerts.
+    let b = backups(config, &StoreArg { store: None }).inspect_err(|_| metrics.failure("dump"))?;
     let now = chrono::Utc::now();
-    if let Some(tier) = orgbase_backup::prune::due_tier(&tiers, &dumps, now) {
-        let made = async {
-            let conn = backup_conn(config, target).await?;
-            anyhow::Ok(
-                b.create_dump(&conn, &tier.name, progress(None, "backup"))
-                    .await?,
-            )
-        }
-        .await;
-        match made {
-            Ok(m) => {
-                metrics.success(&m, dumps.last());
-                tracing::info!(backup = %m.id, tier = %m.tier, bytes = m.stored_bytes, "scheduled backup done");
-            }
-            Err(e) => {
-                metrics.failure("dump");
-                return Err(e);
-            }
-        }
-    }
+    scheduled_dump(config, target, metrics, &b, now)
+        .await
+        .inspect_err(|_| metrics.failure("dump"))?;
     if config.backup.pitr && config.embedded() {
-        let bases = Manifest::list(&b.store, Kind::Base).await?;
-        let due = bases.last().is_none_or(|m| {
-            (now - m.started_at).to_std().unwrap_or_default()
-                >= Duration::from_secs(u64::from(config.backup.base_backup_every_hours) * 3600)
-        });
-        if due {
-            match b
-                .base_backup(target.admin_config(), "base", progress(None, "base backup"))
-                .await
-            {
-                Ok(m) => {
-                    metrics.success(&m, bases.last());
-                }
-                Err(e) => {
-                    metrics.failure("base");
-                    return Err(e.into());
-                }
-            }
-        }
+        scheduled_base(config, target, metrics, &b, now)
+            .await
+            .inspect_err(|_| metrics.failure("base"))?;
     }
     prune(config, &b, false).await?;
+    Ok(())
+}
+
+/// The due tier's logical backup, if one is due.
+async fn scheduled_dump(
+    config: &Config,
+    target: &Target,
+    metrics: &BackupMetrics,
+    b: &Backups,
+    now: chrono::DateTime<chrono::Utc>,
+) -> anyhow::Result<()> {
+    let tiers = config.backup.parse_tiers()?;
+    let dumps = Manifest::list(&b.store, Kind::Dump).await?;
+    if let Some(tier) = orgbase_backup::prune::due_tier(&tiers, &dumps, now) {
+        let conn = backup_conn(config, target).await?;
+        let m = b
+            .create_dump(&conn, &tier.name, progress(None, "backup"))
+            .await?;
+        metrics.success(&m, dumps.last());
+        tracing::info!(backup = %m.id, tier = %m.tier, bytes = m.stored_bytes, "scheduled backup done");
+    }
+    Ok(())
+}
+
+/// A base backup for PITR, if `backup.base_backup_every_hours` have passed since the last one.
+async fn scheduled_base(
+    config: &Config,
+    target: &Target,
+    metrics: &BackupMetrics,
+    b: &Backups,
+    now: chrono::DateTime<chrono::Utc>,
+) -> anyhow::Result<()> {
+    let bases = Manifest::list(&b.store, Kind::Base).await?;
+    let due = bases.last().is_none_or(|m| {
+        (now - m.started_at).to_std().unwrap_or_default()
+            >= Duration::from_secs(u64::from(config.backup.base_backup_every_hours) * 3600)
+    });
+    if due {
+        let m = b
+            .base_backup(target.admin_config(), "base", progress(None, "base backup"))
+            .await?;
+        metrics.success(&m, bases.last());
+    }
     Ok(())
 }

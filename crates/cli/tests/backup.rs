@@ -221,6 +221,22 @@ fn serve_schedules_backups_prunes_and_reports_them_on_metrics() {
     );
     s.stop();
 
+    // A store that cannot even be opened (its path runs through a file): every scheduled round
+    // fails, and the failure counter says so.
+    std::fs::write(dir.join("not-a-dir"), b"").unwrap();
+    let mut c = orgbase(&data);
+    c.env("ORGBASE_LOG", "off")
+        .env("ORGBASE_BACKUP__PITR", "false")
+        .env("ORGBASE_BACKUP__STORE", dir.join("not-a-dir/store"))
+        .env("ORGBASE_BACKUP__TIERS", "1s:1s")
+        .env("ORGBASE_BACKUP__SCHEDULE_CHECK_SECS", "1");
+    let s = Server::start(c);
+    wait_until("a failed scheduled backup on /metrics", || {
+        sample(&s.metrics(), FAILURES).is_some_and(|n| n >= 1.0)
+    });
+    assert_eq!(sample(&s.metrics(), LAST), Some(0.0));
+    s.stop();
+
     // A manual backup: never pruned by the tiers.
     let created = ok(orgbase(&data)
         .env("ORGBASE_BACKUP__PITR", "false")
