@@ -81,7 +81,7 @@ impl Backups {
             _ => config.data_dir.join("backups").display().to_string(),
         };
         Ok(Self {
-            store: Store::open(&location)?,
+            store: Store::open_with(&location, &config.backup.s3)?,
             keys: KeyRing::source(config)?,
             bin_dir,
             zstd_level: config.backup.zstd_level,

@@ -10,6 +10,7 @@ use bytes::{Bytes, BytesMut};
 use futures::StreamExt;
 use object_store::path::Path as ObjPath;
 use object_store::{ObjectStore, PutPayload, WriteMultipart};
+use orgbase_core::config::S3Config;
 use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
 
@@ -45,10 +46,17 @@ fn store_err(location: &str) -> impl Fn(object_store::Error) -> BackupError + '_
 }
 
 impl Store {
-    /// Open `location`: a directory path (created if missing) or `s3://bucket[/prefix]`.
+    /// Open `location`: a directory path (created if missing) or `s3://bucket[/prefix]`, the
+    /// latter configured by the `AWS_*` environment only.
     pub fn open(location: &str) -> Result<Self, BackupError> {
+        Self::open_with(location, &S3Config::default())
+    }
+
+    /// Open `location`; an `s3://` store takes its endpoint, region and credentials from `s3`,
+    /// and what that leaves unset from the `AWS_*` environment.
+    pub fn open_with(location: &str, s3: &S3Config) -> Result<Self, BackupError> {
         if let Some(rest) = location.strip_prefix("s3://") {
-            return Self::open_s3(location, rest);
+            return Self::open_s3(location, rest, s3);
         }
         if location.contains("://") {
             return Err(BackupError::Invalid(format!(
@@ -72,17 +80,30 @@ impl Store {
     }
 
     #[cfg(feature = "s3")]
-    fn open_s3(location: &str, rest: &str) -> Result<Self, BackupError> {
+    fn open_s3(location: &str, rest: &str, config: &S3Config) -> Result<Self, BackupError> {
         let (bucket, prefix) = rest.split_once('/').unwrap_or((rest, ""));
         if bucket.is_empty() {
             return Err(BackupError::Invalid(format!(
                 "backup store `{location}`: no bucket name"
             )));
         }
-        let s3 = object_store::aws::AmazonS3Builder::from_env()
-            .with_bucket_name(bucket)
-            .build()
-            .map_err(store_err(location))?;
+        let mut builder = object_store::aws::AmazonS3Builder::from_env().with_bucket_name(bucket);
+        if let Some(endpoint) = &config.endpoint {
+            builder = builder.with_endpoint(endpoint);
+        }
+        if config.allow_http {
+            builder = builder.with_allow_http(true);
+        }
+        if let Some(region) = &config.region {
+            builder = builder.with_region(region);
+        }
+        if let (Some(id), Some(secret)) = (&config.access_key_id, &config.secret_access_key) {
+            builder = builder
+                .with_access_key_id(id)
+                .with_secret_access_key(secret.expose());
+        }
+        // object_store's errors name the bucket, endpoint and URL, never the credentials.
+        let s3 = builder.build().map_err(store_err(location))?;
         let inner: Arc<dyn ObjectStore> = if prefix.trim_matches('/').is_empty() {
             Arc::new(s3)
         } else {
@@ -99,7 +120,7 @@ impl Store {
     }
 
     #[cfg(not(feature = "s3"))]
-    fn open_s3(location: &str, _rest: &str) -> Result<Self, BackupError> {
+    fn open_s3(location: &str, _rest: &str, _config: &S3Config) -> Result<Self, BackupError> {
         Err(BackupError::Invalid(format!(
             "backup store `{location}`: this orgbase was built without S3 support (cargo feature `s3`)"
         )))

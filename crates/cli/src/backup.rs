@@ -693,8 +693,35 @@ async fn pitr_restore(
     Ok(ExitCode::SUCCESS)
 }
 
-/// The backup schedule of `serve`: each minute, take the due tier's backup (and a base backup
-/// when PITR is on and one is due), then prune. Failures are counted, logged and retried.
+/// The backup series of `/metrics` from the start of `serve`: the newest backup of each kind in
+/// the store, or zeros (a store that cannot be read now is logged; the series still appear).
+pub async fn start_metrics(config: &Config, metrics: &BackupMetrics) {
+    let mut kinds = vec![Kind::Dump];
+    if config.backup.pitr && config.embedded() {
+        kinds.push(Kind::Base);
+    }
+    let store = backups(config, &StoreArg { store: None }).map(|b| b.store);
+    for kind in kinds {
+        let latest = match &store {
+            Ok(store) => match Manifest::list(store, kind).await {
+                Ok(mut all) => all.pop(),
+                Err(e) => {
+                    tracing::warn!(error = %e, "reading the backup store for /metrics");
+                    None
+                }
+            },
+            Err(e) => {
+                tracing::warn!(error = %format!("{e:#}"), "opening the backup store for /metrics");
+                None
+            }
+        };
+        metrics.start(&format!("{kind:?}").to_lowercase(), latest.as_ref());
+    }
+}
+
+/// The backup schedule of `serve`: every `backup.schedule_check_secs` (60), take the due tier's
+/// backup (and a base backup when PITR is on and one is due), then prune. Failures are counted,
+/// logged and retried after 10 minutes.
 pub fn spawn_scheduler(
     config: &Config,
     target: &Target,
@@ -707,8 +734,9 @@ pub fn spawn_scheduler(
     let target = target.clone();
     Some(tokio::spawn(async move {
         let mut retry_after = tokio::time::Instant::now();
+        let every = Duration::from_secs(config.backup.schedule_check_secs);
         loop {
-            tokio::time::sleep(Duration::from_secs(60)).await;
+            tokio::time::sleep(every).await;
             if tokio::time::Instant::now() < retry_after {
                 continue;
             }
@@ -725,51 +753,61 @@ async fn scheduled_round(
     target: &Target,
     metrics: &BackupMetrics,
 ) -> anyhow::Result<()> {
-    let b = backups(config, &StoreArg { store: None })?;
-    let tiers = config.backup.parse_tiers()?;
-    let dumps = Manifest::list(&b.store, Kind::Dump).await?;
+    // Any error before a backup exists (a store that cannot be opened or listed, no connection)
+    // counts as a failed backup: the failure metric is what alerts.
+    let b = backups(config, &StoreArg { store: None }).inspect_err(|_| metrics.failure("dump"))?;
     let now = chrono::Utc::now();
-    if let Some(tier) = orgbase_backup::prune::due_tier(&tiers, &dumps, now) {
-        let made = async {
-            let conn = backup_conn(config, target).await?;
-            anyhow::Ok(
-                b.create_dump(&conn, &tier.name, progress(None, "backup"))
-                    .await?,
-            )
-        }
-        .await;
-        match made {
-            Ok(m) => {
-                metrics.success(&m, dumps.last());
-                tracing::info!(backup = %m.id, tier = %m.tier, bytes = m.stored_bytes, "scheduled backup done");
-            }
-            Err(e) => {
-                metrics.failure("dump");
-                return Err(e);
-            }
-        }
-    }
+    scheduled_dump(config, target, metrics, &b, now)
+        .await
+        .inspect_err(|_| metrics.failure("dump"))?;
     if config.backup.pitr && config.embedded() {
-        let bases = Manifest::list(&b.store, Kind::Base).await?;
-        let due = bases.last().is_none_or(|m| {
-            (now - m.started_at).to_std().unwrap_or_default()
-                >= Duration::from_secs(u64::from(config.backup.base_backup_every_hours) * 3600)
-        });
-        if due {
-            match b
-                .base_backup(target.admin_config(), "base", progress(None, "base backup"))
-                .await
-            {
-                Ok(m) => {
-                    metrics.success(&m, bases.last());
-                }
-                Err(e) => {
-                    metrics.failure("base");
-                    return Err(e.into());
-                }
-            }
-        }
+        scheduled_base(config, target, metrics, &b, now)
+            .await
+            .inspect_err(|_| metrics.failure("base"))?;
     }
     prune(config, &b, false).await?;
+    Ok(())
+}
+
+/// The due tier's logical backup, if one is due.
+async fn scheduled_dump(
+    config: &Config,
+    target: &Target,
+    metrics: &BackupMetrics,
+    b: &Backups,
+    now: chrono::DateTime<chrono::Utc>,
+) -> anyhow::Result<()> {
+    let tiers = config.backup.parse_tiers()?;
+    let dumps = Manifest::list(&b.store, Kind::Dump).await?;
+    if let Some(tier) = orgbase_backup::prune::due_tier(&tiers, &dumps, now) {
+        let conn = backup_conn(config, target).await?;
+        let m = b
+            .create_dump(&conn, &tier.name, progress(None, "backup"))
+            .await?;
+        metrics.success(&m, dumps.last());
+        tracing::info!(backup = %m.id, tier = %m.tier, bytes = m.stored_bytes, "scheduled backup done");
+    }
+    Ok(())
+}
+
+/// A base backup for PITR, if `backup.base_backup_every_hours` have passed since the last one.
+async fn scheduled_base(
+    config: &Config,
+    target: &Target,
+    metrics: &BackupMetrics,
+    b: &Backups,
+    now: chrono::DateTime<chrono::Utc>,
+) -> anyhow::Result<()> {
+    let bases = Manifest::list(&b.store, Kind::Base).await?;
+    let due = bases.last().is_none_or(|m| {
+        (now - m.started_at).to_std().unwrap_or_default()
+            >= Duration::from_secs(u64::from(config.backup.base_backup_every_hours) * 3600)
+    });
+    if due {
+        let m = b
+            .base_backup(target.admin_config(), "base", progress(None, "base backup"))
+            .await?;
+        metrics.success(&m, bases.last());
+    }
     Ok(())
 }

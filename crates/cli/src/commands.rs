@@ -42,11 +42,25 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             Command::Db(DbCommand::Psql { args }) => psql(config, args).await,
             Command::Config(ConfigCommand::Check) => {
                 let mut shown = config.clone();
-                for url in [&mut shown.database.url, &mut shown.database.runtime_url]
-                    .into_iter()
-                    .flatten()
+                for url in [
+                    &mut shown.database.url,
+                    &mut shown.database.runtime_url,
+                    &mut shown.backup.url,
+                ]
+                .into_iter()
+                .flatten()
                 {
                     *url = orgbase_core::Secret::new(orgbase_db::database::redact(url));
+                }
+                // Keys and credentials are never printed, only whether they are set.
+                for secret in [
+                    &mut shown.backup.master_key,
+                    &mut shown.backup.s3.secret_access_key,
+                ]
+                .into_iter()
+                .flatten()
+                {
+                    *secret = orgbase_core::Secret::new("[redacted]");
                 }
                 print!(
                     "{}",
@@ -265,9 +279,11 @@ async fn serve(config: Config, _args: ServeArgs) -> anyhow::Result<ExitCode> {
         ),
     };
     let backup_metrics = orgbase_backup::metrics::BackupMetrics::default();
-    if let Some(m) = std::sync::Arc::get_mut(&mut services.metrics) {
-        backup_metrics.register(m.registry_mut());
+    match std::sync::Arc::get_mut(&mut services.metrics) {
+        Some(m) => backup_metrics.register(m.registry_mut()),
+        None => tracing::warn!("backup metrics not registered: the metrics registry is shared"),
     }
+    crate::backup::start_metrics(&config, &backup_metrics).await;
     let backup_schedule = crate::backup::spawn_scheduler(&config, &target, backup_metrics);
     let privacy_worker = services
         .key

@@ -203,8 +203,12 @@ pub struct BackupConfig {
     /// Connection URL for the backup role; when unset orgbase gives it a generated password.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub url: Option<Secret>,
+    /// Endpoint, region and credentials of an `s3://` store.
+    pub s3: S3Config,
     pub key_max_age_days: u32,
     pub schedule: bool,
+    /// How often `serve` checks whether a tier's backup is due.
+    pub schedule_check_secs: u64,
     pub tiers: String,
     pub zstd_level: i32,
     pub zstd_threads: u32,
@@ -221,8 +225,10 @@ impl Default for BackupConfig {
             master_key: None,
             key_file: None,
             url: None,
+            s3: S3Config::default(),
             key_max_age_days: 90,
             schedule: true,
+            schedule_check_secs: 60,
             tiers: "6h:30d,1d:90d,7d:365d".into(),
             zstd_level: 3,
             zstd_threads: 0,
@@ -232,6 +238,26 @@ impl Default for BackupConfig {
             pitr_keep_days: 7,
         }
     }
+}
+
+/// An S3-compatible backup store (`backup.store = "s3://bucket/prefix"`). Each field left unset
+/// is taken from the usual `AWS_*` environment variable (`AWS_ENDPOINT`, `AWS_REGION`,
+/// `AWS_ACCESS_KEY_ID`, `AWS_SECRET_ACCESS_KEY`, `AWS_ALLOW_HTTP`), then from the defaults of
+/// AWS itself (region us-east-1, the instance's credentials).
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct S3Config {
+    /// `https://…` (or `http://…` with `allow_http`) of an S3-compatible service; unset: AWS.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub endpoint: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub region: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub access_key_id: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub secret_access_key: Option<Secret>,
+    /// Allow a plain-HTTP endpoint (a local test server; never across a network).
+    pub allow_http: bool,
 }
 
 /// One backup tier: a backup every `every`, kept for `keep`.
@@ -248,6 +274,8 @@ fn parse_span(text: &str) -> Option<Duration> {
     let (num, unit) = text.split_at(text.len().checked_sub(1)?);
     let n: u64 = num.parse().ok().filter(|n| *n > 0)?;
     match unit {
+        "s" => Some(Duration::from_secs(n)),
+        "m" => Some(Duration::from_secs(n * 60)),
         "h" => Some(Duration::from_secs(n * 3600)),
         "d" => Some(Duration::from_secs(n * 86_400)),
         _ => None,
@@ -266,7 +294,7 @@ impl BackupConfig {
                 return Err(ConfigError::Field {
                     key: "backup.tiers",
                     message: format!(
-                        "`{}` is not EVERY:KEEP with hours or days, e.g. \"6h:30d,1d:90d,7d:365d\"",
+                        "`{}` is not EVERY:KEEP with a unit of d, h, m or s, e.g. \"6h:30d,1d:90d,7d:365d\"",
                         item.trim()
                     ),
                 });
@@ -517,6 +545,33 @@ impl Config {
         if self.backup.base_backup_every_hours == 0 {
             return field("backup.base_backup_every_hours", "must be at least 1");
         }
+        if self.backup.schedule_check_secs == 0 {
+            return field("backup.schedule_check_secs", "must be at least 1");
+        }
+        let s3 = &self.backup.s3;
+        if let Some(e) = &s3.endpoint {
+            if e.starts_with("http://") {
+                if !s3.allow_http {
+                    return field(
+                        "backup.s3.endpoint",
+                        "is plain http://: set backup.s3.allow_http = true (only for a local test server) or use https://",
+                    );
+                }
+            } else if !e.starts_with("https://") {
+                return field("backup.s3.endpoint", "must start with https:// or http://");
+            }
+        }
+        if s3.access_key_id.is_some() != s3.secret_access_key.is_some() {
+            let key = if s3.access_key_id.is_some() {
+                "backup.s3.secret_access_key"
+            } else {
+                "backup.s3.access_key_id"
+            };
+            return field(
+                key,
+                "must be set together with the other one of access_key_id and secret_access_key",
+            );
+        }
         if let Some(url) = &self.backup.url
             && !(url.expose().starts_with("postgres://")
                 || url.expose().starts_with("postgresql://"))
@@ -696,5 +751,77 @@ mod tests {
         .to_string();
         assert!(err.contains("orgbase-no-such-config.toml"), "{err}");
         let _ = std::io::stdout().flush();
+    }
+
+    #[test]
+    fn backup_s3_settings_load_and_bad_ones_are_named() {
+        let f = file(
+            "[backup]\nstore = \"s3://b/p\"\n[backup.s3]\nendpoint = \"http://127.0.0.1:9000\"\nallow_http = true\n",
+        );
+        let c = Config::load(Sources {
+            file: Some(&f.0),
+            env: env(&[
+                ("ORGBASE_BACKUP__S3__ACCESS_KEY_ID", "AKID"),
+                ("ORGBASE_BACKUP__S3__SECRET_ACCESS_KEY", "shh-secret"),
+                ("ORGBASE_BACKUP__S3__REGION", "eu-central-1"),
+            ]),
+            ..Default::default()
+        })
+        .unwrap();
+        assert_eq!(
+            c.backup.s3.endpoint.as_deref(),
+            Some("http://127.0.0.1:9000")
+        );
+        assert_eq!(c.backup.s3.region.as_deref(), Some("eu-central-1"));
+        assert_eq!(c.backup.s3.access_key_id.as_deref(), Some("AKID"));
+        assert!(!format!("{c:?}").contains("shh-secret"));
+        let cases = [
+            (
+                vec![("backup.s3.endpoint", "http://h:1")],
+                "backup.s3.endpoint",
+            ),
+            (
+                vec![("backup.s3.endpoint", "ftp://h")],
+                "backup.s3.endpoint",
+            ),
+            (
+                vec![("backup.s3.access_key_id", "A")],
+                "backup.s3.secret_access_key",
+            ),
+            (
+                vec![("backup.s3.secret_access_key", "S")],
+                "backup.s3.access_key_id",
+            ),
+            (
+                vec![("backup.schedule_check_secs", "0")],
+                "backup.schedule_check_secs",
+            ),
+            (vec![("backup.tiers", "6x:30d")], "backup.tiers"),
+        ];
+        for (overrides, key) in cases {
+            let overrides = overrides
+                .into_iter()
+                .map(|(k, v)| (k, v.to_string()))
+                .collect();
+            let err = Config::load(Sources {
+                overrides,
+                ..Default::default()
+            })
+            .unwrap_err()
+            .to_string();
+            assert!(err.contains(key), "{key}: {err}");
+        }
+    }
+
+    #[test]
+    fn tiers_take_seconds_and_minutes() {
+        let b = BackupConfig {
+            tiers: "30s:2m,1h:1d".into(),
+            ..Default::default()
+        };
+        let t = b.parse_tiers().unwrap();
+        assert_eq!(t[0].every, Duration::from_secs(30));
+        assert_eq!(t[0].keep, Duration::from_secs(120));
+        assert_eq!(t[1].keep, Duration::from_secs(86_400));
     }
 }

@@ -13,6 +13,8 @@ use std::sync::OnceLock;
 use orgbase_core::Config;
 use orgbase_db::{BinSearch, Cluster, Migrator, Pool, RunningCluster, Target};
 
+pub mod s3;
+
 const TEMPLATE: &str = "orgbase_template";
 
 struct Shared {
