@@ -200,6 +200,7 @@ pub fn spawn_worker(
                         tracing::info!(request = %o.id, kind = %o.kind, status = %o.status, "GDPR request processed");
                     }
                 }
+                Err(gdpr::GdprError::Busy) => {}
                 Err(e) => tracing::warn!(error = %e, "privacy worker failed"),
             }
             if last_daily.is_none_or(|t| t.elapsed() >= Duration::from_secs(86_400)) {

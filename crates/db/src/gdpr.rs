@@ -44,6 +44,9 @@ pub enum GdprError {
     /// The request cannot proceed as asked (legal hold, last owner): it stays open.
     #[error("{0}")]
     Refused(String),
+    /// Another process (the server's worker, another `erase run`) is carrying out requests.
+    #[error("another orgbase process is carrying out GDPR requests right now; try again shortly")]
+    Busy,
 }
 
 fn db_message(e: &tokio_postgres::Error) -> String {
@@ -92,6 +95,27 @@ struct Request {
 /// hard phase of erasures whose grace period ended (all of them with `now`). `only` limits the
 /// run to one request. A failure of one request is recorded on it and does not stop the others.
 pub async fn run(
+    client: &mut Client,
+    worker: &Worker<'_>,
+    now: bool,
+    only: Option<Uuid>,
+) -> Result<Vec<Outcome>, GdprError> {
+    // One worker at a time: a request is carried out in several transactions.
+    let locked: bool = client
+        .query_one("SELECT pg_try_advisory_lock(hashtext('orgbase.gdpr'))", &[])
+        .await?
+        .get(0);
+    if !locked {
+        return Err(GdprError::Busy);
+    }
+    let result = run_locked(client, worker, now, only).await;
+    client
+        .execute("SELECT pg_advisory_unlock(hashtext('orgbase.gdpr'))", &[])
+        .await?;
+    result
+}
+
+async fn run_locked(
     client: &mut Client,
     worker: &Worker<'_>,
     now: bool,
