@@ -24,10 +24,79 @@ pub struct Caller {
 }
 
 impl Caller {
-    fn saw(&self, ctx: &Context) {
+    fn saw(&self, org_ref: &str, ctx: &Context) {
         if let Some(slot) = &self.seen {
             let _ = slot.set((ctx.org_id, ctx.user_id));
         }
+        hints::remember(&self.cred_hash, org_ref, ctx);
+    }
+
+    /// The (organization, user) this credential was, in organization `org_ref`, when a request
+    /// last verified it (at most [`hints::TTL`] ago). Only a hint for preparing a write ahead
+    /// of its transaction — encrypting values for the right organization and person, filling
+    /// `org_id`/`created_by` — never a permission: the database verifies the context again in
+    /// that transaction, and its policies reject a row whose organization or creator differs.
+    pub fn context_hint(&self, org_ref: &str) -> Option<(Uuid, Uuid)> {
+        hints::get(&self.cred_hash, org_ref)
+    }
+
+    /// Drop the hint: the database refused a write prepared with it.
+    pub fn forget_context_hint(&self, org_ref: &str) {
+        hints::forget(&self.cred_hash, org_ref);
+    }
+}
+
+/// Recently verified (credential, organization) → (organization id, user id), per process.
+mod hints {
+    use std::collections::HashMap;
+    use std::sync::{Mutex, OnceLock};
+    use std::time::{Duration, Instant};
+
+    use uuid::Uuid;
+
+    use super::Context;
+
+    /// How long a verified context is used as a hint.
+    pub const TTL: Duration = Duration::from_secs(10);
+    /// Entries kept at most; the map is emptied when it is full (hints are cheap to relearn).
+    const CAPACITY: usize = 10_000;
+
+    type Key = ([u8; 32], String);
+    type Map = HashMap<Key, (Uuid, Uuid, Instant)>;
+
+    fn map() -> &'static Mutex<Map> {
+        static MAP: OnceLock<Mutex<Map>> = OnceLock::new();
+        MAP.get_or_init(|| Mutex::new(HashMap::new()))
+    }
+
+    fn lock() -> std::sync::MutexGuard<'static, Map> {
+        map().lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    pub fn get(cred: &[u8; 32], org_ref: &str) -> Option<(Uuid, Uuid)> {
+        let m = lock();
+        let (o, u, at) = m.get(&(*cred, org_ref.to_string()))?;
+        (at.elapsed() < TTL).then_some((*o, *u))
+    }
+
+    pub fn remember(cred: &[u8; 32], org_ref: &str, ctx: &Context) {
+        let mut m = lock();
+        let key = (*cred, org_ref.to_string());
+        if let Some((o, u, at)) = m.get(&key)
+            && *o == ctx.org_id
+            && *u == ctx.user_id
+            && at.elapsed() < TTL / 2
+        {
+            return;
+        }
+        if m.len() >= CAPACITY {
+            m.clear();
+        }
+        m.insert(key, (ctx.org_id, ctx.user_id, Instant::now()));
+    }
+
+    pub fn forget(cred: &[u8; 32], org_ref: &str) {
+        lock().remove(&(*cred, org_ref.to_string()));
     }
 }
 
@@ -265,7 +334,7 @@ pub async fn one(
     conn.clean = true;
     b?;
     let c = context(&c?);
-    caller.saw(&c);
+    caller.saw(org_ref, &c);
     let rows = q?;
     e?;
     Ok((c, rows))
@@ -302,7 +371,7 @@ pub async fn many<T>(
     let outcome = match c {
         Ok(row) => {
             let ctx = context(&row);
-            caller.saw(&ctx);
+            caller.saw(org_ref, &ctx);
             f(client, &ctx).await
         }
         Err(e) => Err(classify(e)),

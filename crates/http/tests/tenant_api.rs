@@ -1667,3 +1667,90 @@ async fn audit_trail_over_http_and_access_logs() {
         .get(0);
     assert_eq!(n, 2);
 }
+
+/// A create is prepared (encrypted, owner columns filled) from the context a recent request
+/// verified, and sent in one round trip. The database checks it again: a caller whose role or
+/// membership changed since is refused as if nothing had been cached, and nothing is written.
+#[tokio::test]
+async fn a_write_prepared_from_a_stale_context_is_refused() {
+    let w = world().await;
+    let admin = w.db.admin().await;
+    let notes_titled = async |t: &str| -> i64 {
+        admin
+            .query_one("SELECT count(*) FROM orgbase.notes WHERE title = $1", &[&t])
+            .await
+            .unwrap()
+            .get(0)
+    };
+    // The editor's context is now known to the server; this write takes the one-round-trip path.
+    let first = w
+        .api
+        .ok(
+            Method::POST,
+            "/v1/orgs/org-a/notes",
+            &w.a_editor.1,
+            Some(json!({"title": "hinted", "body": "b"})),
+        )
+        .await;
+    assert_eq!(first["created_by"], w.a_editor.0.as_str());
+    assert_eq!(first["updated_by"], w.a_editor.0.as_str());
+    assert_eq!(first["body"], "b");
+    // Downgraded to viewer: the next write is refused.
+    w.api
+        .ok(
+            Method::PUT,
+            &format!("/v1/orgs/org-a/members/{}/apps/notes", w.a_editor.0),
+            &w.a_owner.1,
+            Some(json!({"role": "viewer"})),
+        )
+        .await;
+    w.api
+        .expect(
+            Method::POST,
+            "/v1/orgs/org-a/notes",
+            Some(&w.a_editor.1),
+            Some(json!({"title": "after-downgrade", "body": "b"})),
+            403,
+            "forbidden",
+        )
+        .await;
+    assert_eq!(notes_titled("after-downgrade").await, 0);
+    // Editor again, one more write to refresh the server's context, then removed from the
+    // organization: not a member any more.
+    w.api
+        .ok(
+            Method::PUT,
+            &format!("/v1/orgs/org-a/members/{}/apps/notes", w.a_editor.0),
+            &w.a_owner.1,
+            Some(json!({"role": "editor"})),
+        )
+        .await;
+    w.api
+        .ok(
+            Method::POST,
+            "/v1/orgs/org-a/notes",
+            &w.a_editor.1,
+            Some(json!({"title": "hinted-again", "body": "b"})),
+        )
+        .await;
+    w.api
+        .ok(
+            Method::DELETE,
+            &format!("/v1/orgs/org-a/members/{}", w.a_editor.0),
+            &w.a_owner.1,
+            None,
+        )
+        .await;
+    w.api
+        .expect(
+            Method::POST,
+            "/v1/orgs/org-a/notes",
+            Some(&w.a_editor.1),
+            Some(json!({"title": "after-removal", "body": "b"})),
+            404,
+            "not-found",
+        )
+        .await;
+    assert_eq!(notes_titled("after-removal").await, 0);
+    assert_eq!(notes_titled("hinted").await, 1);
+}

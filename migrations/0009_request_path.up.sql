@@ -1,0 +1,299 @@
+-- A cheaper request path (docs/performance.md), same rules and same errors:
+--   * begin_request authenticates a session, its membership, the organization's MFA policy and
+--     the member's app roles in one statement, and computes the context MAC inline;
+--   * ctx_check(app) verifies the context once and answers the caller's level in the app, so
+--     a policy needs one verification where it needed two (org, then level);
+--   * the insert policy checks org, creator, editor and level with one row comparison against
+--     one ctx_check call: one InitPlan, one verification, where it had four.
+
+-- The verified context plus the caller's level in an app: 0 none, 1 viewer, 2 editor, 3 admin
+-- (organization owners and admins are admins of every app). One MAC check per call; raises
+-- orgbase_no_context / orgbase_bad_context like orgbase.ctx().
+CREATE FUNCTION orgbase.ctx_check(app text, OUT org_id uuid, OUT user_id uuid, OUT level int)
+LANGUAGE plpgsql STABLE SECURITY DEFINER
+SET search_path = pg_catalog, orgbase
+AS $$
+DECLARE
+    o text := current_setting('orgbase.org_id', true);
+    u text := current_setting('orgbase.user_id', true);
+    r text := current_setting('orgbase.org_role', true);
+    a text := current_setting('orgbase.app_roles', true);
+    q text := current_setting('orgbase.req', true);
+    m text := current_setting('orgbase.ctx_mac', true);
+    mine text;
+BEGIN
+    IF coalesce(o, '') = '' OR coalesce(m, '') = '' THEN
+        RAISE EXCEPTION 'no tenant context in this transaction'
+            USING ERRCODE = 'insufficient_privilege', HINT = 'orgbase_no_context';
+    END IF;
+    IF m IS DISTINCT FROM (
+        SELECT encode(sha256(k.outer_key || sha256(k.inner_key || convert_to(
+                   concat_ws('|', o, u, r, a, q, pg_backend_pid()::text,
+                             extract(epoch FROM transaction_timestamp())::text), 'UTF8'))), 'hex')
+          FROM orgbase.context_key k WHERE k.id = 1) THEN
+        RAISE EXCEPTION 'invalid tenant context'
+            USING ERRCODE = 'insufficient_privilege', HINT = 'orgbase_bad_context';
+    END IF;
+    org_id := o::uuid;
+    user_id := u::uuid;
+    IF r IN ('owner', 'admin') THEN
+        level := 3;
+    ELSE
+        -- app_roles is 'app=role,app=role'
+        mine := substring(',' || a || ',' FROM ',' || app || '=([a-z]+),');
+        level := CASE mine WHEN 'admin' THEN 3 WHEN 'editor' THEN 2 WHEN 'viewer' THEN 1 ELSE 0 END;
+    END IF;
+END
+$$;
+REVOKE ALL ON FUNCTION orgbase.ctx_check(text) FROM PUBLIC;
+GRANT EXECUTE ON FUNCTION orgbase.ctx_check(text) TO orgbase_runtime, orgbase_readonly;
+
+-- Same answer as before, one verification instead of a plpgsql call around ctx().
+CREATE OR REPLACE FUNCTION orgbase.ctx_app_level(app text) RETURNS int
+LANGUAGE sql STABLE
+AS $$ SELECT (orgbase.ctx_check(app)).level $$;
+
+-- The role matrix of SPEC R3, as before (0003), with the insert check as one row comparison:
+-- PostgreSQL evaluates the sub-select once per statement (an InitPlan with four outputs).
+CREATE OR REPLACE FUNCTION orgbase.tenant_policies(tbl regclass, app text, citus boolean DEFAULT false)
+RETURNS void
+LANGUAGE plpgsql
+SET search_path = pg_catalog, orgbase
+AS $$
+DECLARE
+    o text := CASE WHEN citus THEN 'orgbase.ctx_org()' ELSE '(SELECT orgbase.ctx_org())' END;
+    u text := CASE WHEN citus THEN 'orgbase.ctx_user()' ELSE '(SELECT orgbase.ctx_user())' END;
+    l text := CASE WHEN citus THEN format('orgbase.ctx_app_level(%L)', app)
+                   ELSE format('(SELECT orgbase.ctx_app_level(%L))', app) END;
+    p text;
+BEGIN
+    FOREACH p IN ARRAY ARRAY['tenant_select', 'tenant_insert', 'tenant_update', 'tenant_delete'] LOOP
+        EXECUTE format('DROP POLICY IF EXISTS %I ON %s', p, tbl);
+    END LOOP;
+    -- The app level comes first: when it suffices, the caller's id is never computed.
+    EXECUTE format('CREATE POLICY tenant_select ON %s FOR SELECT USING (org_id = %s AND (%s >= 1 OR created_by = %s))',
+                   tbl, o, l, u);
+    IF citus THEN
+        EXECUTE format('CREATE POLICY tenant_insert ON %s FOR INSERT WITH CHECK (org_id = %s AND %s >= 2 AND created_by = %s AND updated_by = %s)',
+                       tbl, o, l, u, u);
+    ELSE
+        EXECUTE format('CREATE POLICY tenant_insert ON %s FOR INSERT WITH CHECK ('
+                       '(org_id, created_by, updated_by, true) = '
+                       '(SELECT c.org_id, c.user_id, c.user_id, c.level >= 2 FROM orgbase.ctx_check(%L) c))',
+                       tbl, app);
+    END IF;
+    EXECUTE format('CREATE POLICY tenant_update ON %s FOR UPDATE USING (org_id = %s AND (%s >= 2 OR created_by = %s)) '
+                   'WITH CHECK (org_id = %s AND (deleted_at IS NULL OR %s >= 3 OR created_by = %s))',
+                   tbl, o, l, u, o, l, u);
+    EXECUTE format('CREATE POLICY tenant_delete ON %s FOR DELETE USING (org_id = %s AND (%s >= 3 OR created_by = %s))',
+                   tbl, o, l, u);
+END
+$$;
+REVOKE ALL ON FUNCTION orgbase.tenant_policies(regclass, text, boolean) FROM PUBLIC;
+
+-- Re-create the policies of the registered tenant tables (Citus ones keep their form: their
+-- select policy calls the context functions without a sub-select).
+DO $$
+DECLARE
+    t record;
+BEGIN
+    FOR t IN
+        SELECT tt.table_name, tt.app,
+               NOT EXISTS (SELECT 1 FROM pg_policy p
+                            WHERE p.polrelid = tt.table_name AND p.polname = 'tenant_select'
+                              AND pg_get_expr(p.polqual, p.polrelid) LIKE '%SELECT orgbase.ctx_org()%') AS citus
+          FROM orgbase.tenant_tables tt
+    LOOP
+        PERFORM orgbase.tenant_policies(t.table_name, t.app, t.citus);
+    END LOOP;
+END
+$$;
+
+-- begin_request: the session path in one statement (session, user, organization by id or
+-- slug, membership, MFA policy, app roles) and the MAC computed inline. API keys take the
+-- path of migration 0005 unchanged. Same errors, same HINTs.
+CREATE OR REPLACE FUNCTION orgbase.begin_request(cred_hash bytea, org_ref text, client_ip inet DEFAULT NULL,
+                                                 request_id text DEFAULT NULL, user_agent text DEFAULT NULL)
+RETURNS TABLE (org_id uuid, user_id uuid, org_role text, app_roles text)
+LANGUAGE plpgsql VOLATILE SECURITY DEFINER
+SET search_path = pg_catalog, orgbase
+AS $$
+DECLARE
+    ses record;
+    k record;
+    uid uuid;
+    o uuid;
+    r text;
+    a text;
+    key_id uuid;
+    req text;
+    target uuid;
+BEGIN
+    IF coalesce(current_setting('orgbase.ctx_mac', true), '') <> '' THEN
+        RAISE EXCEPTION 'the tenant context is already set in this transaction'
+            USING ERRCODE = 'insufficient_privilege', HINT = 'orgbase_context_twice';
+    END IF;
+    IF org_ref ~* '^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$' THEN
+        target := org_ref::uuid;
+    ELSE
+        SELECT og.id INTO target FROM orgbase.organizations og WHERE og.slug = org_ref;
+    END IF;
+    SELECT se.id AS sid, se.user_id AS uid, se.last_seen_at AS seen, se.mfa_passed AS mfa,
+           m.org_id AS oid, m.role AS role,
+           coalesce((og.settings ->> 'require_mfa')::boolean, false) AS need_mfa,
+           CASE WHEN m.org_id IS NULL THEN NULL
+                WHEN EXISTS (SELECT 1 FROM orgbase.member_roles mr
+                              WHERE mr.org_id = m.org_id AND mr.user_id = se.user_id)
+                    THEN orgbase.member_app_roles(m.org_id, se.user_id)
+                ELSE coalesce((SELECT string_agg(p.app || '=' || p.role, ',' ORDER BY p.app)
+                                 FROM orgbase.app_permissions p
+                                WHERE p.org_id = m.org_id AND p.user_id = se.user_id), '')
+           END AS roles
+      INTO ses
+      FROM orgbase.sessions se
+      JOIN orgbase.users us ON us.id = se.user_id
+      LEFT JOIN (orgbase.members m JOIN orgbase.organizations og ON og.id = m.org_id AND og.deleted_at IS NULL AND og.id = target)
+        ON m.user_id = se.user_id AND m.deleted_at IS NULL
+       AND m.org_id = target
+     WHERE se.token_hash = cred_hash
+       AND se.revoked_at IS NULL
+       AND se.expires_at > now()
+       AND se.last_seen_at + se.idle_timeout > now()
+       AND us.status = 'active' AND us.deleted_at IS NULL;
+    IF FOUND THEN
+        IF ses.seen < now() - interval '60 seconds' THEN
+            UPDATE orgbase.sessions SET last_seen_at = now() WHERE id = ses.sid;
+        END IF;
+        IF ses.oid IS NULL THEN
+            RAISE EXCEPTION 'no such organization, or not a member'
+                USING ERRCODE = 'insufficient_privilege', HINT = 'orgbase_not_member';
+        END IF;
+        IF ses.need_mfa AND NOT ses.mfa THEN
+            RAISE EXCEPTION 'this organization requires multi-factor authentication'
+                USING ERRCODE = 'insufficient_privilege', HINT = 'orgbase_mfa_required';
+        END IF;
+        uid := ses.uid;
+        o := ses.oid;
+        r := ses.role;
+        a := ses.roles;
+    ELSE
+        SELECT ak.id, ak.org_id, ak.user_id, ak.scopes, ak.ip_allow, ak.last_used_at, m.role,
+               ak.org_id IS NOT DISTINCT FROM orgbase.org_of_ref(org_ref) AS org_matches
+          INTO k
+          FROM orgbase.api_keys ak
+          JOIN orgbase.organizations og ON og.id = ak.org_id
+          JOIN orgbase.members m ON m.org_id = ak.org_id AND m.user_id = ak.user_id
+          JOIN orgbase.users us ON us.id = ak.user_id
+         WHERE ak.key_hash = cred_hash
+           AND ak.revoked_at IS NULL
+           AND (ak.expires_at IS NULL OR ak.expires_at > now())
+           AND m.deleted_at IS NULL AND og.deleted_at IS NULL
+           AND us.status = 'active' AND us.deleted_at IS NULL;
+        IF NOT FOUND THEN
+            RAISE EXCEPTION 'invalid or expired credential'
+                USING ERRCODE = 'invalid_authorization_specification', HINT = 'orgbase_unauthenticated';
+        END IF;
+        IF NOT k.org_matches THEN
+            RAISE EXCEPTION 'no such organization, or not a member'
+                USING ERRCODE = 'insufficient_privilege', HINT = 'orgbase_not_member';
+        END IF;
+        IF cardinality(k.ip_allow) > 0
+           AND (client_ip IS NULL OR NOT client_ip <<= ANY (k.ip_allow)) THEN
+            RAISE EXCEPTION 'this API key may not be used from this address'
+                USING ERRCODE = 'insufficient_privilege', HINT = 'orgbase_ip_not_allowed';
+        END IF;
+        IF k.last_used_at IS NULL OR k.last_used_at < now() - interval '60 seconds' THEN
+            UPDATE orgbase.api_keys SET last_used_at = now() WHERE api_keys.id = k.id AND api_keys.org_id = k.org_id;
+        END IF;
+        o := k.org_id;
+        key_id := k.id;
+        uid := k.user_id;
+        -- A key acts as its creator, narrowed by its scopes.
+        r := CASE WHEN 'admin' = ANY (k.scopes) THEN k.role
+                  WHEN k.role = 'owner' OR k.role = 'admin' THEN 'member'
+                  ELSE k.role END;
+        SELECT coalesce(string_agg(app || '=' || (ARRAY['viewer', 'editor', 'admin'])[lvl], ',' ORDER BY app), '')
+          INTO a
+          FROM (SELECT apps.app,
+                       least(CASE WHEN k.role IN ('owner', 'admin') THEN 3
+                                  ELSE coalesce(array_position(ARRAY['viewer', 'editor', 'admin'],
+                                       split_part((SELECT x FROM unnest(string_to_array(orgbase.member_app_roles(o, uid), ',')) x
+                                                    WHERE split_part(x, '=', 1) = apps.app), '=', 2)), 0) END,
+                             (SELECT max(CASE split_part(s, ':', 2) WHEN 'read' THEN 1 WHEN 'write' THEN 2 WHEN 'admin' THEN 3 END)
+                                FROM unnest(k.scopes) s
+                               WHERE split_part(s, ':', 1) IN (apps.app, '*'))) AS lvl
+                  FROM (SELECT DISTINCT t.app FROM orgbase.tenant_tables t
+                        UNION SELECT p.app FROM orgbase.app_permissions p WHERE p.org_id = o) apps) g
+         WHERE lvl > 0;
+    END IF;
+    -- Who and from where, for the audit trail: covered by the same MAC.
+    req := jsonb_build_object('key', key_id, 'ip', client_ip, 'rid', left(request_id, 64),
+                              'ua', left(user_agent, 256))::text;
+    PERFORM set_config('orgbase.org_id', o::text, true),
+            set_config('orgbase.user_id', uid::text, true),
+            set_config('orgbase.org_role', r, true),
+            set_config('orgbase.app_roles', a, true),
+            set_config('orgbase.req', req, true),
+            set_config('orgbase.ctx_mac', encode(sha256(ck.outer_key || sha256(ck.inner_key || convert_to(
+                concat_ws('|', o::text, uid::text, r, a, req, pg_backend_pid()::text,
+                          extract(epoch FROM transaction_timestamp())::text), 'UTF8'))), 'hex'), true)
+      FROM orgbase.context_key ck WHERE ck.id = 1;
+    org_id := o;
+    user_id := uid;
+    org_role := r;
+    app_roles := a;
+    RETURN NEXT;
+END
+$$;
+
+-- The audit capture trigger without a query per row for the record id (one column, the
+-- common case) and without jsonb subtraction when nothing is hidden or quiet. Same entries.
+CREATE OR REPLACE FUNCTION orgbase.audit_row() RETURNS trigger
+LANGUAGE plpgsql SECURITY DEFINER
+SET search_path = pg_catalog, orgbase
+AS $$
+DECLARE
+    hide text[] := CASE WHEN TG_NARGS > 2 AND TG_ARGV[2] <> '' THEN string_to_array(TG_ARGV[2], ',') END;
+    quiet text[] := CASE WHEN TG_NARGS > 3 AND TG_ARGV[3] <> '' THEN string_to_array(TG_ARGV[3], ',') END;
+    o jsonb;
+    n jsonb;
+    j jsonb;
+    act text := lower(TG_OP);
+    uid uuid;
+    q jsonb;
+    rid text;
+BEGIN
+    IF TG_OP <> 'INSERT' THEN o := coalesce(to_jsonb(OLD) - hide, to_jsonb(OLD)); END IF;
+    IF TG_OP <> 'DELETE' THEN n := coalesce(to_jsonb(NEW) - hide, to_jsonb(NEW)); END IF;
+    IF TG_OP = 'UPDATE' THEN
+        IF coalesce(o - quiet, o) = coalesce(n - quiet, n) THEN
+            RETURN NULL;
+        END IF;
+        IF o ->> 'deleted_at' IS NULL AND n ->> 'deleted_at' IS NOT NULL THEN
+            act := 'soft_delete';
+        ELSIF o ->> 'deleted_at' IS NOT NULL AND n ->> 'deleted_at' IS NULL THEN
+            act := 'restore';
+        END IF;
+    END IF;
+    j := coalesce(n, o);
+    IF strpos(TG_ARGV[1], ',') = 0 THEN
+        rid := j ->> TG_ARGV[1];
+    ELSE
+        SELECT string_agg(j ->> col, '/' ORDER BY i) INTO rid
+          FROM unnest(string_to_array(TG_ARGV[1], ',')) WITH ORDINALITY AS x (col, i);
+    END IF;
+    IF coalesce(current_setting('orgbase.ctx_mac', true), '') <> '' THEN
+        uid := (orgbase.ctx()).user_id;
+        q := current_setting('orgbase.req', true)::jsonb;
+    END IF;
+    INSERT INTO orgbase.audit_log (org_id, actor_kind, actor_user, actor_key, action, table_name,
+                                   record_id, old, new, ip, user_agent, request_id)
+    VALUES (CASE WHEN TG_ARGV[0] = '' THEN '00000000-0000-0000-0000-000000000000'::uuid
+                 ELSE (j ->> TG_ARGV[0])::uuid END,
+            CASE WHEN uid IS NULL THEN 'system'
+                 WHEN q ->> 'key' IS NOT NULL THEN 'api_key' ELSE 'user' END,
+            uid, (q ->> 'key')::uuid, act, TG_TABLE_SCHEMA || '.' || TG_TABLE_NAME, rid,
+            o, n, (q ->> 'ip')::inet, q ->> 'ua', q ->> 'rid');
+    RETURN NULL;
+END
+$$;
