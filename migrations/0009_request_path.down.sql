@@ -62,6 +62,14 @@ BEGIN
 END
 $$;
 
+CREATE OR REPLACE FUNCTION orgbase.ctx_org() RETURNS uuid
+LANGUAGE sql STABLE
+AS $$ SELECT (orgbase.ctx()).org_id $$;
+
+CREATE OR REPLACE FUNCTION orgbase.ctx_user() RETURNS uuid
+LANGUAGE sql STABLE
+AS $$ SELECT (orgbase.ctx()).user_id $$;
+
 DROP FUNCTION orgbase.ctx_check(text);
 
 CREATE OR REPLACE FUNCTION orgbase.begin_request(cred_hash bytea, org_ref text, client_ip inet DEFAULT NULL,
@@ -229,3 +237,18 @@ BEGIN
     RETURN NULL;
 END
 $$;
+
+DROP FUNCTION orgbase.resume_request(bytea, text, inet, text, text, uuid, uuid, text, text, uuid, text);
+DROP FUNCTION orgbase.open_request(bytea, text, inet, text, text);
+DROP FUNCTION orgbase.ticket_mac(bytea, bytea, bytea, text, inet, uuid, uuid, text, text, uuid, bigint, bigint);
+DROP TRIGGER identity_changed ON orgbase.sessions;
+DROP TRIGGER identity_changed ON orgbase.users;
+DROP TRIGGER identity_changed ON orgbase.organizations;
+DROP TRIGGER identity_changed ON orgbase.members;
+DROP TRIGGER identity_changed ON orgbase.app_permissions;
+DROP TRIGGER identity_changed ON orgbase.member_roles;
+DROP TRIGGER identity_changed ON orgbase.roles;
+DROP TRIGGER identity_changed ON orgbase.api_keys;
+DROP TRIGGER identity_changed ON orgbase.tenant_tables;
+DROP FUNCTION orgbase.identity_changed();
+DROP TABLE orgbase.identity_epoch;

@@ -48,6 +48,15 @@ $$;
 REVOKE ALL ON FUNCTION orgbase.ctx_check(text) FROM PUBLIC;
 GRANT EXECUTE ON FUNCTION orgbase.ctx_check(text) TO orgbase_runtime, orgbase_readonly;
 
+-- The organization and user of the verified context, through the same single check.
+CREATE OR REPLACE FUNCTION orgbase.ctx_org() RETURNS uuid
+LANGUAGE sql STABLE
+AS $$ SELECT (orgbase.ctx_check(NULL)).org_id $$;
+
+CREATE OR REPLACE FUNCTION orgbase.ctx_user() RETURNS uuid
+LANGUAGE sql STABLE
+AS $$ SELECT (orgbase.ctx_check(NULL)).user_id $$;
+
 -- Same answer as before, one verification instead of a plpgsql call around ctx().
 CREATE OR REPLACE FUNCTION orgbase.ctx_app_level(app text) RETURNS int
 LANGUAGE sql STABLE
@@ -297,3 +306,165 @@ BEGIN
     RETURN NULL;
 END
 $$;
+
+-- Request tickets ----------------------------------------------------------------------------
+-- Authenticating a credential (session lookup, membership, MFA policy, app roles) is most of
+-- the database work of a small request. open_request does it and also returns a ticket: a MAC,
+-- with the context key, over what it established (credential hash, organization reference,
+-- client address, organization, user, roles, API key) plus the identity epoch and an expiry at
+-- most 10 seconds away. The server keeps the ticket in memory and opens the next requests of
+-- that credential in that organization with resume_request, which checks the MAC, the expiry
+-- and that the epoch is still current, then sets the same context as begin_request.
+-- The epoch moves on every change that can narrow what a credential may do — a session revoked
+-- or its MFA state changed, a user suspended or deleted, a membership, app permission, custom
+-- role or organization setting changed, an API key revoked or narrowed — so such a change takes
+-- effect at once for every ticket; expiry and idle timeout take effect within the ticket's life.
+CREATE TABLE orgbase.identity_epoch (
+    id int PRIMARY KEY CHECK (id = 1),
+    epoch bigint NOT NULL
+);
+INSERT INTO orgbase.identity_epoch VALUES (1, 1);
+REVOKE ALL ON orgbase.identity_epoch FROM orgbase_runtime, orgbase_readonly;
+
+CREATE FUNCTION orgbase.identity_changed() RETURNS trigger
+LANGUAGE plpgsql SECURITY DEFINER
+SET search_path = pg_catalog, orgbase
+AS $$
+BEGIN
+    UPDATE orgbase.identity_epoch SET epoch = epoch + 1 WHERE id = 1;
+    RETURN NULL;
+END
+$$;
+REVOKE ALL ON FUNCTION orgbase.identity_changed() FROM PUBLIC;
+
+CREATE TRIGGER identity_changed AFTER UPDATE OF revoked_at, expires_at, idle_timeout, mfa_passed, user_id
+    OR DELETE ON orgbase.sessions FOR EACH STATEMENT EXECUTE FUNCTION orgbase.identity_changed();
+CREATE TRIGGER identity_changed AFTER UPDATE OF status, deleted_at
+    OR DELETE ON orgbase.users FOR EACH STATEMENT EXECUTE FUNCTION orgbase.identity_changed();
+CREATE TRIGGER identity_changed AFTER UPDATE OF settings, deleted_at, slug
+    OR DELETE ON orgbase.organizations FOR EACH STATEMENT EXECUTE FUNCTION orgbase.identity_changed();
+CREATE TRIGGER identity_changed AFTER UPDATE OR DELETE ON orgbase.members
+    FOR EACH STATEMENT EXECUTE FUNCTION orgbase.identity_changed();
+CREATE TRIGGER identity_changed AFTER INSERT OR UPDATE OR DELETE ON orgbase.app_permissions
+    FOR EACH STATEMENT EXECUTE FUNCTION orgbase.identity_changed();
+CREATE TRIGGER identity_changed AFTER INSERT OR UPDATE OR DELETE ON orgbase.member_roles
+    FOR EACH STATEMENT EXECUTE FUNCTION orgbase.identity_changed();
+CREATE TRIGGER identity_changed AFTER INSERT OR UPDATE OR DELETE ON orgbase.roles
+    FOR EACH STATEMENT EXECUTE FUNCTION orgbase.identity_changed();
+CREATE TRIGGER identity_changed AFTER UPDATE OF revoked_at, expires_at, scopes, ip_allow, user_id, org_id
+    OR DELETE ON orgbase.api_keys FOR EACH STATEMENT EXECUTE FUNCTION orgbase.identity_changed();
+CREATE TRIGGER identity_changed AFTER INSERT OR UPDATE OR DELETE ON orgbase.tenant_tables
+    FOR EACH STATEMENT EXECUTE FUNCTION orgbase.identity_changed();
+
+-- The MAC of a ticket (context key, 'ticket' domain).
+CREATE FUNCTION orgbase.ticket_mac(inner_key bytea, outer_key bytea, cred_hash bytea, org_ref text, client_ip inet,
+                                   org uuid, usr uuid, org_role text, app_roles text, key_id uuid,
+                                   epoch bigint, expires bigint)
+RETURNS text
+LANGUAGE sql IMMUTABLE
+SET search_path = pg_catalog, orgbase
+AS $$
+    SELECT encode(sha256(outer_key || sha256(inner_key || convert_to(
+               concat_ws('|', 'ticket', encode(cred_hash, 'hex'), org_ref, coalesce(client_ip::text, ''),
+                         org::text, usr::text, org_role, app_roles, coalesce(key_id::text, ''),
+                         epoch::text, expires::text), 'UTF8'))), 'hex')
+$$;
+REVOKE ALL ON FUNCTION orgbase.ticket_mac(bytea, bytea, bytea, text, inet, uuid, uuid, text, text, uuid, bigint, bigint) FROM PUBLIC;
+
+-- begin_request, plus the ticket for the following requests ('epoch.expires.mac').
+CREATE FUNCTION orgbase.open_request(cred_hash bytea, org_ref text, client_ip inet DEFAULT NULL,
+                                     request_id text DEFAULT NULL, user_agent text DEFAULT NULL)
+RETURNS TABLE (org_id uuid, user_id uuid, org_role text, app_roles text, key_id uuid, ticket text)
+LANGUAGE plpgsql VOLATILE SECURITY DEFINER
+SET search_path = pg_catalog, orgbase
+AS $$
+DECLARE
+    b record;
+    kid uuid;
+    e bigint;
+    x bigint := extract(epoch FROM now())::bigint + 10;
+    until timestamptz;
+BEGIN
+    SELECT * INTO b FROM orgbase.begin_request(cred_hash, org_ref, client_ip, request_id, user_agent);
+    kid := (current_setting('orgbase.req', true)::jsonb ->> 'key')::uuid;
+    IF kid IS NULL THEN
+        SELECT least(se.expires_at, se.last_seen_at + se.idle_timeout) INTO until
+          FROM orgbase.sessions se WHERE se.token_hash = cred_hash;
+    ELSE
+        SELECT ak.expires_at INTO until FROM orgbase.api_keys ak WHERE ak.key_hash = cred_hash;
+    END IF;
+    IF until IS NOT NULL THEN
+        x := least(x, floor(extract(epoch FROM until))::bigint);
+    END IF;
+    SELECT ie.epoch INTO e FROM orgbase.identity_epoch ie WHERE ie.id = 1;
+    org_id := b.org_id;
+    user_id := b.user_id;
+    org_role := b.org_role;
+    app_roles := b.app_roles;
+    key_id := kid;
+    ticket := e::text || '.' || x::text || '.' ||
+              (SELECT orgbase.ticket_mac(k.inner_key, k.outer_key, cred_hash, org_ref, client_ip, b.org_id, b.user_id,
+                                         b.org_role, b.app_roles, kid, e, x)
+                 FROM orgbase.context_key k WHERE k.id = 1);
+    RETURN NEXT;
+END
+$$;
+REVOKE ALL ON FUNCTION orgbase.open_request(bytea, text, inet, text, text) FROM PUBLIC;
+GRANT EXECUTE ON FUNCTION orgbase.open_request(bytea, text, inet, text, text) TO orgbase_runtime;
+
+-- The context of a request from a ticket open_request gave for the same credential,
+-- organization reference and client address. A ticket that is expired, from an earlier epoch
+-- or not this server's → orgbase_stale_ticket (the server then calls open_request).
+CREATE FUNCTION orgbase.resume_request(cred_hash bytea, org_ref text, client_ip inet, request_id text,
+                                       user_agent text, org uuid, usr uuid, role text, roles text,
+                                       key_id uuid, ticket text)
+RETURNS TABLE (org_id uuid, user_id uuid, org_role text, app_roles text)
+LANGUAGE plpgsql VOLATILE SECURITY DEFINER
+SET search_path = pg_catalog, orgbase
+AS $$
+DECLARE
+    part text[] := string_to_array(ticket, '.');
+    e bigint;
+    x bigint;
+    ik bytea;
+    ok bytea;
+    cur_epoch bigint;
+    req text;
+BEGIN
+    IF coalesce(current_setting('orgbase.ctx_mac', true), '') <> '' THEN
+        RAISE EXCEPTION 'the tenant context is already set in this transaction'
+            USING ERRCODE = 'insufficient_privilege', HINT = 'orgbase_context_twice';
+    END IF;
+    IF cardinality(part) IS DISTINCT FROM 3 OR part[1] !~ '^[0-9]{1,18}$' OR part[2] !~ '^[0-9]{1,18}$' THEN
+        RAISE EXCEPTION 'not a request ticket'
+            USING ERRCODE = 'insufficient_privilege', HINT = 'orgbase_stale_ticket';
+    END IF;
+    e := part[1]::bigint;
+    x := part[2]::bigint;
+    SELECT ck.inner_key, ck.outer_key, ie.epoch INTO ik, ok, cur_epoch
+      FROM orgbase.context_key ck, orgbase.identity_epoch ie WHERE ck.id = 1 AND ie.id = 1;
+    IF x < extract(epoch FROM now()) OR e IS DISTINCT FROM cur_epoch
+       OR part[3] IS DISTINCT FROM orgbase.ticket_mac(ik, ok, cred_hash, org_ref, client_ip, org, usr, role,
+                                                      roles, key_id, e, x) THEN
+        RAISE EXCEPTION 'the request ticket is stale or not valid'
+            USING ERRCODE = 'insufficient_privilege', HINT = 'orgbase_stale_ticket';
+    END IF;
+    req := jsonb_build_object('key', key_id, 'ip', client_ip, 'rid', left(request_id, 64),
+                              'ua', left(user_agent, 256))::text;
+    PERFORM set_config('orgbase.org_id', org::text, true),
+            set_config('orgbase.user_id', usr::text, true),
+            set_config('orgbase.org_role', role, true),
+            set_config('orgbase.app_roles', roles, true),
+            set_config('orgbase.req', req, true),
+            set_config('orgbase.ctx_mac', encode(sha256(ok || sha256(ik || convert_to(
+                concat_ws('|', org::text, usr::text, role, roles, req, pg_backend_pid()::text,
+                          extract(epoch FROM transaction_timestamp())::text), 'UTF8'))), 'hex'), true);
+    org_id := org;
+    user_id := usr;
+    org_role := role;
+    app_roles := roles;
+    RETURN NEXT;
+END
+$$;
+REVOKE ALL ON FUNCTION orgbase.resume_request(bytea, text, inet, text, text, uuid, uuid, text, text, uuid, text) FROM PUBLIC;
+GRANT EXECUTE ON FUNCTION orgbase.resume_request(bytea, text, inet, text, text, uuid, uuid, text, text, uuid, text) TO orgbase_runtime;

@@ -24,79 +24,96 @@ pub struct Caller {
 }
 
 impl Caller {
-    fn saw(&self, org_ref: &str, ctx: &Context) {
+    fn saw(&self, ctx: &Context) {
         if let Some(slot) = &self.seen {
             let _ = slot.set((ctx.org_id, ctx.user_id));
         }
-        hints::remember(&self.cred_hash, org_ref, ctx);
     }
 
     /// The (organization, user) this credential was, in organization `org_ref`, when a request
-    /// last verified it (at most [`hints::TTL`] ago). Only a hint for preparing a write ahead
-    /// of its transaction — encrypting values for the right organization and person, filling
-    /// `org_id`/`created_by` — never a permission: the database verifies the context again in
-    /// that transaction, and its policies reject a row whose organization or creator differs.
+    /// last verified it (within the life of its ticket, at most 10 s). Only a hint for preparing
+    /// a write ahead of its transaction — encrypting values for the right organization and
+    /// person, filling `org_id`/`created_by` — never a permission: the database establishes the
+    /// context again in that transaction, and its policies reject a row whose organization or
+    /// creator differs.
     pub fn context_hint(&self, org_ref: &str) -> Option<(Uuid, Uuid)> {
-        hints::get(&self.cred_hash, org_ref)
+        tickets::get(&self.cred_hash, org_ref, self.ip).map(|t| (t.ctx.org_id, t.ctx.user_id))
     }
 
-    /// Drop the hint: the database refused a write prepared with it.
+    /// Drop what the server remembers of this credential in `org_ref`: the database refused a
+    /// write prepared with it.
     pub fn forget_context_hint(&self, org_ref: &str) {
-        hints::forget(&self.cred_hash, org_ref);
+        tickets::forget(&self.cred_hash, org_ref, self.ip);
     }
 }
 
-/// Recently verified (credential, organization) → (organization id, user id), per process.
-mod hints {
+/// Request tickets (migration 0009, docs/security.md): `orgbase.open_request` authenticates a
+/// credential and returns, with the context, a ticket the database signed; the next requests
+/// of that credential in that organization, from that address, open their transaction with
+/// `orgbase.resume_request` and the ticket, which the database checks (MAC, expiry, identity
+/// epoch) instead of authenticating again. Kept per process, in memory only.
+mod tickets {
     use std::collections::HashMap;
-    use std::sync::{Mutex, OnceLock};
+    use std::net::IpAddr;
+    use std::sync::{Arc, Mutex, OnceLock};
     use std::time::{Duration, Instant};
 
     use uuid::Uuid;
 
     use super::Context;
 
-    /// How long a verified context is used as a hint.
-    pub const TTL: Duration = Duration::from_secs(10);
-    /// Entries kept at most; the map is emptied when it is full (hints are cheap to relearn).
+    /// The longest the database makes a ticket valid; the server drops it a little earlier.
+    const LIFE: Duration = Duration::from_secs(9);
+    /// Entries kept at most; the map is emptied when it is full (tickets are cheap to renew).
     const CAPACITY: usize = 10_000;
 
-    type Key = ([u8; 32], String);
-    type Map = HashMap<Key, (Uuid, Uuid, Instant)>;
-
-    fn map() -> &'static Mutex<Map> {
-        static MAP: OnceLock<Mutex<Map>> = OnceLock::new();
-        MAP.get_or_init(|| Mutex::new(HashMap::new()))
+    #[derive(Debug)]
+    pub struct Ticket {
+        pub ctx: Context,
+        pub key_id: Option<Uuid>,
+        pub ticket: String,
+        at: Instant,
     }
+
+    type Key = ([u8; 32], String, Option<IpAddr>);
+    type Map = HashMap<Key, Arc<Ticket>>;
 
     fn lock() -> std::sync::MutexGuard<'static, Map> {
-        map().lock().unwrap_or_else(|p| p.into_inner())
+        static MAP: OnceLock<Mutex<Map>> = OnceLock::new();
+        MAP.get_or_init(|| Mutex::new(HashMap::new()))
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
     }
 
-    pub fn get(cred: &[u8; 32], org_ref: &str) -> Option<(Uuid, Uuid)> {
+    pub fn get(cred: &[u8; 32], org_ref: &str, ip: Option<IpAddr>) -> Option<Arc<Ticket>> {
         let m = lock();
-        let (o, u, at) = m.get(&(*cred, org_ref.to_string()))?;
-        (at.elapsed() < TTL).then_some((*o, *u))
+        let t = m.get(&(*cred, org_ref.to_string(), ip))?;
+        (t.at.elapsed() < LIFE).then(|| t.clone())
     }
 
-    pub fn remember(cred: &[u8; 32], org_ref: &str, ctx: &Context) {
+    pub fn keep(
+        cred: &[u8; 32],
+        org_ref: &str,
+        ip: Option<IpAddr>,
+        ctx: Context,
+        key_id: Option<Uuid>,
+        ticket: String,
+    ) {
         let mut m = lock();
-        let key = (*cred, org_ref.to_string());
-        if let Some((o, u, at)) = m.get(&key)
-            && *o == ctx.org_id
-            && *u == ctx.user_id
-            && at.elapsed() < TTL / 2
-        {
-            return;
-        }
         if m.len() >= CAPACITY {
             m.clear();
         }
-        m.insert(key, (ctx.org_id, ctx.user_id, Instant::now()));
+        let t = Ticket {
+            ctx,
+            key_id,
+            ticket,
+            at: Instant::now(),
+        };
+        m.insert((*cred, org_ref.to_string(), ip), Arc::new(t));
     }
 
-    pub fn forget(cred: &[u8; 32], org_ref: &str) {
-        lock().remove(&(*cred, org_ref.to_string()));
+    pub fn forget(cred: &[u8; 32], org_ref: &str, ip: Option<IpAddr>) {
+        lock().remove(&(*cred, org_ref.to_string(), ip));
     }
 }
 
@@ -277,21 +294,10 @@ impl Drop for Conn {
     }
 }
 
-const BEGIN_REQUEST: &str =
-    "SELECT org_id, user_id, org_role, app_roles FROM orgbase.begin_request($1, $2, $3, $4, $5)";
-
-async fn statements(
-    client: &deadpool_postgres::ClientWrapper,
-    sql: &str,
-) -> Result<(Statement, Statement, Statement, Statement), ReqError> {
-    let (b, c, q, e) = tokio::join!(
-        client.prepare_cached("BEGIN"),
-        client.prepare_cached(BEGIN_REQUEST),
-        client.prepare_cached(sql),
-        client.prepare_cached("COMMIT"),
-    );
-    Ok((b?, c?, q?, e?))
-}
+const OPEN_REQUEST: &str = "SELECT org_id, user_id, org_role, app_roles, key_id, ticket \
+     FROM orgbase.open_request($1, $2, $3, $4, $5)";
+const RESUME_REQUEST: &str = "SELECT org_id, user_id, org_role, app_roles \
+     FROM orgbase.resume_request($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11)";
 
 fn context(row: &Row) -> Context {
     Context {
@@ -302,9 +308,104 @@ fn context(row: &Row) -> Context {
     }
 }
 
+/// The ticket was refused (expired, from an earlier identity epoch): open the context anew.
+fn stale(e: &tokio_postgres::Error) -> bool {
+    e.as_db_error()
+        .is_some_and(|d| d.hint() == Some("orgbase_stale_ticket"))
+}
+
+/// How a request transaction establishes its context.
+enum Opening {
+    /// Authenticate the credential (`open_request`) and keep the ticket it returns.
+    Open,
+    /// Resume from a ticket (`resume_request`).
+    Resume(std::sync::Arc<tickets::Ticket>),
+}
+
+impl Opening {
+    fn of(caller: &Caller, org_ref: &str) -> Self {
+        match tickets::get(&caller.cred_hash, org_ref, caller.ip) {
+            Some(t) => Opening::Resume(t),
+            None => Opening::Open,
+        }
+    }
+
+    /// Run the context statement (already prepared as `stmt`) on `client`.
+    async fn query(
+        &self,
+        client: &Client,
+        stmt: &Statement,
+        caller: &Caller,
+        org_ref: &str,
+    ) -> Result<Row, tokio_postgres::Error> {
+        let cred: &[u8] = &caller.cred_hash;
+        match self {
+            Opening::Open => {
+                client
+                    .query_one(
+                        stmt,
+                        &[
+                            &cred,
+                            &org_ref,
+                            &caller.ip,
+                            &caller.request_id,
+                            &caller.user_agent,
+                        ],
+                    )
+                    .await
+            }
+            Opening::Resume(t) => {
+                client
+                    .query_one(
+                        stmt,
+                        &[
+                            &cred,
+                            &org_ref,
+                            &caller.ip,
+                            &caller.request_id,
+                            &caller.user_agent,
+                            &t.ctx.org_id,
+                            &t.ctx.user_id,
+                            &t.ctx.org_role,
+                            &t.ctx.app_roles,
+                            &t.key_id,
+                            &t.ticket,
+                        ],
+                    )
+                    .await
+            }
+        }
+    }
+
+    fn sql(&self) -> &'static str {
+        match self {
+            Opening::Open => OPEN_REQUEST,
+            Opening::Resume(_) => RESUME_REQUEST,
+        }
+    }
+
+    /// The context of the row the context statement returned; an opened one is remembered.
+    fn established(&self, row: &Row, caller: &Caller, org_ref: &str) -> Context {
+        let ctx = context(row);
+        if let Opening::Open = self {
+            tickets::keep(
+                &caller.cred_hash,
+                org_ref,
+                caller.ip,
+                ctx.clone(),
+                row.get(4),
+                row.get(5),
+            );
+        }
+        caller.saw(&ctx);
+        ctx
+    }
+}
+
 /// One statement in the caller's organization: BEGIN, context, statement, COMMIT in one round
 /// trip. Errors of the context come first (an unauthenticated caller is told so, not that the
-/// statement failed).
+/// statement failed). With a ticket whose epoch has passed, the transaction changed nothing
+/// (the context failed first) and runs again with a full authentication.
 pub async fn one(
     pool: &Pool,
     caller: &Caller,
@@ -312,20 +413,59 @@ pub async fn one(
     sql: &str,
     params: &[&(dyn ToSql + Sync)],
 ) -> Result<(Context, Vec<Row>), ReqError> {
+    let opening = Opening::of(caller, org_ref);
+    if let Opening::Resume(_) = opening {
+        match one_with(pool, caller, org_ref, sql, params, &opening).await {
+            Err(Retry::Stale) => tickets::forget(&caller.cred_hash, org_ref, caller.ip),
+            Err(Retry::No(e)) => return Err(e),
+            Ok(v) => return Ok(v),
+        }
+    }
+    one_with(pool, caller, org_ref, sql, params, &Opening::Open)
+        .await
+        .map_err(Retry::into_error)
+}
+
+enum Retry {
+    Stale,
+    No(ReqError),
+}
+
+impl Retry {
+    fn into_error(self) -> ReqError {
+        match self {
+            Retry::Stale => ReqError::Unavailable("the request context could not be opened".into()),
+            Retry::No(e) => e,
+        }
+    }
+}
+
+impl<E: Into<ReqError>> From<E> for Retry {
+    fn from(e: E) -> Self {
+        Retry::No(e.into())
+    }
+}
+
+async fn one_with(
+    pool: &Pool,
+    caller: &Caller,
+    org_ref: &str,
+    sql: &str,
+    params: &[&(dyn ToSql + Sync)],
+    opening: &Opening,
+) -> Result<(Context, Vec<Row>), Retry> {
     let mut conn = Conn::get(pool).await?;
     let client = conn.client()?;
-    let (begin, ctx, stmt, commit) = statements(client, sql).await?;
-    let cred: &[u8] = &caller.cred_hash;
-    let ctx_params: [&(dyn ToSql + Sync); 5] = [
-        &cred,
-        &org_ref,
-        &caller.ip,
-        &caller.request_id,
-        &caller.user_agent,
-    ];
+    let (begin, ctx, stmt, commit) = tokio::join!(
+        client.prepare_cached("BEGIN"),
+        client.prepare_cached(opening.sql()),
+        client.prepare_cached(sql),
+        client.prepare_cached("COMMIT"),
+    );
+    let (begin, ctx, stmt, commit) = (begin?, ctx?, stmt?, commit?);
     let (b, c, q, e) = tokio::join!(
         client.execute(&begin, &[]),
-        client.query_one(&ctx, &ctx_params),
+        opening.query(client, &ctx, caller, org_ref),
         client.query(&stmt, params),
         client.execute(&commit, &[]),
     );
@@ -333,8 +473,11 @@ pub async fn one(
     // unless it broke, which the pool notices when it is next handed out.
     conn.clean = true;
     b?;
-    let c = context(&c?);
-    caller.saw(org_ref, &c);
+    let row = match c {
+        Err(e) if stale(&e) => return Err(Retry::Stale),
+        c => c?,
+    };
+    let c = opening.established(&row, caller, org_ref);
     let rows = q?;
     e?;
     Ok((c, rows))
@@ -350,28 +493,27 @@ pub async fn many<T>(
 ) -> Result<T, ReqError> {
     let mut conn = Conn::get(pool).await?;
     let client = conn.client()?;
-    let (begin, ctx) = tokio::join!(
-        client.prepare_cached("BEGIN"),
-        client.prepare_cached(BEGIN_REQUEST)
-    );
-    let (begin, ctx) = (begin?, ctx?);
-    let cred: &[u8] = &caller.cred_hash;
-    let ctx_params: [&(dyn ToSql + Sync); 5] = [
-        &cred,
-        &org_ref,
-        &caller.ip,
-        &caller.request_id,
-        &caller.user_agent,
-    ];
-    let (b, c) = tokio::join!(
-        client.execute(&begin, &[]),
-        client.query_one(&ctx, &ctx_params),
-    );
-    b?;
-    let outcome = match c {
+    let mut opening = Opening::of(caller, org_ref);
+    let begin = client.prepare_cached("BEGIN").await?;
+    let row = loop {
+        let ctx = client.prepare_cached(opening.sql()).await?;
+        let (b, c) = tokio::join!(
+            client.execute(&begin, &[]),
+            opening.query(client, &ctx, caller, org_ref),
+        );
+        b?;
+        match c {
+            Err(e) if stale(&e) && matches!(opening, Opening::Resume(_)) => {
+                client.batch_execute("ROLLBACK").await?;
+                tickets::forget(&caller.cred_hash, org_ref, caller.ip);
+                opening = Opening::Open;
+            }
+            c => break c,
+        }
+    };
+    let outcome = match row {
         Ok(row) => {
-            let ctx = context(&row);
-            caller.saw(org_ref, &ctx);
+            let ctx = opening.established(&row, caller, org_ref);
             f(client, &ctx).await
         }
         Err(e) => Err(classify(e)),

@@ -421,3 +421,236 @@ async fn rows_cannot_point_into_another_org() {
     assert!(db_error(&e).0.contains("foreign key"), "{e:?}");
     let _ = (f.org_b, f.a_editor.len());
 }
+
+/// Request tickets (migration 0009) let the server skip re-authenticating a credential for a
+/// few seconds. Attacked here as the runtime role: a ticket with other roles, another org or
+/// another credential, a tampered MAC, a ticket outliving a revocation or a role change, and a
+/// second context in one transaction are all refused.
+#[tokio::test]
+async fn request_tickets_cannot_be_forged_moved_or_outlive_a_revocation() {
+    let f = fixture().await;
+    let admin = f.db.admin().await;
+    let mut client = runtime(&f).await;
+    let opened = client
+        .query_one(
+            "SELECT org_id, user_id, org_role, app_roles, key_id, ticket \
+             FROM orgbase.open_request($1, 'org-a')",
+            &[&f.a_viewer],
+        )
+        .await
+        .unwrap();
+    let (org, user, role, roles, ticket): (Uuid, Uuid, String, String, String) = (
+        opened.get(0),
+        opened.get(1),
+        opened.get(2),
+        opened.get(3),
+        opened.get(5),
+    );
+    assert_eq!(roles, "notes=viewer");
+    const RESUME: &str = "SELECT * FROM orgbase.resume_request($1, $2, NULL, NULL, NULL, \
+                          $3, $4, $5, $6, NULL, $7)";
+    async fn resume(
+        client: &mut Client,
+        cred: &[u8],
+        org_ref: &str,
+        ctx: (Uuid, Uuid, &str, &str, &str),
+    ) -> Result<Vec<String>, (String, String)> {
+        let tx = client.transaction().await.unwrap();
+        let (o, u, r, a, t) = ctx;
+        match tx
+            .query_one(RESUME, &[&cred, &org_ref, &o, &u, &r, &a, &t])
+            .await
+        {
+            Ok(_) => Ok(titles(&tx).await),
+            Err(e) => Err(db_error(&e)),
+        }
+    }
+    let stale = |r: Result<Vec<String>, (String, String)>| {
+        assert_eq!(r.unwrap_err().1, "orgbase_stale_ticket");
+    };
+    // As issued: the viewer reads org A.
+    let seen = resume(
+        &mut client,
+        &f.a_viewer,
+        "org-a",
+        (org, user, &role, &roles, &ticket),
+    )
+    .await
+    .unwrap();
+    assert!(!seen.is_empty());
+    // Other roles, another org, another user, another credential, another org reference.
+    stale(
+        resume(
+            &mut client,
+            &f.a_viewer,
+            "org-a",
+            (org, user, "admin", &roles, &ticket),
+        )
+        .await,
+    );
+    stale(
+        resume(
+            &mut client,
+            &f.a_viewer,
+            "org-a",
+            (org, user, &role, "notes=admin", &ticket),
+        )
+        .await,
+    );
+    stale(
+        resume(
+            &mut client,
+            &f.a_viewer,
+            "org-a",
+            (f.org_b, user, &role, &roles, &ticket),
+        )
+        .await,
+    );
+    stale(
+        resume(
+            &mut client,
+            &f.a_viewer,
+            "org-a",
+            (org, f.users["a_admin"], &role, &roles, &ticket),
+        )
+        .await,
+    );
+    stale(
+        resume(
+            &mut client,
+            &f.a_editor,
+            "org-a",
+            (org, user, &role, &roles, &ticket),
+        )
+        .await,
+    );
+    stale(
+        resume(
+            &mut client,
+            &f.a_viewer,
+            "org-b",
+            (org, user, &role, &roles, &ticket),
+        )
+        .await,
+    );
+    // A tampered MAC, a later expiry, garbage.
+    let mut tampered = ticket.clone();
+    let last = tampered.pop().unwrap();
+    tampered.push(if last == '0' { '1' } else { '0' });
+    stale(
+        resume(
+            &mut client,
+            &f.a_viewer,
+            "org-a",
+            (org, user, &role, &roles, &tampered),
+        )
+        .await,
+    );
+    let parts: Vec<&str> = ticket.split('.').collect();
+    let later = format!(
+        "{}.{}.{}",
+        parts[0],
+        parts[1].parse::<i64>().unwrap() + 3600,
+        parts[2]
+    );
+    stale(
+        resume(
+            &mut client,
+            &f.a_viewer,
+            "org-a",
+            (org, user, &role, &roles, &later),
+        )
+        .await,
+    );
+    stale(
+        resume(
+            &mut client,
+            &f.a_viewer,
+            "org-a",
+            (org, user, &role, &roles, "x.y.z"),
+        )
+        .await,
+    );
+    // Still good, then not after the viewer's app role changes.
+    resume(
+        &mut client,
+        &f.a_viewer,
+        "org-a",
+        (org, user, &role, &roles, &ticket),
+    )
+    .await
+    .unwrap();
+    admin
+        .execute(
+            "UPDATE orgbase.app_permissions SET role = 'editor' WHERE user_id = $1",
+            &[&user],
+        )
+        .await
+        .unwrap();
+    stale(
+        resume(
+            &mut client,
+            &f.a_viewer,
+            "org-a",
+            (org, user, &role, &roles, &ticket),
+        )
+        .await,
+    );
+    // A fresh ticket dies with the session it was issued for.
+    let t2: String = client
+        .query_one(
+            "SELECT ticket FROM orgbase.open_request($1, 'org-a')",
+            &[&f.a_viewer],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    admin
+        .execute(
+            "UPDATE orgbase.sessions SET revoked_at = now() WHERE user_id = $1",
+            &[&user],
+        )
+        .await
+        .unwrap();
+    stale(
+        resume(
+            &mut client,
+            &f.a_viewer,
+            "org-a",
+            (org, user, &role, "notes=editor", &t2),
+        )
+        .await,
+    );
+    let e = client
+        .query_one(
+            "SELECT * FROM orgbase.open_request($1, 'org-a')",
+            &[&f.a_viewer],
+        )
+        .await
+        .unwrap_err();
+    assert_eq!(db_error(&e).1, "orgbase_unauthenticated");
+    // One context per transaction, whichever way it is opened.
+    let tx = client.transaction().await.unwrap();
+    tx.query_one(
+        "SELECT * FROM orgbase.open_request($1, 'org-a')",
+        &[&f.a_editor],
+    )
+    .await
+    .unwrap();
+    let e = tx
+        .query_one(
+            RESUME,
+            &[
+                &f.a_viewer.as_slice(),
+                &"org-a",
+                &org,
+                &user,
+                &role,
+                &roles,
+                &ticket,
+            ],
+        )
+        .await
+        .unwrap_err();
+    assert_eq!(db_error(&e).1, "orgbase_context_twice");
+}
