@@ -240,7 +240,7 @@ $$;
 
 DROP FUNCTION orgbase.resume_request(bytea, text, inet, text, text, uuid, uuid, text, text, uuid, text);
 DROP FUNCTION orgbase.open_request(bytea, text, inet, text, text);
-DROP FUNCTION orgbase.ticket_mac(bytea, bytea, bytea, text, inet, uuid, uuid, text, text, uuid, bigint, bigint);
+DROP FUNCTION orgbase.ticket_mac(bytea, bytea, bytea, text, inet, uuid, uuid, text, text, uuid, text, text);
 DROP TRIGGER identity_changed ON orgbase.sessions;
 DROP TRIGGER identity_changed ON orgbase.users;
 DROP TRIGGER identity_changed ON orgbase.organizations;

@@ -356,20 +356,23 @@ CREATE TRIGGER identity_changed AFTER UPDATE OF revoked_at, expires_at, scopes, 
 CREATE TRIGGER identity_changed AFTER INSERT OR UPDATE OR DELETE ON orgbase.tenant_tables
     FOR EACH STATEMENT EXECUTE FUNCTION orgbase.identity_changed();
 
--- The MAC of a ticket (context key, 'ticket' domain).
+-- The MAC of a ticket (context key, 'ticket' domain). Not SECURITY DEFINER and not callable by
+-- the runtime role; without a SET clause (names qualified instead) so that it is inlined into
+-- open_request and resume_request.
 CREATE FUNCTION orgbase.ticket_mac(inner_key bytea, outer_key bytea, cred_hash bytea, org_ref text, client_ip inet,
                                    org uuid, usr uuid, org_role text, app_roles text, key_id uuid,
-                                   epoch bigint, expires bigint)
+                                   epoch text, expires text)
 RETURNS text
-LANGUAGE sql IMMUTABLE
-SET search_path = pg_catalog, orgbase
+LANGUAGE sql STABLE
 AS $$
-    SELECT encode(sha256(outer_key || sha256(inner_key || convert_to(
-               concat_ws('|', 'ticket', encode(cred_hash, 'hex'), org_ref, coalesce(client_ip::text, ''),
-                         org::text, usr::text, org_role, app_roles, coalesce(key_id::text, ''),
-                         epoch::text, expires::text), 'UTF8'))), 'hex')
+    SELECT pg_catalog.encode(pg_catalog.sha256(outer_key OPERATOR(pg_catalog.||) pg_catalog.sha256(inner_key OPERATOR(pg_catalog.||) pg_catalog.convert_to(
+               pg_catalog.concat_ws('|', 'ticket', pg_catalog.encode(cred_hash, 'hex'), org_ref,
+                         COALESCE(client_ip::pg_catalog.text, ''),
+                         org::pg_catalog.text, usr::pg_catalog.text, org_role, app_roles,
+                         COALESCE(key_id::pg_catalog.text, ''),
+                         epoch, expires), 'UTF8'))), 'hex')
 $$;
-REVOKE ALL ON FUNCTION orgbase.ticket_mac(bytea, bytea, bytea, text, inet, uuid, uuid, text, text, uuid, bigint, bigint) FROM PUBLIC;
+REVOKE ALL ON FUNCTION orgbase.ticket_mac(bytea, bytea, bytea, text, inet, uuid, uuid, text, text, uuid, text, text) FROM PUBLIC;
 
 -- begin_request, plus the ticket for the following requests ('epoch.expires.mac').
 CREATE FUNCTION orgbase.open_request(cred_hash bytea, org_ref text, client_ip inet DEFAULT NULL,
@@ -404,7 +407,7 @@ BEGIN
     key_id := kid;
     ticket := e::text || '.' || x::text || '.' ||
               (SELECT orgbase.ticket_mac(k.inner_key, k.outer_key, cred_hash, org_ref, client_ip, b.org_id, b.user_id,
-                                         b.org_role, b.app_roles, kid, e, x)
+                                         b.org_role, b.app_roles, kid, e::text, x::text)
                  FROM orgbase.context_key k WHERE k.id = 1);
     RETURN NEXT;
 END
@@ -435,17 +438,17 @@ BEGIN
         RAISE EXCEPTION 'the tenant context is already set in this transaction'
             USING ERRCODE = 'insufficient_privilege', HINT = 'orgbase_context_twice';
     END IF;
-    IF cardinality(part) IS DISTINCT FROM 3 OR part[1] !~ '^[0-9]{1,18}$' OR part[2] !~ '^[0-9]{1,18}$' THEN
-        RAISE EXCEPTION 'not a request ticket'
+    SELECT ck.inner_key, ck.outer_key, ie.epoch INTO ik, ok, cur_epoch
+      FROM orgbase.context_key ck, orgbase.identity_epoch ie WHERE ck.id = 1 AND ie.id = 1;
+    -- The MAC first (over the text as given), so that only what open_request wrote is parsed.
+    IF part[3] IS DISTINCT FROM orgbase.ticket_mac(ik, ok, cred_hash, org_ref, client_ip, org, usr, role,
+                                                   roles, key_id, part[1], part[2]) THEN
+        RAISE EXCEPTION 'the request ticket is stale or not valid'
             USING ERRCODE = 'insufficient_privilege', HINT = 'orgbase_stale_ticket';
     END IF;
     e := part[1]::bigint;
     x := part[2]::bigint;
-    SELECT ck.inner_key, ck.outer_key, ie.epoch INTO ik, ok, cur_epoch
-      FROM orgbase.context_key ck, orgbase.identity_epoch ie WHERE ck.id = 1 AND ie.id = 1;
-    IF x < extract(epoch FROM now()) OR e IS DISTINCT FROM cur_epoch
-       OR part[3] IS DISTINCT FROM orgbase.ticket_mac(ik, ok, cred_hash, org_ref, client_ip, org, usr, role,
-                                                      roles, key_id, e, x) THEN
+    IF x < extract(epoch FROM now()) OR e IS DISTINCT FROM cur_epoch THEN
         RAISE EXCEPTION 'the request ticket is stale or not valid'
             USING ERRCODE = 'insufficient_privilege', HINT = 'orgbase_stale_ticket';
     END IF;
