@@ -459,11 +459,17 @@ async fn hard_delete(
             &[&req.subject],
         )
         .await?;
+        // The anonymized account keeps no email or name, and no blind index of the real email.
+        let anonymous = format!("erased-{short}{}", crate::account::ERASED_DOMAIN);
+        let anonymous_hash = worker
+            .fields
+            .email_hash(&anonymous)
+            .map_err(|e| GdprError::Keys(e.to_string()))?;
         tx.execute(
-            "UPDATE orgbase.users SET email = $2, name = '', password_hash = NULL, totp_secret = NULL,
-                    status = 'inactive', deleted_at = coalesce(deleted_at, now())
+            "UPDATE orgbase.users SET email = $2, email_hash = $3, name = '', password_hash = NULL,
+                    totp_secret = NULL, status = 'inactive', deleted_at = coalesce(deleted_at, now())
               WHERE id = $1",
-            &[&req.subject, &format!("erased-{short}@erased.invalid")],
+            &[&req.subject, &anonymous, &anonymous_hash],
         )
         .await?;
     }
@@ -475,14 +481,19 @@ async fn hard_delete(
         0
     };
 
-    // Destroy the keys: from here on every copy of the person's encrypted values is noise.
+    // Destroy the keys: from here on every copy of the person's encrypted values is noise —
+    // with their own request, their account's email and name too (the account key).
+    let mut doomed: Vec<_> = orgs.iter().map(|org| subject_key(*org, req.subject)).collect();
+    if own {
+        doomed.push(crate::account::account_key(req.subject));
+    }
     let mut tombstones: Vec<Tombstone> = Vec::new();
-    for org in orgs {
+    for key in doomed {
         tombstones.push(
             worker
                 .keys
                 .store()
-                .destroy(subject_key(*org, req.subject))
+                .destroy(key)
                 .map_err(|e| GdprError::Keys(e.to_string()))?,
         );
     }
@@ -669,12 +680,18 @@ async fn export(
         .start()
         .await?;
     let mut parts = Vec::new();
-    let profile = rows_json(
+    let mut profile = rows_json(
         &tx,
-        "SELECT to_jsonb(u) - 'password_hash' - 'totp_secret' FROM orgbase.users u WHERE u.id = $1",
+        "SELECT to_jsonb(u) - 'password_hash' - 'totp_secret' - 'email_hash' FROM orgbase.users u WHERE u.id = $1",
         &[&req.subject],
     )
     .await?;
+    for p in profile.iter_mut().filter_map(Value::as_object_mut) {
+        worker
+            .fields
+            .open_account_json(p, "id")
+            .map_err(|e| GdprError::Keys(e.to_string()))?;
+    }
     parts.push(json_part(
         "profile.json",
         profile.first().unwrap_or(&Value::Null),
@@ -772,8 +789,8 @@ async fn export(
     Ok(("done".into(), result))
 }
 
-/// Decrypts the old/new values of an audit entry about a row of a tenant table, where the key
-/// still exists.
+/// Decrypts the old/new values of an audit entry about a row of a tenant table or an account,
+/// where the key still exists.
 fn open_audit_values(fields: &Fields, catalog: &Catalog, entry: &mut Value) {
     let Some(name) = entry
         .get("table")
@@ -782,6 +799,18 @@ fn open_audit_values(fields: &Fields, catalog: &Catalog, entry: &mut Value) {
     else {
         return;
     };
+    if name == crate::account::USERS {
+        // The account's own entries: its email and name, under the account key.
+        for side in ["old", "new"] {
+            if let Some(m) = entry.get_mut(side).and_then(Value::as_object_mut) {
+                let mut copy = m.clone();
+                if fields.open_account_json(&mut copy, "id").is_ok() {
+                    *m = copy;
+                }
+            }
+        }
+        return;
+    }
     let Some(table) = catalog
         .tables
         .values()
