@@ -96,7 +96,13 @@ async fn upsert_user(
              VALUES ($1, $2, $3, $4, $5) \
              ON CONFLICT (email_hash) DO UPDATE SET password_hash = EXCLUDED.password_hash, \
              status = 'active', deleted_at = NULL RETURNING id",
-            &[&new_id, &email_hash, &sealed_email, &sealed_name, &password_hash],
+            &[
+                &new_id,
+                &email_hash,
+                &sealed_email,
+                &sealed_name,
+                &password_hash,
+            ],
         )
         .await?
         .get(0);
@@ -136,7 +142,8 @@ pub async fn demo(target: &Target, config: &Config, fields: &Fields) -> anyhow::
             ),
         ] {
             let email = format!("{who}@{slug}.example");
-            let (id, token) = upsert_user(&tx, fields, &email, &format!("{name} {who}"), &hash).await?;
+            let (id, token) =
+                upsert_user(&tx, fields, &email, &format!("{name} {who}"), &hash).await?;
             people.push((who, id, org_role, apps, email, token));
         }
         let owner = people[0].1;
@@ -304,7 +311,8 @@ pub async fn bench_seed(
         let mut user_ids = Vec::new();
         for u in 1..=args.users {
             let email = format!("user{u}@org{o}-{run}.bench.example");
-            let (id, token) = upsert_user(&tx, fields, &email, &format!("Bench user {u}"), &hash).await?;
+            let (id, token) =
+                upsert_user(&tx, fields, &email, &format!("Bench user {u}"), &hash).await?;
             user_ids.push(id);
             users_tsv.push_str(&format!("{token}\t{org}\t{id}\n"));
         }

@@ -61,7 +61,10 @@ impl Fields {
         }
         match self.cipher()?.decrypt(stored, place) {
             Ok(plain) => String::from_utf8(plain).map(Some).map_err(|_| {
-                ReqError::Undecryptable(format!("{}.{} of {}: not UTF-8", place.table, place.column, place.row))
+                ReqError::Undecryptable(format!(
+                    "{}.{} of {}: not UTF-8",
+                    place.table, place.column, place.row
+                ))
             }),
             Err(e) if e.is_key_destroyed() => Ok(None),
             Err(CipherError::Key(e @ (KeyError::Io { .. } | KeyError::Random))) => {
@@ -106,7 +109,11 @@ impl Fields {
 
     /// Opens `email` and `name` of a JSON object about account `obj[id]` in place (a value whose
     /// key is gone becomes `null`).
-    pub fn open_account_json(&self, obj: &mut Map<String, Value>, id: &str) -> Result<(), ReqError> {
+    pub fn open_account_json(
+        &self,
+        obj: &mut Map<String, Value>,
+        id: &str,
+    ) -> Result<(), ReqError> {
         let Some(user) = obj
             .get(id)
             .and_then(Value::as_str)
@@ -271,7 +278,8 @@ pub async fn backfill(
         tx.commit().await?;
     }
     if users + invitations > 0 {
-        let detail = serde_json::json!({"users": users, "invitations": invitations, "encrypted": encrypt});
+        let detail =
+            serde_json::json!({"users": users, "invitations": invitations, "encrypted": encrypt});
         client
             .execute(
                 "INSERT INTO orgbase.audit_log (org_id, actor_kind, action, table_name, record_id, new)
@@ -280,7 +288,12 @@ pub async fn backfill(
                 &[&detail],
             )
             .await?;
-        tracing::info!(users, invitations, encrypted = encrypt, "account emails indexed and encrypted");
+        tracing::info!(
+            users,
+            invitations,
+            encrypted = encrypt,
+            "account emails indexed and encrypted"
+        );
     }
     Ok(users + invitations)
 }

@@ -483,7 +483,10 @@ async fn hard_delete(
 
     // Destroy the keys: from here on every copy of the person's encrypted values is noise —
     // with their own request, their account's email and name too (the account key).
-    let mut doomed: Vec<_> = orgs.iter().map(|org| subject_key(*org, req.subject)).collect();
+    let mut doomed: Vec<_> = orgs
+        .iter()
+        .map(|org| subject_key(*org, req.subject))
+        .collect();
     if own {
         doomed.push(crate::account::account_key(req.subject));
     }

@@ -317,8 +317,8 @@ pub async fn me(
     )
     .await?;
     let body: String = rows.first().map(|r| r.get(0)).unwrap_or_default();
-    let mut me: serde_json::Map<String, serde_json::Value> = serde_json::from_str(&body)
-        .map_err(ApiError::internal)?;
+    let mut me: serde_json::Map<String, serde_json::Value> =
+        serde_json::from_str(&body).map_err(ApiError::internal)?;
     state.fields.open_account_json(&mut me, "id")?;
     Ok(Json(me).into_response())
 }

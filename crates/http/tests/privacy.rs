@@ -98,7 +98,10 @@ impl World {
             )
             .await;
         assert_eq!(s, 201, "{v}");
-        assert_eq!((v["email"].as_str(), v["name"].as_str()), (Some(email.to_lowercase().as_str()), Some(name)));
+        assert_eq!(
+            (v["email"].as_str(), v["name"].as_str()),
+            (Some(email.to_lowercase().as_str()), Some(name))
+        );
         let (s, t) = self
             .api
             .call(
@@ -205,7 +208,10 @@ async fn erasure_reaches_live_data_audit_and_an_old_dump() {
     let org = w.org(&alice, "acme").await;
     w.add_editor(&alice, "acme", CAROL_EMAIL).await;
     let me = w.api.ok(Method::GET, "/v1/me", &carol, None).await;
-    assert_eq!((me["email"].as_str(), me["name"].as_str()), (Some(CAROL_EMAIL), Some(CAROL_NAME)));
+    assert_eq!(
+        (me["email"].as_str(), me["name"].as_str()),
+        (Some(CAROL_EMAIL), Some(CAROL_NAME))
+    );
     let alice_note = w.note(&alice, "acme", "Q3 plan", "ship it").await;
     let n = w.note(&carol, "acme", "About me", PII).await;
     let nid = n["id"].as_str().unwrap();
@@ -297,7 +303,11 @@ async fn erasure_reaches_live_data_audit_and_an_old_dump() {
     let live_bytes = std::fs::read(&live).unwrap();
     assert_eq!(count(&live_bytes, PII), 0);
     for gone in [CAROL_EMAIL, CAROL_NAME] {
-        assert_eq!(count(&live_bytes, gone), 0, "{gone} gone from users and audit");
+        assert_eq!(
+            count(&live_bytes, gone),
+            0,
+            "{gone} gone from users and audit"
+        );
     }
     let in_audit: i64 = admin
         .query_one(
@@ -310,7 +320,10 @@ async fn erasure_reaches_live_data_audit_and_an_old_dump() {
         .await
         .unwrap()
         .get(0);
-    assert_eq!(in_audit, 0, "no email, name or blind index in the audit trail");
+    assert_eq!(
+        in_audit, 0,
+        "no email, name or blind index in the audit trail"
+    );
     let anonymized = admin
         .query_one(
             "SELECT email, name, email_hash FROM orgbase.users WHERE id = $1",
@@ -320,7 +333,11 @@ async fn erasure_reaches_live_data_audit_and_an_old_dump() {
         .unwrap();
     assert!(anonymized.get::<_, String>(0).ends_with("@erased.invalid"));
     assert_eq!(anonymized.get::<_, String>(1), "");
-    assert_ne!(anonymized.get::<_, Vec<u8>>(2), old_hash, "the blind index of the real email is gone");
+    assert_ne!(
+        anonymized.get::<_, Vec<u8>>(2),
+        old_hash,
+        "the blind index of the real email is gone"
+    );
     // Her email no longer logs in nor finds an account; it may sign up again, as a new person.
     w.api
         .expect(
@@ -1155,7 +1172,11 @@ async fn account_email_and_name_are_encrypted_and_found_by_blind_index() {
         .collect();
     assert_eq!(
         emails,
-        ["aaron@zuse.example", "ada@lovelace.example", "bob@babbage.example"]
+        [
+            "aaron@zuse.example",
+            "ada@lovelace.example",
+            "bob@babbage.example"
+        ]
     );
     let bob = w
         .api
@@ -1212,13 +1233,7 @@ async fn account_email_and_name_are_encrypted_and_found_by_blind_index() {
     // What the database holds (tables and audit trail): no email, no name.
     let stored = stored_identity_text(&admin, true).await.to_lowercase();
     for plain in [
-        "lovelace",
-        "byron",
-        "babbage",
-        "zuse",
-        "hopper",
-        "mallory",
-        "@",
+        "lovelace", "byron", "babbage", "zuse", "hopper", "mallory", "@",
     ] {
         assert!(!stored.contains(plain), "{plain} stored in clear");
     }
@@ -1353,7 +1368,12 @@ async fn accounts_from_before_0008_are_indexed_and_encrypted_by_the_backfill() {
     // The invitee signs up and accepts: matched by the backfilled index.
     let (_, newcomer) = w.user_named("new@comer.example", "New Comer").await;
     w.api
-        .ok(Method::POST, "/v1/invitations/obi_old/accept", &newcomer, None)
+        .ok(
+            Method::POST,
+            "/v1/invitations/obi_old/accept",
+            &newcomer,
+            None,
+        )
         .await;
     assert_eq!(
         orgbase_db::account::backfill(&mut admin, &w.fields, 100)
