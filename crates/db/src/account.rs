@@ -166,8 +166,9 @@ impl Fields {
 /// fills a missing `email_hash`, and (field encryption on) encrypts an email or name still in
 /// clear. Runs as administrator in batches of `batch` rows, without row triggers (one audit
 /// entry for the run, not one per row with the plaintext in it); resumable and idempotent.
-/// Anonymized accounts (erased before 0008) get their index only. Does nothing before 0008.
-/// Returns the rows updated.
+/// Anonymized accounts (erased before 0008) get their index only. When the stored index turns
+/// out to be made with another blind-index key, every row's index is recomputed. Does nothing
+/// before 0008. Returns the rows updated.
 pub async fn backfill(
     client: &mut Client,
     fields: &Fields,
@@ -187,6 +188,7 @@ pub async fn backfill(
     }
     let bad = |e: ReqError| crate::DbError::Crypto(e.to_string());
     let encrypt = fields.encrypts();
+    let reindex = stale_index(client, fields).await.map_err(bad)?;
     let mut users = 0u64;
     let mut after = Uuid::nil();
     loop {
@@ -197,11 +199,11 @@ pub async fn backfill(
             .query(
                 "SELECT id, email, name FROM orgbase.users
                   WHERE id > $1
-                    AND (email_hash IS NULL
+                    AND ($4 OR email_hash IS NULL
                          OR ($2 AND email NOT LIKE '%@erased.invalid'
                              AND (email NOT LIKE 'enc:v1:%' OR name NOT LIKE 'enc:v1:%')))
                   ORDER BY id LIMIT $3 FOR UPDATE",
-                &[&after, &encrypt, &batch],
+                &[&after, &encrypt, &batch, &reindex],
             )
             .await?;
         let Some(last) = rows.last() else {
@@ -246,9 +248,9 @@ pub async fn backfill(
             .query(
                 "SELECT org_id, id, email FROM orgbase.invitations
                   WHERE (org_id, id) > ($1, $2)
-                    AND (email_hash IS NULL OR ($3 AND email NOT LIKE 'enc:v1:%'))
+                    AND ($5 OR email_hash IS NULL OR ($3 AND email NOT LIKE 'enc:v1:%'))
                   ORDER BY org_id, id LIMIT $4 FOR UPDATE",
-                &[&after.0, &after.1, &encrypt, &batch],
+                &[&after.0, &after.1, &encrypt, &batch, &reindex],
             )
             .await?;
         let Some(last) = rows.last() else {
@@ -296,6 +298,33 @@ pub async fn backfill(
         );
     }
     Ok(users + invitations)
+}
+
+/// Whether the stored index was made with another blind-index key (the key file was lost or
+/// replaced): then nobody could log in, and [`backfill`] recomputes every row's index from the
+/// email. Checks the newest indexed account that can be read.
+async fn stale_index(client: &Client, fields: &Fields) -> Result<bool, ReqError> {
+    let rows = client
+        .query(
+            "SELECT id, email, email_hash FROM orgbase.users
+              WHERE email_hash IS NOT NULL AND email NOT LIKE '%@erased.invalid'
+              ORDER BY id DESC LIMIT 5",
+            &[],
+        )
+        .await?;
+    for r in &rows {
+        let (id, email, stored): (Uuid, String, Vec<u8>) = (r.get(0), r.get(1), r.get(2));
+        if let Some(plain) = fields.open_account(id, "email", &email)? {
+            let stale = fields.email_hash(&plain)? != stored;
+            if stale {
+                tracing::warn!(
+                    "the email blind index was made with another key (blind-index.key lost or replaced): rebuilding it"
+                );
+            }
+            return Ok(stale);
+        }
+    }
+    Ok(false)
 }
 
 /// [`crate::fields::reencrypt`] for the identity tables: moves account emails and names and

@@ -1381,4 +1381,31 @@ async fn accounts_from_before_0008_are_indexed_and_encrypted_by_the_backfill() {
             .unwrap(),
         0
     );
+    // A lost blind-index key (a new one was made): the next backfill rebuilds the index.
+    admin
+        .batch_execute(
+            "UPDATE orgbase.users SET email_hash = sha256(convert_to(id::text, 'UTF8'));
+             UPDATE orgbase.invitations SET email_hash = sha256(convert_to(id::text, 'UTF8'));",
+        )
+        .await
+        .unwrap();
+    let (s, _) = w
+        .api
+        .call(
+            Method::POST,
+            "/v1/auth/login",
+            None,
+            Some(json!({"email": "old@timer.example", "password": "password-1234"})),
+        )
+        .await;
+    assert_eq!(s, 401);
+    assert_eq!(
+        orgbase_db::account::backfill(&mut admin, &w.fields, 100)
+            .await
+            .unwrap(),
+        3,
+        "two accounts and an invitation re-indexed"
+    );
+    w.login("old@timer.example").await;
+    w.login("new@comer.example").await;
 }
