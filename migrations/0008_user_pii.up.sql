@@ -2,7 +2,7 @@
 --
 -- orgbase.users.email and .name, and orgbase.invitations.email, are pii of the built-in tables.
 -- The server now stores them encrypted ("enc:v1:…"): an account's under the person's account
--- key, which erasure destroys, an invitation's under the organization's key. Accounts are found
+-- key, an invitation's under a key of its own; erasing the person destroys both. Accounts are found
 -- by `email_hash`, a blind index: HMAC-SHA256 of the lower-case email under a key kept with the
 -- other keys, outside the database and its backups. The database cannot compute it, so rows
 -- written before this migration get theirs from the server (orgbase_db::account::backfill, run by
@@ -32,7 +32,7 @@ ALTER TABLE orgbase.invitations
     ADD CONSTRAINT invitations_email_check CHECK (email LIKE 'enc:v1:%'
         OR (email = lower(email) AND position('@' IN email) > 1 AND length(email) <= 320));
 COMMENT ON COLUMN orgbase.invitations.email IS
-    'pii: ciphertext under the organization key (plaintext when field encryption is off)';
+    'pii: ciphertext under the invitation''s key (plaintext when field encryption is off)';
 GRANT INSERT (email_hash) ON orgbase.invitations TO orgbase_runtime;
 
 -- The blind index stays out of the audit trail (like password hashes): an entry about an

@@ -1,10 +1,10 @@
 //! The personal data of the built-in identity tables (SPEC R14, docs/keys.md): an account's
 //! `email` and `name` (`orgbase.users`) and an invitation's `email` (`orgbase.invitations`) are
 //! pii. They reach PostgreSQL encrypted — the account's under the person's own **account key**
-//! ([`account_key`]), an invitation's under its organization's key — and accounts are found by
-//! the email's **blind index** (`email_hash`, [`orgbase_keys::BlindIndex`]), never by the email.
-//! Erasing the person destroys the account key, so their email and name in old backups and
-//! audit entries become noise.
+//! ([`account_key`]), an invitation's under a key of its own ([`invitation_key`]) — and accounts
+//! are found by the email's **blind index** (`email_hash`, [`orgbase_keys::BlindIndex`]), never
+//! by the email. Erasing the person destroys the account key and the keys of the invitations
+//! sent to them, so their email and name in old backups and audit entries become noise.
 //!
 //! With field encryption off the values are stored in clear, as before; the blind index is used
 //! all the same. [`backfill`] brings rows written before migration 0008 (or while encryption was
@@ -24,6 +24,19 @@ pub const USERS: &str = "orgbase.users";
 pub const INVITATIONS: &str = "orgbase.invitations";
 /// Where anonymized accounts' emails point (erasure).
 pub const ERASED_DOMAIN: &str = "@erased.invalid";
+
+/// The key of an invitation's email: one per invitation, a subject key (the invitee is a data
+/// subject who may have no account yet). The invitee's erasure destroys it.
+pub fn invitation_key(org: Uuid, invitation: Uuid) -> KeyId {
+    let mut ctx = aws_lc_rs::digest::Context::new(&aws_lc_rs::digest::SHA256);
+    ctx.update(b"orgbase.invitation-key.v1\0");
+    ctx.update(org.as_bytes());
+    ctx.update(invitation.as_bytes());
+    let digest = ctx.finish();
+    let mut bytes = [0u8; 16];
+    bytes.copy_from_slice(&digest.as_ref()[..16]);
+    KeyId::subject(uuid::Builder::from_custom_bytes(bytes).into_uuid())
+}
 
 /// The key of a person's account values: their subject key in no organization (the nil
 /// organization, like the account audit chain). Destroyed by the erasure of the person, not by
@@ -132,7 +145,7 @@ impl Fields {
         Ok(())
     }
 
-    /// An invitation's email as stored: encrypted under the organization's key.
+    /// An invitation's email as stored: encrypted under the invitation's key.
     pub fn seal_invitation(&self, org: Uuid, id: Uuid, email: &str) -> Result<String, ReqError> {
         let row = id.to_string();
         let place = FieldAad {
@@ -141,10 +154,10 @@ impl Fields {
             column: "email",
             row: &row,
         };
-        self.seal_at(email, &place, KeyId::org(org))
+        self.seal_at(email, &place, invitation_key(org, id))
     }
 
-    /// An invitation's email in clear (`None` once the organization's key is gone).
+    /// An invitation's email in clear (`None` once the invitee was erased).
     pub fn open_invitation(
         &self,
         org: Uuid,

@@ -448,23 +448,50 @@ async fn hard_delete(
         }
     }
     let own = req.org_id.is_none();
+    let short = pseudonym
+        .rsplit(':')
+        .next()
+        .map(|h| h.chars().take(16).collect::<String>())
+        .unwrap_or_default();
+    let anonymous = format!("erased-{short}{}", crate::account::ERASED_DOMAIN);
+    let anonymous_hash = worker
+        .fields
+        .email_hash(&anonymous)
+        .map_err(|e| GdprError::Keys(e.to_string()))?;
+    // Invitations sent to the person (accepted by them, or to their address) — in every
+    // organization for their own request: anonymized, and their keys destroyed below.
+    let email_hash: Option<Vec<u8>> = tx
+        .query_opt(
+            "SELECT email_hash FROM orgbase.users WHERE id = $1",
+            &[&req.subject],
+        )
+        .await?
+        .and_then(|r| r.get(0));
+    let invitations: Vec<(Uuid, Uuid)> = tx
+        .query(
+            "UPDATE orgbase.invitations SET email = $5, email_hash = $6
+              WHERE (accepted_by = $1 OR email_hash = $2) AND ($3 OR org_id = ANY($4))
+              RETURNING org_id, id",
+            &[
+                &req.subject,
+                &email_hash,
+                &own,
+                &orgs,
+                &anonymous,
+                &anonymous_hash,
+            ],
+        )
+        .await?
+        .iter()
+        .map(|r| (r.get(0), r.get(1)))
+        .collect();
     if own {
-        let short = pseudonym
-            .rsplit(':')
-            .next()
-            .map(|h| h.chars().take(16).collect::<String>())
-            .unwrap_or_default();
         tx.execute(
             "DELETE FROM orgbase.sessions WHERE user_id = $1",
             &[&req.subject],
         )
         .await?;
         // The anonymized account keeps no email or name, and no blind index of the real email.
-        let anonymous = format!("erased-{short}{}", crate::account::ERASED_DOMAIN);
-        let anonymous_hash = worker
-            .fields
-            .email_hash(&anonymous)
-            .map_err(|e| GdprError::Keys(e.to_string()))?;
         tx.execute(
             "UPDATE orgbase.users SET email = $2, email_hash = $3, name = '', password_hash = NULL,
                     totp_secret = NULL, status = 'inactive', deleted_at = coalesce(deleted_at, now())
@@ -490,6 +517,11 @@ async fn hard_delete(
     if own {
         doomed.push(crate::account::account_key(req.subject));
     }
+    doomed.extend(
+        invitations
+            .iter()
+            .map(|(org, id)| crate::account::invitation_key(*org, *id)),
+    );
     let mut tombstones: Vec<Tombstone> = Vec::new();
     for key in doomed {
         tombstones.push(
@@ -509,6 +541,7 @@ async fn hard_delete(
         "memberships_kept_disabled": members_kept,
         "organizations_closed": orgs_closed,
         "audit_entries_redacted": redacted,
+        "invitations_anonymized": invitations.len(),
         "keys_destroyed": keys,
     });
     let chain = req.org_id.unwrap_or(ACCOUNT_CHAIN);

@@ -10,7 +10,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use base64::Engine;
-use orgbase_db::account::account_key;
+use orgbase_db::account::{account_key, invitation_key};
 use orgbase_db::fields::{Fields, subject_key};
 use orgbase_db::gdpr::{self, Worker};
 use orgbase_http::{HttpSettings, Privacy, Services, app};
@@ -207,6 +207,17 @@ async fn erasure_reaches_live_data_audit_and_an_old_dump() {
     let carol_uuid = Uuid::parse_str(&carol_id).unwrap();
     let org = w.org(&alice, "acme").await;
     w.add_editor(&alice, "acme", CAROL_EMAIL).await;
+    // An invitation to her address too (still pending: she joined directly).
+    let inv = w
+        .api
+        .ok(
+            Method::POST,
+            "/v1/orgs/acme/invitations",
+            &alice,
+            Some(json!({"email": "Carol@ACME.example", "role": "member"})),
+        )
+        .await;
+    let inv_id = Uuid::parse_str(inv["id"].as_str().unwrap()).unwrap();
     let me = w.api.ok(Method::GET, "/v1/me", &carol, None).await;
     assert_eq!(
         (me["email"].as_str(), me["name"].as_str()),
@@ -338,6 +349,12 @@ async fn erasure_reaches_live_data_audit_and_an_old_dump() {
         old_hash,
         "the blind index of the real email is gone"
     );
+    let invitations = w
+        .api
+        .ok(Method::GET, "/v1/orgs/acme/invitations", &alice, None)
+        .await;
+    let shown = invitations["items"][0]["email"].as_str().unwrap();
+    assert!(shown.ends_with("@erased.invalid"), "{shown}");
     // Her email no longer logs in nor finds an account; it may sign up again, as a new person.
     w.api
         .expect(
@@ -426,6 +443,27 @@ async fn erasure_reaches_live_data_audit_and_an_old_dump() {
         let e = w.keys.cipher().decrypt(stored, &place).unwrap_err();
         assert!(e.is_key_destroyed(), "{column}: {e}");
     }
+    let old_invitation: String = r_admin
+        .query_one(
+            "SELECT email FROM orgbase.invitations WHERE id = $1",
+            &[&inv_id],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    let inv_row = inv_id.to_string();
+    let place = FieldAad {
+        org: org_id,
+        table: "orgbase.invitations",
+        column: "email",
+        row: &inv_row,
+    };
+    let e = w
+        .keys
+        .cipher()
+        .decrypt(&old_invitation, &place)
+        .unwrap_err();
+    assert!(e.is_key_destroyed(), "invitation: {e}");
 
     // The audit chains still verify (redacted entries count by their digest).
     let mut admin = w.db.admin().await;
@@ -442,8 +480,12 @@ async fn erasure_reaches_live_data_audit_and_an_old_dump() {
     let destroyed: Vec<_> = c.keys_destroyed.iter().map(|k| k.key_id).collect();
     assert_eq!(
         destroyed,
-        vec![subject_key(org_id, carol_uuid), account_key(carol_uuid)],
-        "the organization's subject key and the account key"
+        vec![
+            subject_key(org_id, carol_uuid),
+            account_key(carol_uuid),
+            invitation_key(org_id, inv_id)
+        ],
+        "the organization's subject key, the account key, the invitation's key"
     );
     assert_eq!(c.audit_entry, format!("audit:{}", result["audit_entry"]));
     let shred: String = admin
