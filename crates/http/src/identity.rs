@@ -220,8 +220,8 @@ pub async fn login(
 }
 
 /// Record a failed login in the audit trail (account chain): by the blind index of the email
-/// tried, never the email. A failure to record it is logged,
-/// not answered: the client hears about its login, not about the audit log.
+/// tried, never the email. A failure to record it is logged, not answered: the client hears
+/// about its login, not about the audit log.
 async fn login_failed(
     state: &AppState,
     email_hash: &[u8],

@@ -520,7 +520,7 @@ pub async fn create_invitation(
         return Err(ApiError::field("email", "not a valid email address"));
     }
     let (token, hash) = auth::new_token(INVITATION_PREFIX)?;
-    // The invitee's email is pii: stored under the organization's key, compared by blind index.
+    // The invitee's email is pii: stored under the invitation's own key, matched by blind index.
     let email_hash = state.fields.email_hash(&email)?;
     let id = Uuid::now_v7();
     let json = request::many(
