@@ -261,7 +261,8 @@ pub async fn backfill(
             .query(
                 "SELECT org_id, id, email FROM orgbase.invitations
                   WHERE (org_id, id) > ($1, $2)
-                    AND ($5 OR email_hash IS NULL OR ($3 AND email NOT LIKE 'enc:v1:%'))
+                    AND ($5 OR email_hash IS NULL
+                         OR ($3 AND email NOT LIKE 'enc:v1:%' AND email NOT LIKE '%@erased.invalid'))
                   ORDER BY org_id, id LIMIT $4 FOR UPDATE",
                 &[&after.0, &after.1, &encrypt, &batch, &reindex],
             )
@@ -277,7 +278,8 @@ pub async fn backfill(
                 continue;
             };
             let hash = fields.email_hash(&plain).map_err(bad)?;
-            let email = if encrypt && !is_ciphertext(&email) {
+            // An invitation anonymized by an erasure stays as it is: its key is destroyed.
+            let email = if encrypt && !is_ciphertext(&email) && !email.ends_with(ERASED_DOMAIN) {
                 fields.seal_invitation(org, id, &plain).map_err(bad)?
             } else {
                 email
