@@ -410,3 +410,49 @@ pub(crate) async fn reencrypt(
     }
     Ok(moved)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn account_and_invitation_keys_are_their_own() {
+        let (org, user) = (Uuid::now_v7(), Uuid::now_v7());
+        assert_eq!(account_key(user), account_key(user));
+        assert_ne!(account_key(user), subject_key(org, user));
+        assert_ne!(account_key(user), account_key(Uuid::now_v7()));
+        assert_ne!(invitation_key(org, user), subject_key(org, user));
+        assert_ne!(
+            invitation_key(org, user),
+            invitation_key(Uuid::now_v7(), user)
+        );
+    }
+
+    #[test]
+    fn without_encryption_values_stay_and_without_a_blind_index_lookups_fail() {
+        let plain = Fields::disabled();
+        let user = Uuid::now_v7();
+        assert_eq!(
+            plain.seal_account(user, "email", "a@b.example").unwrap(),
+            "a@b.example"
+        );
+        assert_eq!(
+            plain
+                .open_account(user, "email", "a@b.example")
+                .unwrap()
+                .as_deref(),
+            Some("a@b.example")
+        );
+        assert!(matches!(
+            plain.email_hash("a@b.example"),
+            Err(ReqError::Keys(_))
+        ));
+        let indexed = Fields::disabled().with_blind_index(std::sync::Arc::new(
+            orgbase_keys::BlindIndex::from_secret(&[7; 32]),
+        ));
+        assert_eq!(
+            indexed.email_hash("A@B.example").unwrap(),
+            indexed.email_hash("a@b.example").unwrap()
+        );
+    }
+}
