@@ -502,11 +502,12 @@ async fn hard_delete(
     }
     tx.commit().await?;
 
-    let redacted = if own {
-        redact_account(client, req.subject).await?
-    } else {
-        0
-    };
+    let mut redacted = 0;
+    if own {
+        redacted += redact(client, crate::account::USERS, &[req.subject.to_string()]).await?;
+    }
+    let invitation_ids: Vec<String> = invitations.iter().map(|(_, id)| id.to_string()).collect();
+    redacted += redact(client, crate::account::INVITATIONS, &invitation_ids).await?;
 
     // Destroy the keys: from here on every copy of the person's encrypted values is noise —
     // with their own request, their account's email and name too (the account key).
@@ -588,15 +589,19 @@ async fn hard_delete(
 }
 
 /// Seals the audit log (redaction needs sealed entries: the chain covers their digest), then
-/// clears the values of the entries about the person's account.
-async fn redact_account(client: &mut Client, subject: Uuid) -> Result<u64, GdprError> {
-    let about = "table_name = 'orgbase.users' AND record_id = $1";
+/// clears the values of the entries about rows `ids` of `table` (the person's account, the
+/// invitations sent to them).
+async fn redact(client: &mut Client, table: &str, ids: &[String]) -> Result<u64, GdprError> {
+    if ids.is_empty() {
+        return Ok(0);
+    }
+    let about = "table_name = $1 AND record_id = ANY($2)";
     for _ in 0..100 {
         crate::audit::seal_all(client).await?;
         let open: i64 = client
             .query_one(
                 &format!("SELECT count(*) FROM orgbase.audit_log WHERE {about} AND seq IS NULL"),
-                &[&subject.to_string()],
+                &[&table, &ids],
             )
             .await?
             .get(0);
@@ -613,7 +618,7 @@ async fn redact_account(client: &mut Client, subject: Uuid) -> Result<u64, GdprE
                   WHERE {about} AND redacted_at IS NULL AND values_digest IS NOT NULL
                     AND (old IS NOT NULL OR new IS NOT NULL)"
             ),
-            &[&subject.to_string()],
+            &[&table, &ids],
         )
         .await?;
     Ok(n)

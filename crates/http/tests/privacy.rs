@@ -349,6 +349,17 @@ async fn erasure_reaches_live_data_audit_and_an_old_dump() {
         old_hash,
         "the blind index of the real email is gone"
     );
+    // The audit entries about the invitation to her are redacted too (the chain still verifies).
+    let unredacted: i64 = admin
+        .query_one(
+            "SELECT count(*) FROM orgbase.audit_log WHERE table_name = 'orgbase.invitations'
+                AND record_id = $1 AND (old IS NOT NULL OR new IS NOT NULL)",
+            &[&inv_id.to_string()],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(unredacted, 0);
     // A server start after the erasure (the backfill) finds nothing to do.
     assert_eq!(
         orgbase_db::account::backfill(&mut w.db.admin().await, &w.fields, 100)
