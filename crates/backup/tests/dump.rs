@@ -43,7 +43,8 @@ async fn seed(db: &TestDb) {
              CREATE TABLE orgbase.backup_probe (id bigint PRIMARY KEY, body text NOT NULL);
              INSERT INTO orgbase.backup_probe
                SELECT g, repeat(md5(g::text), 40) FROM generate_series(1, 3000) g;
-             INSERT INTO orgbase.users (id, email, name) VALUES (gen_random_uuid(), 'ada@example.com', 'Ada');
+             INSERT INTO orgbase.users (id, email, email_hash, name)
+               VALUES (gen_random_uuid(), 'ada@example.com', sha256('ada@example.com'), 'Ada');
              RESET ROLE;",
         )
         .await

@@ -254,6 +254,9 @@ async fn shutdown_signal() {
     tracing::info!("shutting down: draining in-flight requests");
 }
 
+/// Rows per transaction of the account backfill (orgbase_db::account::backfill).
+const BACKFILL_BATCH: i64 = 500;
+
 async fn serve(config: Config, _args: ServeArgs) -> anyhow::Result<ExitCode> {
     let opened = open(&config, false).await?;
     let migrator = Migrator::embedded(applied_by());
@@ -272,6 +275,13 @@ async fn serve(config: Config, _args: ServeArgs) -> anyhow::Result<ExitCode> {
     };
     let keys = crate::keys::open(&config)?;
     services.fields = orgbase_db::fields::Fields::new(keys.clone(), config.keys.field_encryption);
+    if services.key.is_some() {
+        // Accounts written before migration 0008 (or while field encryption was off).
+        let mut admin = target.admin().await?;
+        orgbase_db::account::backfill(&mut admin, &services.fields, BACKFILL_BATCH)
+            .await
+            .context("indexing and encrypting account emails")?;
+    }
     services.privacy = orgbase_http::Privacy {
         dir: config.privacy.dir(&config.data_dir),
         erasure_grace: std::time::Duration::from_secs(
@@ -393,6 +403,13 @@ async fn migrate(config: Config, cmd: MigrateCommand) -> anyhow::Result<ExitCode
                 .await?;
             if applied.is_empty() {
                 println!("nothing to apply: the database is at the newest migration");
+            }
+            let fields = crate::keys::fields(&config)?;
+            let n = orgbase_db::account::backfill(&mut client, &fields, BACKFILL_BATCH)
+                .await
+                .context("indexing and encrypting account emails")?;
+            if n > 0 {
+                println!("indexed and encrypted the emails of {n} accounts and invitations");
             }
             ExitCode::SUCCESS
         }

@@ -76,19 +76,33 @@ pub async fn purge(target: &Target, args: &PurgeArgs) -> anyhow::Result<ExitCode
     Ok(ExitCode::SUCCESS)
 }
 
-/// A user with a password hash and a session; returns (user id, session token).
+/// A user with a password hash and a session; returns (user id, session token). The email and
+/// name are stored as signup stores them: encrypted under the account key (unless
+/// keys.field_encryption is off), found by the email's blind index.
 async fn upsert_user(
     client: &impl tokio_postgres::GenericClient,
+    fields: &Fields,
     email: &str,
     name: &str,
     password_hash: &str,
 ) -> anyhow::Result<(Uuid, String)> {
+    let new_id = Uuid::now_v7();
+    let email_hash = fields.email_hash(email)?;
+    let sealed_email = fields.seal_account(new_id, "email", email)?;
+    let sealed_name = fields.seal_account(new_id, "name", name)?;
     let id: Uuid = client
         .query_one(
-            "INSERT INTO orgbase.users (id, email, name, password_hash) VALUES ($1, $2, $3, $4) \
-             ON CONFLICT (email) DO UPDATE SET password_hash = EXCLUDED.password_hash, \
+            "INSERT INTO orgbase.users (id, email_hash, email, name, password_hash) \
+             VALUES ($1, $2, $3, $4, $5) \
+             ON CONFLICT (email_hash) DO UPDATE SET password_hash = EXCLUDED.password_hash, \
              status = 'active', deleted_at = NULL RETURNING id",
-            &[&Uuid::now_v7(), &email, &name, &password_hash],
+            &[
+                &new_id,
+                &email_hash,
+                &sealed_email,
+                &sealed_name,
+                &password_hash,
+            ],
         )
         .await?
         .get(0);
@@ -128,7 +142,8 @@ pub async fn demo(target: &Target, config: &Config, fields: &Fields) -> anyhow::
             ),
         ] {
             let email = format!("{who}@{slug}.example");
-            let (id, token) = upsert_user(&tx, &email, &format!("{name} {who}"), &hash).await?;
+            let (id, token) =
+                upsert_user(&tx, fields, &email, &format!("{name} {who}"), &hash).await?;
             people.push((who, id, org_role, apps, email, token));
         }
         let owner = people[0].1;
@@ -296,7 +311,8 @@ pub async fn bench_seed(
         let mut user_ids = Vec::new();
         for u in 1..=args.users {
             let email = format!("user{u}@org{o}-{run}.bench.example");
-            let (id, token) = upsert_user(&tx, &email, &format!("Bench user {u}"), &hash).await?;
+            let (id, token) =
+                upsert_user(&tx, fields, &email, &format!("Bench user {u}"), &hash).await?;
             user_ids.push(id);
             users_tsv.push_str(&format!("{token}\t{org}\t{id}\n"));
         }

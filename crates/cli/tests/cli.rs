@@ -486,6 +486,17 @@ fn keys_and_erase_commands() {
     ]));
     assert!(ok, "{err}");
     assert_eq!(out.trim(), "6|6", "{out}");
+    // and so are its accounts' emails and names, found by their blind index
+    let (ok, out, err) = run(&mut with_data(&[
+        "db",
+        "psql",
+        "--",
+        "-Atc",
+        "select count(*) filter (where email like 'enc:v1:%' and name like 'enc:v1:%' \
+         and length(email_hash) = 32), count(*) from orgbase.users",
+    ]));
+    assert!(ok, "{err}");
+    assert_eq!(out.trim(), "6|6", "{out}");
     let (ok, out, err) = run(&mut with_data(&["keys", "list", "--json"]));
     assert!(ok, "{err}");
     let keys: Vec<serde_json::Value> = out
@@ -508,7 +519,8 @@ fn keys_and_erase_commands() {
     );
     let (ok, out, err) = run(&mut with_data(&["keys", "reencrypt"]));
     assert!(ok, "{err}");
-    assert!(out.contains("re-encrypted 12 values"), "{out}");
+    // 6 notes (title and body) and 6 accounts (email and name)
+    assert!(out.contains("re-encrypted 24 values"), "{out}");
     let (ok, out, err) = run(&mut with_data(&["keys", "rotate", "subject:not-a-uuid"]));
     assert!(!ok && err.contains("KEY"), "{out}{err}");
     let (ok, _, err) = run(&mut with_data(&["keys", "reencrypt", "--batch", "0"]));

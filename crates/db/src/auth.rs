@@ -79,6 +79,18 @@ impl ServerKey {
         })
     }
 
+    /// A blind-index key derived from this key, for a server that runs without a key store
+    /// (tests, an unconfigured library user). It is as secret as `orgbase.context_key`, which
+    /// backups hold: it hides nothing from a backup — which, without a key store, holds the
+    /// emails in clear anyway. A server with a key store uses the store's blind-index key.
+    pub fn fallback_blind_index(&self) -> orgbase_keys::BlindIndex {
+        let key = aws_lc_rs::hmac::Key::new(aws_lc_rs::hmac::HMAC_SHA256, &self.outer);
+        let mut ctx = aws_lc_rs::hmac::Context::with_key(&key);
+        ctx.update(b"orgbase.blind-index.fallback.v1\0");
+        ctx.update(&self.inner);
+        orgbase_keys::BlindIndex::from_secret(ctx.sign().as_ref())
+    }
+
     /// NMAC-SHA256 over `srv|purpose|msg|issued_at`, as `orgbase.require_proof` checks it.
     pub fn proof(&self, purpose: &str, msg: &str) -> (i64, Vec<u8>) {
         let issued_at = chrono::Utc::now().timestamp();

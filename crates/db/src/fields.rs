@@ -13,7 +13,9 @@
 use std::borrow::Cow;
 use std::sync::Arc;
 
-use orgbase_keys::{CipherError, FieldAad, KeyError, KeyId, Keys, Reencrypted, is_ciphertext};
+use orgbase_keys::{
+    BlindIndex, CipherError, FieldAad, KeyError, KeyId, Keys, Reencrypted, is_ciphertext,
+};
 use serde_json::{Map, Value};
 use uuid::Uuid;
 
@@ -51,30 +53,53 @@ fn aad_table(table: &Table) -> String {
 pub struct Fields {
     keys: Option<Arc<Keys>>,
     encrypt: bool,
+    /// The key of the account emails' blind index (`crate::account`): the key store's, or, with
+    /// no key store, one the caller supplies ([`Fields::with_blind_index`]).
+    blind: Option<Arc<BlindIndex>>,
 }
 
 impl Fields {
     /// `encrypt: false` stores new values in clear (existing ciphertexts still decrypt).
     pub fn new(keys: Arc<Keys>, encrypt: bool) -> Self {
         Self {
+            blind: Some(keys.blind_index().clone()),
             keys: Some(keys),
             encrypt,
         }
     }
 
-    /// No key store: values are stored as given, and a ciphertext cannot be read.
+    /// No key store: values are stored as given, and a ciphertext cannot be read. Accounts
+    /// cannot be looked up by email until a blind-index key is given
+    /// ([`Fields::with_blind_index`]).
     pub fn disabled() -> Self {
         Self {
             keys: None,
             encrypt: false,
+            blind: None,
         }
+    }
+
+    /// The same, with `blind` as the blind-index key.
+    pub fn with_blind_index(mut self, blind: Arc<BlindIndex>) -> Self {
+        self.blind = Some(blind);
+        self
     }
 
     pub fn keys(&self) -> Option<&Arc<Keys>> {
         self.keys.as_ref()
     }
 
-    fn cipher(&self) -> Result<&orgbase_keys::FieldCipher, ReqError> {
+    /// Whether new values are encrypted (`[keys] field_encryption`).
+    pub fn encrypts(&self) -> bool {
+        self.encrypt
+    }
+
+    /// The blind-index key, when there is one.
+    pub fn blind_index(&self) -> Option<&BlindIndex> {
+        self.blind.as_deref()
+    }
+
+    pub(crate) fn cipher(&self) -> Result<&orgbase_keys::FieldCipher, ReqError> {
         self.keys
             .as_deref()
             .map(Keys::cipher)
@@ -219,7 +244,8 @@ impl Fields {
 /// Moves every value under an old key version to the current one (the rotation's background
 /// work; compare-and-set, so a concurrent update wins), calling `on_value` per value seen. Runs
 /// as administrator: no update trigger and no audit entry per value (the content does not
-/// change). Resumable. Old versions stay in the store: audit entries and backups still hold
+/// change). Covers the identity tables' emails and names too (`crate::account`). Resumable.
+/// Old versions stay in the store: audit entries and backups still hold
 /// values under them. Returns the number of values re-encrypted.
 pub async fn reencrypt(
     keys: &Keys,
@@ -309,6 +335,7 @@ pub async fn reencrypt(
             }
         }
     }
+    moved += crate::account::reencrypt(keys, client, batch, &mut on_value).await?;
     Ok(moved)
 }
 

@@ -448,41 +448,88 @@ async fn hard_delete(
         }
     }
     let own = req.org_id.is_none();
+    let short = pseudonym
+        .rsplit(':')
+        .next()
+        .map(|h| h.chars().take(16).collect::<String>())
+        .unwrap_or_default();
+    let anonymous = format!("erased-{short}{}", crate::account::ERASED_DOMAIN);
+    let anonymous_hash = worker
+        .fields
+        .email_hash(&anonymous)
+        .map_err(|e| GdprError::Keys(e.to_string()))?;
+    // Invitations sent to the person (accepted by them, or to their address) — in every
+    // organization for their own request: anonymized, and their keys destroyed below.
+    let email_hash: Option<Vec<u8>> = tx
+        .query_opt(
+            "SELECT email_hash FROM orgbase.users WHERE id = $1",
+            &[&req.subject],
+        )
+        .await?
+        .and_then(|r| r.get(0));
+    let invitations: Vec<(Uuid, Uuid)> = tx
+        .query(
+            "UPDATE orgbase.invitations SET email = $5, email_hash = $6
+              WHERE (accepted_by = $1 OR email_hash = $2) AND ($3 OR org_id = ANY($4))
+              RETURNING org_id, id",
+            &[
+                &req.subject,
+                &email_hash,
+                &own,
+                &orgs,
+                &anonymous,
+                &anonymous_hash,
+            ],
+        )
+        .await?
+        .iter()
+        .map(|r| (r.get(0), r.get(1)))
+        .collect();
     if own {
-        let short = pseudonym
-            .rsplit(':')
-            .next()
-            .map(|h| h.chars().take(16).collect::<String>())
-            .unwrap_or_default();
         tx.execute(
             "DELETE FROM orgbase.sessions WHERE user_id = $1",
             &[&req.subject],
         )
         .await?;
+        // The anonymized account keeps no email or name, and no blind index of the real email.
         tx.execute(
-            "UPDATE orgbase.users SET email = $2, name = '', password_hash = NULL, totp_secret = NULL,
-                    status = 'inactive', deleted_at = coalesce(deleted_at, now())
+            "UPDATE orgbase.users SET email = $2, email_hash = $3, name = '', password_hash = NULL,
+                    totp_secret = NULL, status = 'inactive', deleted_at = coalesce(deleted_at, now())
               WHERE id = $1",
-            &[&req.subject, &format!("erased-{short}@erased.invalid")],
+            &[&req.subject, &anonymous, &anonymous_hash],
         )
         .await?;
     }
     tx.commit().await?;
 
-    let redacted = if own {
-        redact_account(client, req.subject).await?
-    } else {
-        0
-    };
+    let mut redacted = 0;
+    if own {
+        redacted += redact(client, crate::account::USERS, &[req.subject.to_string()]).await?;
+    }
+    let invitation_ids: Vec<String> = invitations.iter().map(|(_, id)| id.to_string()).collect();
+    redacted += redact(client, crate::account::INVITATIONS, &invitation_ids).await?;
 
-    // Destroy the keys: from here on every copy of the person's encrypted values is noise.
+    // Destroy the keys: from here on every copy of the person's encrypted values is noise —
+    // with their own request, their account's email and name too (the account key).
+    let mut doomed: Vec<_> = orgs
+        .iter()
+        .map(|org| subject_key(*org, req.subject))
+        .collect();
+    if own {
+        doomed.push(crate::account::account_key(req.subject));
+    }
+    doomed.extend(
+        invitations
+            .iter()
+            .map(|(org, id)| crate::account::invitation_key(*org, *id)),
+    );
     let mut tombstones: Vec<Tombstone> = Vec::new();
-    for org in orgs {
+    for key in doomed {
         tombstones.push(
             worker
                 .keys
                 .store()
-                .destroy(subject_key(*org, req.subject))
+                .destroy(key)
                 .map_err(|e| GdprError::Keys(e.to_string()))?,
         );
     }
@@ -495,6 +542,7 @@ async fn hard_delete(
         "memberships_kept_disabled": members_kept,
         "organizations_closed": orgs_closed,
         "audit_entries_redacted": redacted,
+        "invitations_anonymized": invitations.len(),
         "keys_destroyed": keys,
     });
     let chain = req.org_id.unwrap_or(ACCOUNT_CHAIN);
@@ -541,15 +589,19 @@ async fn hard_delete(
 }
 
 /// Seals the audit log (redaction needs sealed entries: the chain covers their digest), then
-/// clears the values of the entries about the person's account.
-async fn redact_account(client: &mut Client, subject: Uuid) -> Result<u64, GdprError> {
-    let about = "table_name = 'orgbase.users' AND record_id = $1";
+/// clears the values of the entries about rows `ids` of `table` (the person's account, the
+/// invitations sent to them).
+async fn redact(client: &mut Client, table: &str, ids: &[String]) -> Result<u64, GdprError> {
+    if ids.is_empty() {
+        return Ok(0);
+    }
+    let about = "table_name = $1 AND record_id = ANY($2)";
     for _ in 0..100 {
         crate::audit::seal_all(client).await?;
         let open: i64 = client
             .query_one(
                 &format!("SELECT count(*) FROM orgbase.audit_log WHERE {about} AND seq IS NULL"),
-                &[&subject.to_string()],
+                &[&table, &ids],
             )
             .await?
             .get(0);
@@ -566,7 +618,7 @@ async fn redact_account(client: &mut Client, subject: Uuid) -> Result<u64, GdprE
                   WHERE {about} AND redacted_at IS NULL AND values_digest IS NOT NULL
                     AND (old IS NOT NULL OR new IS NOT NULL)"
             ),
-            &[&subject.to_string()],
+            &[&table, &ids],
         )
         .await?;
     Ok(n)
@@ -669,12 +721,18 @@ async fn export(
         .start()
         .await?;
     let mut parts = Vec::new();
-    let profile = rows_json(
+    let mut profile = rows_json(
         &tx,
-        "SELECT to_jsonb(u) - 'password_hash' - 'totp_secret' FROM orgbase.users u WHERE u.id = $1",
+        "SELECT to_jsonb(u) - 'password_hash' - 'totp_secret' - 'email_hash' FROM orgbase.users u WHERE u.id = $1",
         &[&req.subject],
     )
     .await?;
+    for p in profile.iter_mut().filter_map(Value::as_object_mut) {
+        worker
+            .fields
+            .open_account_json(p, "id")
+            .map_err(|e| GdprError::Keys(e.to_string()))?;
+    }
     parts.push(json_part(
         "profile.json",
         profile.first().unwrap_or(&Value::Null),
@@ -772,8 +830,8 @@ async fn export(
     Ok(("done".into(), result))
 }
 
-/// Decrypts the old/new values of an audit entry about a row of a tenant table, where the key
-/// still exists.
+/// Decrypts the old/new values of an audit entry about a row of a tenant table or an account,
+/// where the key still exists.
 fn open_audit_values(fields: &Fields, catalog: &Catalog, entry: &mut Value) {
     let Some(name) = entry
         .get("table")
@@ -782,6 +840,18 @@ fn open_audit_values(fields: &Fields, catalog: &Catalog, entry: &mut Value) {
     else {
         return;
     };
+    if name == crate::account::USERS {
+        // The account's own entries: its email and name, under the account key.
+        for side in ["old", "new"] {
+            if let Some(m) = entry.get_mut(side).and_then(Value::as_object_mut) {
+                let mut copy = m.clone();
+                if fields.open_account_json(&mut copy, "id").is_ok() {
+                    *m = copy;
+                }
+            }
+        }
+        return;
+    }
     let Some(table) = catalog
         .tables
         .values()

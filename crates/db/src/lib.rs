@@ -1,6 +1,7 @@
 //! The PostgreSQL side of orgbase: the embedded cluster manager, connections and the request
 //! pool, and the migration runner with its embedded SQL files.
 
+pub mod account;
 pub mod audit;
 pub mod auth;
 pub mod catalog;

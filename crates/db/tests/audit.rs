@@ -35,7 +35,7 @@ async fn fixture() -> Fixture {
         let id = Uuid::now_v7();
         admin
             .execute(
-                "INSERT INTO orgbase.users (id, email) VALUES ($1, $2)",
+                "INSERT INTO orgbase.users (id, email, email_hash) VALUES ($1, $2, sha256(convert_to($2, 'UTF8')))",
                 &[&id, &format!("{name}@example.com")],
             )
             .await

@@ -20,7 +20,7 @@ struct World {
 async fn user(c: &Client, email: &str) -> Uuid {
     let id = Uuid::now_v7();
     c.execute(
-        "INSERT INTO orgbase.users (id, email) VALUES ($1, $2)",
+        "INSERT INTO orgbase.users (id, email, email_hash) VALUES ($1, $2, sha256(convert_to($2, 'UTF8')))",
         &[&id, &email],
     )
     .await

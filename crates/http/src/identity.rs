@@ -12,7 +12,7 @@ use uuid::Uuid;
 
 use crate::AppState;
 use crate::error::ApiError;
-use crate::extract::{Bearer, JsonBody, PeerIp, json_text};
+use crate::extract::{Bearer, JsonBody, PeerIp};
 
 /// A session ends after this long without use…
 pub const SESSION_IDLE: &str = "24 hours";
@@ -108,10 +108,15 @@ pub async fn signup(
     }
     let hash = auth::hash_password(body.password).await?;
     let id = Uuid::now_v7();
+    // The database sees the email's blind index and the values sealed under the new account's
+    // key (orgbase_db::account).
+    let email_hash = state.fields.email_hash(&email)?;
+    let sealed_email = state.fields.seal_account(id, "email", &email)?;
+    let sealed_name = state.fields.seal_account(id, "name", &name)?;
     plain(
         &state.pool,
-        "SELECT orgbase.signup($1, $2, $3, $4)",
-        &[&id, &email, &name, &hash],
+        "SELECT orgbase.signup($1, $2, $3, $4, $5)",
+        &[&id, &email_hash, &sealed_email, &sealed_name, &hash],
     )
     .await?;
     Ok((StatusCode::CREATED, Json(User { id, email, name })).into_response())
@@ -174,12 +179,13 @@ pub async fn login(
     JsonBody(body): JsonBody<Login>,
 ) -> Result<Json<Session>, ApiError> {
     let email = body.email.trim().to_lowercase();
-    let (issued_at, proof) = state.key()?.proof("login", &email);
+    let email_hash = state.fields.email_hash(&email)?;
+    let (issued_at, proof) = state.key()?.proof("login", &hex::encode(&email_hash));
     let rows = plain(
         &state.pool,
         "SELECT user_id, password_hash, status, totp_enabled, totp_secret \
          FROM orgbase.login_lookup($1, $2, $3)",
-        &[&email, &issued_at, &proof],
+        &[&email_hash, &issued_at, &proof],
     )
     .await?;
     let row = rows.first();
@@ -187,12 +193,12 @@ pub async fn login(
     let ok = auth::verify_password(body.password, hash).await?;
     let (ip, ua) = client_meta(&headers, peer);
     let Some(row) = row.filter(|_| ok) else {
-        login_failed(&state, &email, ip, &ua, "password").await;
+        login_failed(&state, &email_hash, ip, &ua, "password").await;
         return Err(ApiError::Unauthorized("wrong email or password".into()));
     };
     let status: String = row.get(2);
     if status != "active" {
-        login_failed(&state, &email, ip, &ua, "status").await;
+        login_failed(&state, &email_hash, ip, &ua, "status").await;
         return Err(ApiError::Unauthorized(format!("this account is {status}")));
     }
     let user_id: Uuid = row.get(0);
@@ -203,7 +209,7 @@ pub async fn login(
         let code = body.totp.ok_or(ApiError::MfaRequired)?;
         let totp = auth::totp(&secret.unwrap_or_default(), &email)?;
         if !totp.check_current(code.trim()).unwrap_or(false) {
-            login_failed(&state, &email, ip, &ua, "totp").await;
+            login_failed(&state, &email_hash, ip, &ua, "totp").await;
             return Err(ApiError::MfaRequired);
         }
         mfa_passed = true;
@@ -213,21 +219,22 @@ pub async fn login(
     ))
 }
 
-/// Record a failed login in the audit trail (account chain). A failure to record it is logged,
-/// not answered: the client hears about its login, not about the audit log.
+/// Record a failed login in the audit trail (account chain): by the blind index of the email
+/// tried, never the email. A failure to record it is logged, not answered: the client hears
+/// about its login, not about the audit log.
 async fn login_failed(
     state: &AppState,
-    email: &str,
+    email_hash: &[u8],
     ip: Option<std::net::IpAddr>,
     ua: &Option<String>,
     reason: &str,
 ) {
     let Ok(key) = state.key() else { return };
-    let (issued_at, proof) = key.proof("login-failed", email);
+    let (issued_at, proof) = key.proof("login-failed", &hex::encode(email_hash));
     if let Err(e) = plain(
         &state.pool,
         "SELECT orgbase.login_failed($1, $2, $3, $4, $5)",
-        &[&email, &ip, &ua, &issued_at, &proof],
+        &[&email_hash, &ip, &ua, &issued_at, &proof],
     )
     .await
     {
@@ -309,8 +316,11 @@ pub async fn me(
         &[&&caller.cred_hash[..]],
     )
     .await?;
-    let body = rows.first().map(|r| r.get(0)).unwrap_or_default();
-    Ok(json_text(StatusCode::OK, body))
+    let body: String = rows.first().map(|r| r.get(0)).unwrap_or_default();
+    let mut me: serde_json::Map<String, serde_json::Value> =
+        serde_json::from_str(&body).map_err(ApiError::internal)?;
+    state.fields.open_account_json(&mut me, "id")?;
+    Ok(Json(me).into_response())
 }
 
 #[derive(Debug, Serialize, utoipa::ToSchema)]
@@ -332,11 +342,17 @@ pub async fn totp_enroll(
     let secret = auth::random_bytes::<20>()?;
     let rows = plain(
         &state.pool,
-        "SELECT orgbase.totp_enroll($1, $2)",
+        "SELECT user_id, email FROM orgbase.totp_enroll($1, $2)",
         &[&&caller.cred_hash[..], &&secret[..]],
     )
     .await?;
-    let email: String = rows.first().map(|r| r.get(0)).unwrap_or_default();
+    let email = match rows.first() {
+        Some(r) => state
+            .fields
+            .open_account(r.get(0), "email", r.get(1))?
+            .unwrap_or_default(),
+        None => String::new(),
+    };
     let totp = auth::totp(&secret, &email)?;
     Ok(Json(TotpEnrollment {
         secret: totp.get_secret_base32(),

@@ -46,7 +46,8 @@ pub struct Services {
     /// Where the signed audit checkpoints are, and the key that signs them, for
     /// `GET /v1/orgs/{org}/audit/verify`.
     pub checkpoints: Option<(std::path::PathBuf, String)>,
-    /// Field encryption (docs/keys.md); disabled unless the server opened a key store.
+    /// Field encryption and the email blind index (docs/keys.md); encryption is disabled unless
+    /// the server opened a key store.
     pub fields: orgbase_db::fields::Fields,
     /// Where export archives are written, and how long an erasure waits (GDPR requests).
     pub privacy: Privacy,
@@ -91,13 +92,17 @@ impl Services {
         }
         let key = ServerKey::load(admin).await?;
         let catalog = Catalog::load(admin).await?;
+        // Without a key store (the caller may set `fields` to one): nothing is encrypted, and
+        // the email blind index is keyed from the server key (see its doc).
+        let fields = orgbase_db::fields::Fields::disabled()
+            .with_blind_index(Arc::new(key.fallback_blind_index()));
         Ok(Self {
             pool,
             key: Some(key),
             catalog,
             metrics: Arc::new(Metrics::new()),
             checkpoints: None,
-            fields: orgbase_db::fields::Fields::disabled(),
+            fields,
             privacy: Privacy::default(),
         })
     }

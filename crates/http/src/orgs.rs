@@ -3,13 +3,15 @@
 //! whose tenant context the database authenticated; row-level security on the identity tables
 //! limits writes to owners and admins (teams: managers too), whatever SQL runs.
 
+use axum::Json;
 use axum::extract::{Path, State};
 use axum::http::StatusCode;
-use axum::response::Response;
+use axum::response::{IntoResponse, Response};
 use orgbase_db::auth::{self, API_KEY_PREFIX, INVITATION_PREFIX};
 use orgbase_db::request::{self, plain};
 use orgbase_db::{Context, ReqError};
 use serde::Deserialize;
+use serde_json::{Value, json};
 use tokio_postgres::Client;
 use uuid::Uuid;
 
@@ -206,6 +208,28 @@ const MEMBER_JSON: &str = "SELECT coalesce(json_agg(json_build_object('user_id',
        WHERE p.org_id = orgbase.ctx_org() AND p.user_id = d.user_id))), '[]')::text \
      FROM orgbase.member_directory() d";
 
+/// Members as `MEMBER_JSON` renders them, with their emails and names decrypted
+/// (orgbase_db::account), sorted by email.
+fn open_members(state: &AppState, json: &str) -> Result<Vec<Value>, ApiError> {
+    let mut items: Vec<Value> = serde_json::from_str(json).map_err(ApiError::internal)?;
+    for item in items.iter_mut() {
+        if let Some(m) = item.as_object_mut() {
+            state.fields.open_account_json(m, "user_id")?;
+        }
+    }
+    let key = |v: &Value| v["email"].as_str().unwrap_or_default().to_string();
+    items.sort_by_cached_key(key);
+    Ok(items)
+}
+
+/// The one member of a `MEMBER_JSON … WHERE d.user_id = $1` answer.
+fn one_member(state: &AppState, json: &str) -> Result<Value, ApiError> {
+    open_members(state, json)?
+        .into_iter()
+        .next()
+        .ok_or(ApiError::NotFound)
+}
+
 /// Members of the organization, with org role and app roles.
 #[utoipa::path(get, path = "/v1/orgs/{org}/members", tag = "members",
     params(("org" = String, Path, description = "Organization id or slug")),
@@ -216,10 +240,8 @@ pub async fn list_members(
     Path(org): Path<String>,
 ) -> Result<Response, ApiError> {
     let (_, rows) = request::one(&state.pool, &caller, &org, MEMBER_JSON, &[]).await?;
-    Ok(json_text(
-        StatusCode::OK,
-        format!("{{\"items\":{}}}", first_json(&rows)?),
-    ))
+    let items = open_members(&state, &first_json(&rows)?)?;
+    Ok(Json(json!({ "items": items })).into_response())
 }
 
 /// One member.
@@ -233,13 +255,7 @@ pub async fn get_member(
 ) -> Result<Response, ApiError> {
     let sql = format!("{MEMBER_JSON} WHERE d.user_id = $1");
     let (_, rows) = request::one(&state.pool, &caller, &org, &sql, &[&user]).await?;
-    let list = first_json(&rows)?;
-    let item = list
-        .strip_prefix('[')
-        .and_then(|s| s.strip_suffix(']'))
-        .filter(|s| !s.is_empty())
-        .ok_or(ApiError::NotFound)?;
-    Ok(json_text(StatusCode::OK, item.to_string()))
+    Ok(Json(one_member(&state, &first_json(&rows)?)?).into_response())
 }
 
 #[derive(Debug, Deserialize, utoipa::ToSchema)]
@@ -274,11 +290,11 @@ pub async fn add_member(
     JsonBody(body): JsonBody<NewMember>,
 ) -> Result<Response, ApiError> {
     check_org_role(&body.role)?;
-    let email = body.email.trim().to_lowercase();
+    let email_hash = state.fields.email_hash(&body.email)?;
     let json = request::many(&state.pool, &caller, &org, async |c: &Client, ctx: &Context| {
         admin_only(ctx)?;
         let user: Option<Uuid> = c
-            .query_one("SELECT orgbase.user_id_by_email($1)", &[&email])
+            .query_one("SELECT orgbase.user_id_by_email($1)", &[&email_hash])
             .await?
             .get(0);
         let user = user.ok_or_else(|| {
@@ -302,11 +318,7 @@ pub async fn add_member(
         first_json(&c.query(&sql, &[&user]).await?)
     })
     .await?;
-    let item = json
-        .strip_prefix('[')
-        .and_then(|s| s.strip_suffix(']'))
-        .unwrap_or(&json);
-    Ok(json_text(StatusCode::CREATED, item.to_string()))
+    Ok((StatusCode::CREATED, Json(one_member(&state, &json)?)).into_response())
 }
 
 #[derive(Debug, Deserialize, utoipa::ToSchema)]
@@ -508,19 +520,23 @@ pub async fn create_invitation(
         return Err(ApiError::field("email", "not a valid email address"));
     }
     let (token, hash) = auth::new_token(INVITATION_PREFIX)?;
+    // The invitee's email is pii: stored under the invitation's own key, matched by blind index.
+    let email_hash = state.fields.email_hash(&email)?;
+    let id = Uuid::now_v7();
     let json = request::many(
         &state.pool,
         &caller,
         &org,
         async |c: &Client, ctx: &Context| {
             admin_only(ctx)?;
+            let sealed = state.fields.seal_invitation(ctx.org_id, id, &email)?;
             let rows = c
             .query(
-                "INSERT INTO orgbase.invitations (org_id, id, email, role, token_hash, expires_at) \
-                 VALUES (orgbase.ctx_org(), $1, $2, $3, $4, now() + make_interval(days => $5)) \
-                 RETURNING json_build_object('id', id, 'email', email, 'role', role, \
-                 'expires_at', expires_at, 'token', $6::text)::text",
-                &[&Uuid::now_v7(), &email, &body.role, &&hash[..], &days, &token],
+                "INSERT INTO orgbase.invitations (org_id, id, email, email_hash, role, token_hash, expires_at) \
+                 VALUES (orgbase.ctx_org(), $1, $2, $3, $4, $5, now() + make_interval(days => $6)) \
+                 RETURNING json_build_object('id', id, 'email', $7::text, 'role', role, \
+                 'expires_at', expires_at, 'token', $8::text)::text",
+                &[&id, &sealed, &email_hash, &body.role, &&hash[..], &days, &email, &token],
             )
             .await?;
             first_json(&rows)
@@ -545,7 +561,7 @@ pub async fn list_invitations(
         &org,
         async |c: &Client, ctx: &Context| {
             admin_only(ctx)?;
-            first_json(
+            let json = first_json(
             &c.query(
                 "SELECT json_build_object('items', coalesce(json_agg(json_build_object('id', id, \
                  'email', email, 'role', role, 'invited_by', invited_by, 'created_at', created_at, \
@@ -555,11 +571,23 @@ pub async fn list_invitations(
                 &[],
             )
             .await?,
-        )
+        )?;
+            Ok((ctx.org_id, json))
         },
     )
     .await?;
-    Ok(json_text(StatusCode::OK, json))
+    let (org_id, json) = json;
+    let mut list: Value = serde_json::from_str(&json).map_err(ApiError::internal)?;
+    if let Some(items) = list["items"].as_array_mut() {
+        for item in items.iter_mut() {
+            let id = item["id"].as_str().and_then(|s| Uuid::parse_str(s).ok());
+            if let (Some(id), Some(Value::String(stored))) = (id, item.get("email")) {
+                let plain = state.fields.open_invitation(org_id, id, stored)?;
+                item["email"] = plain.map_or(Value::Null, Value::String);
+            }
+        }
+    }
+    Ok(Json(list).into_response())
 }
 
 /// Revoke an invitation (owners and admins).

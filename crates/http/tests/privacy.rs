@@ -10,6 +10,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use base64::Engine;
+use orgbase_db::account::{account_key, invitation_key};
 use orgbase_db::fields::{Fields, subject_key};
 use orgbase_db::gdpr::{self, Worker};
 use orgbase_http::{HttpSettings, Privacy, Services, app};
@@ -20,6 +21,9 @@ use serde_json::{Value, json};
 use uuid::Uuid;
 
 const PII: &str = "Carol Danvers, SSN 078-05-1120, 42 Rue Lepic Paris";
+/// Carol's account: what her erasure must remove everywhere, old backups included.
+const CAROL_EMAIL: &str = "carol@acme.example";
+const CAROL_NAME: &str = "Carol Quinlan-Danvers";
 
 struct World {
     db: TestDb,
@@ -31,10 +35,14 @@ struct World {
 
 impl World {
     async fn new() -> Self {
-        let db = TestDb::migrated().await;
+        Self::with(TestDb::migrated().await, true).await
+    }
+
+    /// A server over `db` with its own key store, encrypting new values or not.
+    async fn with(db: TestDb, encrypt: bool) -> Self {
         let dir = temp_dir("orgbase-privacy-");
         let keys = Arc::new(Keys::open(&dir, &KeysConfig::default()).unwrap());
-        let fields = Fields::new(keys.clone(), true);
+        let fields = Fields::new(keys.clone(), encrypt);
         let admin = db.admin().await;
         let mut services = Services::load(db.pool(), &admin).await.unwrap();
         services.fields = fields.clone();
@@ -76,6 +84,53 @@ impl World {
             assert!(o.error.is_none(), "{o:?}");
         }
         out
+    }
+
+    /// Sign up with a name of its own, and log in: (user id, session token).
+    async fn user_named(&self, email: &str, name: &str) -> (String, String) {
+        let (s, v) = self
+            .api
+            .call(
+                Method::POST,
+                "/v1/auth/signup",
+                None,
+                Some(json!({"email": email, "password": "password-1234", "name": name})),
+            )
+            .await;
+        assert_eq!(s, 201, "{v}");
+        assert_eq!(
+            (v["email"].as_str(), v["name"].as_str()),
+            (Some(email.to_lowercase().as_str()), Some(name))
+        );
+        let (s, t) = self
+            .api
+            .call(
+                Method::POST,
+                "/v1/auth/login",
+                None,
+                Some(json!({"email": email, "password": "password-1234"})),
+            )
+            .await;
+        assert_eq!(s, 200, "{t}");
+        (
+            v["id"].as_str().unwrap().to_string(),
+            t["token"].as_str().unwrap().to_string(),
+        )
+    }
+
+    /// Logs in with the test password: the session.
+    async fn login(&self, email: &str) -> Value {
+        let (s, v) = self
+            .api
+            .call(
+                Method::POST,
+                "/v1/auth/login",
+                None,
+                Some(json!({"email": email, "password": "password-1234"})),
+            )
+            .await;
+        assert_eq!(s, 200, "{email}: {v}");
+        v
     }
 
     async fn org(&self, token: &str, slug: &str) -> String {
@@ -148,9 +203,26 @@ fn count(haystack: &[u8], needle: &str) -> usize {
 async fn erasure_reaches_live_data_audit_and_an_old_dump() {
     let w = World::new().await;
     let (_alice, alice) = w.api.user("alice@acme.example").await;
-    let (carol_id, carol) = w.api.user("carol@acme.example").await;
+    let (carol_id, carol) = w.user_named(CAROL_EMAIL, CAROL_NAME).await;
+    let carol_uuid = Uuid::parse_str(&carol_id).unwrap();
     let org = w.org(&alice, "acme").await;
-    w.add_editor(&alice, "acme", "carol@acme.example").await;
+    w.add_editor(&alice, "acme", CAROL_EMAIL).await;
+    // An invitation to her address too (still pending: she joined directly).
+    let inv = w
+        .api
+        .ok(
+            Method::POST,
+            "/v1/orgs/acme/invitations",
+            &alice,
+            Some(json!({"email": "Carol@ACME.example", "role": "member"})),
+        )
+        .await;
+    let inv_id = Uuid::parse_str(inv["id"].as_str().unwrap()).unwrap();
+    let me = w.api.ok(Method::GET, "/v1/me", &carol, None).await;
+    assert_eq!(
+        (me["email"].as_str(), me["name"].as_str()),
+        (Some(CAROL_EMAIL), Some(CAROL_NAME))
+    );
     let alice_note = w.note(&alice, "acme", "Q3 plan", "ship it").await;
     let n = w.note(&carol, "acme", "About me", PII).await;
     let nid = n["id"].as_str().unwrap();
@@ -205,6 +277,17 @@ async fn erasure_reaches_live_data_audit_and_an_old_dump() {
     w.dump(&w.db.libpq_env(), &old_dump);
     let before = std::fs::read(&old_dump).unwrap();
     assert_eq!(count(&before, PII), 0, "the dump holds ciphertext only");
+    let old_account = admin
+        .query_one(
+            "SELECT email, name, email_hash FROM orgbase.users WHERE id = $1",
+            &[&carol_uuid],
+        )
+        .await
+        .unwrap();
+    let (old_email, old_name): (String, String) = (old_account.get(0), old_account.get(1));
+    assert!(old_email.starts_with("enc:v1:") && old_name.starts_with("enc:v1:"));
+    let old_hash: Vec<u8> = old_account.get(2);
+    assert_eq!(old_hash, w.keys.blind_index().email(CAROL_EMAIL));
 
     // The person asks; the worker soft-deletes at once, then (--now) shreds.
     let req = w.api.ok(Method::POST, "/v1/me/erase", &carol, None).await;
@@ -230,11 +313,77 @@ async fn erasure_reaches_live_data_audit_and_an_old_dump() {
     w.dump(&w.db.libpq_env(), &live);
     let live_bytes = std::fs::read(&live).unwrap();
     assert_eq!(count(&live_bytes, PII), 0);
+    for gone in [CAROL_EMAIL, CAROL_NAME] {
+        assert_eq!(
+            count(&live_bytes, gone),
+            0,
+            "{gone} gone from users and audit"
+        );
+    }
+    let in_audit: i64 = admin
+        .query_one(
+            "SELECT count(*) FROM orgbase.audit_log
+              WHERE concat(old::text, new::text) LIKE '%' || $1 || '%'
+                 OR concat(old::text, new::text) LIKE '%' || $2 || '%'
+                 OR concat(old::text, new::text) LIKE '%' || $3 || '%'",
+            &[&CAROL_EMAIL, &CAROL_NAME, &hex::encode(&old_hash)],
+        )
+        .await
+        .unwrap()
+        .get(0);
     assert_eq!(
-        count(&live_bytes, "carol@acme.example"),
-        0,
-        "email gone from users and audit"
+        in_audit, 0,
+        "no email, name or blind index in the audit trail"
     );
+    let anonymized = admin
+        .query_one(
+            "SELECT email, name, email_hash FROM orgbase.users WHERE id = $1",
+            &[&carol_uuid],
+        )
+        .await
+        .unwrap();
+    assert!(anonymized.get::<_, String>(0).ends_with("@erased.invalid"));
+    assert_eq!(anonymized.get::<_, String>(1), "");
+    assert_ne!(
+        anonymized.get::<_, Vec<u8>>(2),
+        old_hash,
+        "the blind index of the real email is gone"
+    );
+    // The audit entries about the invitation to her are redacted too (the chain still verifies).
+    let unredacted: i64 = admin
+        .query_one(
+            "SELECT count(*) FROM orgbase.audit_log WHERE table_name = 'orgbase.invitations'
+                AND record_id = $1 AND (old IS NOT NULL OR new IS NOT NULL)",
+            &[&inv_id.to_string()],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(unredacted, 0);
+    // A server start after the erasure (the backfill) finds nothing to do.
+    assert_eq!(
+        orgbase_db::account::backfill(&mut w.db.admin().await, &w.fields, 100)
+            .await
+            .unwrap(),
+        0
+    );
+    let invitations = w
+        .api
+        .ok(Method::GET, "/v1/orgs/acme/invitations", &alice, None)
+        .await;
+    let shown = invitations["items"][0]["email"].as_str().unwrap();
+    assert!(shown.ends_with("@erased.invalid"), "{shown}");
+    // Her email no longer logs in nor finds an account; it may sign up again, as a new person.
+    w.api
+        .expect(
+            Method::POST,
+            "/v1/auth/login",
+            None,
+            Some(json!({"email": CAROL_EMAIL, "password": "password-1234"})),
+            401,
+            "unauthorized",
+        )
+        .await;
     let left: i64 = admin
         .query_one(
             "SELECT count(*) FROM orgbase.notes WHERE created_by = $1",
@@ -288,7 +437,51 @@ async fn erasure_reaches_live_data_audit_and_an_old_dump() {
     assert!(e.is_key_destroyed(), "{e}");
     let restored_sql = work.join("restored.sql");
     w.dump(&restored.libpq_env(), &restored_sql);
-    assert_eq!(count(&std::fs::read(&restored_sql).unwrap(), PII), 0);
+    let restored_bytes = std::fs::read(&restored_sql).unwrap();
+    for gone in [PII, CAROL_EMAIL, CAROL_NAME] {
+        assert_eq!(count(&restored_bytes, gone), 0, "{gone} in the old dump");
+    }
+    // The old dump's account row: ciphertext under a destroyed key, and the blind index.
+    let old_row = r_admin
+        .query_one(
+            "SELECT email, name, email_hash FROM orgbase.users WHERE id = $1",
+            &[&carol_uuid],
+        )
+        .await
+        .unwrap();
+    assert_eq!(old_row.get::<_, String>(0), old_email);
+    assert_eq!(old_row.get::<_, Vec<u8>>(2), old_hash);
+    for (column, stored) in [("email", old_email.as_str()), ("name", old_name.as_str())] {
+        let place = FieldAad {
+            org: Uuid::nil(),
+            table: "orgbase.users",
+            column,
+            row: &carol_id,
+        };
+        let e = w.keys.cipher().decrypt(stored, &place).unwrap_err();
+        assert!(e.is_key_destroyed(), "{column}: {e}");
+    }
+    let old_invitation: String = r_admin
+        .query_one(
+            "SELECT email FROM orgbase.invitations WHERE id = $1",
+            &[&inv_id],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    let inv_row = inv_id.to_string();
+    let place = FieldAad {
+        org: org_id,
+        table: "orgbase.invitations",
+        column: "email",
+        row: &inv_row,
+    };
+    let e = w
+        .keys
+        .cipher()
+        .decrypt(&old_invitation, &place)
+        .unwrap_err();
+    assert!(e.is_key_destroyed(), "invitation: {e}");
 
     // The audit chains still verify (redacted entries count by their digest).
     let mut admin = w.db.admin().await;
@@ -302,9 +495,15 @@ async fn erasure_reaches_live_data_audit_and_an_old_dump() {
     // The certificate verifies offline against the server's key and names the destroyed key.
     let cert = serde_json::to_string(&result["certificate"]).unwrap();
     let c = orgbase_keys::verify_certificate(&cert, Some(&w.keys.signer().public_key())).unwrap();
+    let destroyed: Vec<_> = c.keys_destroyed.iter().map(|k| k.key_id).collect();
     assert_eq!(
-        c.keys_destroyed[0].key_id,
-        subject_key(org_id, Uuid::parse_str(&carol_id).unwrap())
+        destroyed,
+        vec![
+            subject_key(org_id, carol_uuid),
+            account_key(carol_uuid),
+            invitation_key(org_id, inv_id)
+        ],
+        "the organization's subject key, the account key, the invitation's key"
     );
     assert_eq!(c.audit_entry, format!("audit:{}", result["audit_entry"]));
     let shred: String = admin
@@ -520,14 +719,15 @@ async fn rotation_under_load_loses_nothing() {
         all.extend(h.await.unwrap());
     }
     assert_eq!(all.len(), 160);
-    // one more rotation: every stored value (title and body of each note) moves
+    // one more rotation: every stored value (title and body of each note, alice's account
+    // email and name) moves
     for info in w.keys.store().list().unwrap() {
         w.keys.store().rotate(info.key).unwrap();
     }
     let moved = orgbase_db::fields::reencrypt(&w.keys, &mut admin, 25, || {})
         .await
         .unwrap();
-    assert_eq!(moved, 320);
+    assert_eq!(moved, 320 + 2);
     // every value decrypts, and every stored value is now under its key's current version
     for (id, body) in &all {
         let got = w
@@ -911,4 +1111,361 @@ async fn a_legal_hold_stops_an_erasure_until_released() {
         .await;
     let out = w.run_requests(true).await;
     assert_eq!(out[0].status, "done");
+}
+
+/// Every stored email and name of `orgbase.users` and `orgbase.invitations`, and (with `audit`)
+/// every audit entry, as one text (what an administrator or a backup sees).
+async fn stored_identity_text(admin: &tokio_postgres::Client, audit: bool) -> String {
+    admin
+        .query_one(
+            "SELECT concat_ws(' ',
+                 (SELECT string_agg(concat_ws(' ', email, name), ' ') FROM orgbase.users),
+                 (SELECT string_agg(email, ' ') FROM orgbase.invitations),
+                 (SELECT string_agg(concat(old::text, new::text), ' ') FROM orgbase.audit_log WHERE $1))",
+            &[&audit],
+        )
+        .await
+        .unwrap()
+        .get(0)
+}
+
+#[tokio::test]
+async fn account_email_and_name_are_encrypted_and_found_by_blind_index() {
+    let w = World::new().await;
+    let (ada_id, ada) = w.user_named("Ada@Lovelace.example", "Ada Byron King").await;
+    let (bob_id, _bob) = w.user_named("bob@babbage.example", "Charles Babbage").await;
+    w.user_named("aaron@zuse.example", "Konrad Zuse").await;
+    let admin = w.db.admin().await;
+    for r in admin
+        .query("SELECT id, email, name, email_hash FROM orgbase.users", &[])
+        .await
+        .unwrap()
+    {
+        let (email, name): (String, String) = (r.get(1), r.get(2));
+        assert!(email.starts_with("enc:v1:"), "{email}");
+        assert!(name.starts_with("enc:v1:"), "{name}");
+        assert_eq!(r.get::<_, Vec<u8>>(3).len(), 32);
+    }
+    let ada_hash: Vec<u8> = admin
+        .query_one(
+            "SELECT email_hash FROM orgbase.users WHERE id = $1",
+            &[&Uuid::parse_str(&ada_id).unwrap()],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(ada_hash, w.keys.blind_index().email("ada@lovelace.example"));
+
+    // Login by email, any case; a wrong password is audited without the email.
+    for email in ["ADA@lovelace.EXAMPLE", " ada@lovelace.example "] {
+        let s = w.login(email).await;
+        assert_eq!(s["user_id"], ada_id.as_str());
+    }
+    for email in ["ada@lovelace.example", "nobody@lovelace.example"] {
+        w.api
+            .expect(
+                Method::POST,
+                "/v1/auth/login",
+                None,
+                Some(json!({"email": email, "password": "wrong-password"})),
+                401,
+                "unauthorized",
+            )
+            .await;
+    }
+    let failures = admin
+        .query(
+            "SELECT actor_user, new FROM orgbase.audit_log WHERE action = 'login.failure' ORDER BY id",
+            &[],
+        )
+        .await
+        .unwrap();
+    assert_eq!(failures.len(), 2);
+    assert_eq!(
+        failures[0].get::<_, Option<Uuid>>(0),
+        Some(Uuid::parse_str(&ada_id).unwrap())
+    );
+    assert_eq!(
+        failures[1].get::<_, Value>(1)["email_hash"],
+        hex::encode(w.keys.blind_index().email("nobody@lovelace.example"))
+    );
+    // The same email in another case is taken.
+    w.api
+        .expect(
+            Method::POST,
+            "/v1/auth/signup",
+            None,
+            Some(json!({"email": "ADA@LOVELACE.example", "password": "password-1234"})),
+            409,
+            "conflict",
+        )
+        .await;
+
+    // The API answers the plaintext: the profile, the member list (sorted by email), a member.
+    let me = w.api.ok(Method::GET, "/v1/me", &ada, None).await;
+    assert_eq!(
+        (me["email"].as_str(), me["name"].as_str()),
+        (Some("ada@lovelace.example"), Some("Ada Byron King"))
+    );
+    w.org(&ada, "engines").await;
+    for email in ["bob@babbage.example", "AARON@zuse.example"] {
+        let m = w
+            .api
+            .ok(
+                Method::POST,
+                "/v1/orgs/engines/members",
+                &ada,
+                Some(json!({"email": email, "role": "member"})),
+            )
+            .await;
+        assert_eq!(m["email"], email.to_lowercase());
+    }
+    let list = w
+        .api
+        .ok(Method::GET, "/v1/orgs/engines/members", &ada, None)
+        .await;
+    let emails: Vec<&str> = list["items"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|m| m["email"].as_str().unwrap())
+        .collect();
+    assert_eq!(
+        emails,
+        [
+            "aaron@zuse.example",
+            "ada@lovelace.example",
+            "bob@babbage.example"
+        ]
+    );
+    let bob = w
+        .api
+        .ok(
+            Method::GET,
+            &format!("/v1/orgs/engines/members/{bob_id}"),
+            &ada,
+            None,
+        )
+        .await;
+    assert_eq!(
+        (bob["email"].as_str(), bob["name"].as_str()),
+        (Some("bob@babbage.example"), Some("Charles Babbage"))
+    );
+
+    // Invitations: the invitee's email is stored encrypted, shown in clear, matched by index.
+    let inv = w
+        .api
+        .ok(
+            Method::POST,
+            "/v1/orgs/engines/invitations",
+            &ada,
+            Some(json!({"email": "Grace@Hopper.example", "role": "member"})),
+        )
+        .await;
+    assert_eq!(inv["email"], "grace@hopper.example");
+    let token = inv["token"].as_str().unwrap();
+    let list = w
+        .api
+        .ok(Method::GET, "/v1/orgs/engines/invitations", &ada, None)
+        .await;
+    assert_eq!(list["items"][0]["email"], "grace@hopper.example");
+    let (_, mallory) = w.user_named("mallory@evil.example", "Mallory").await;
+    w.api
+        .expect(
+            Method::POST,
+            &format!("/v1/invitations/{token}/accept"),
+            Some(&mallory),
+            None,
+            404,
+            "not-found",
+        )
+        .await;
+    let (_, grace) = w.user_named("GRACE@hopper.example", "Grace Hopper").await;
+    w.api
+        .ok(
+            Method::POST,
+            &format!("/v1/invitations/{token}/accept"),
+            &grace,
+            None,
+        )
+        .await;
+
+    // What the database holds (tables and audit trail): no email, no name.
+    let stored = stored_identity_text(&admin, true).await.to_lowercase();
+    for plain in [
+        "lovelace", "byron", "babbage", "zuse", "hopper", "mallory", "@",
+    ] {
+        assert!(!stored.contains(plain), "{plain} stored in clear");
+    }
+}
+
+#[tokio::test]
+async fn without_field_encryption_accounts_are_stored_in_clear_and_found_by_index() {
+    let w = World::with(TestDb::migrated().await, false).await;
+    let (id, token) = w.user_named("Lin@Clear.example", "Lin Clear").await;
+    let admin = w.db.admin().await;
+    let r = admin
+        .query_one(
+            "SELECT email, name, email_hash FROM orgbase.users WHERE id = $1",
+            &[&Uuid::parse_str(&id).unwrap()],
+        )
+        .await
+        .unwrap();
+    assert_eq!(r.get::<_, String>(0), "lin@clear.example");
+    assert_eq!(r.get::<_, String>(1), "Lin Clear");
+    assert_eq!(
+        r.get::<_, Vec<u8>>(2),
+        w.keys.blind_index().email("lin@clear.example")
+    );
+    w.login("LIN@clear.example").await;
+    w.api
+        .expect(
+            Method::POST,
+            "/v1/auth/signup",
+            None,
+            Some(json!({"email": "lin@CLEAR.example", "password": "password-1234"})),
+            409,
+            "conflict",
+        )
+        .await;
+    let me = w.api.ok(Method::GET, "/v1/me", &token, None).await;
+    assert_eq!(me["email"], "lin@clear.example");
+    // Turned on later: the backfill encrypts what was stored in clear, and login still works.
+    let on = Fields::new(w.keys.clone(), true);
+    let mut admin = w.db.admin().await;
+    assert_eq!(
+        orgbase_db::account::backfill(&mut admin, &on, 100)
+            .await
+            .unwrap(),
+        1
+    );
+    let email: String = admin
+        .query_one("SELECT email FROM orgbase.users", &[])
+        .await
+        .unwrap()
+        .get(0);
+    assert!(email.starts_with("enc:v1:"));
+    assert_eq!(
+        orgbase_db::account::backfill(&mut admin, &on, 100)
+            .await
+            .unwrap(),
+        0,
+        "idempotent"
+    );
+    let me = w.api.ok(Method::GET, "/v1/me", &token, None).await;
+    assert_eq!(me["name"], "Lin Clear");
+}
+
+#[tokio::test]
+async fn accounts_from_before_0008_are_indexed_and_encrypted_by_the_backfill() {
+    let db = TestDb::empty().await;
+    let mut target = db.target.clone();
+    let migrator = orgbase_db::Migrator::embedded("t");
+    let mut admin = db.admin().await;
+    migrator.up(&mut admin, Some(7), |_, _| {}).await.unwrap();
+    target.ensure_runtime_login().await.unwrap();
+    let hash = orgbase_db::auth::hash_password("password-1234".into())
+        .await
+        .unwrap();
+    let (old_id, org) = (Uuid::now_v7(), Uuid::now_v7());
+    admin
+        .execute(
+            "INSERT INTO orgbase.users (id, email, name, password_hash) VALUES ($1, 'old@timer.example', 'Old Timer', $2)",
+            &[&old_id, &hash],
+        )
+        .await
+        .unwrap();
+    admin
+        .execute(
+            "INSERT INTO orgbase.organizations (id, name, slug, owner_id) VALUES ($1, 'Old', 'old-co', $2)",
+            &[&org, &old_id],
+        )
+        .await
+        .unwrap();
+    admin
+        .execute(
+            "INSERT INTO orgbase.members (org_id, user_id, role) VALUES ($1, $2, 'owner')",
+            &[&org, &old_id],
+        )
+        .await
+        .unwrap();
+    let invitation = orgbase_db::auth::token_hash("obi_old");
+    admin
+        .execute(
+            "INSERT INTO orgbase.invitations (org_id, email, role, token_hash, invited_by)
+             VALUES ($1, 'new@comer.example', 'member', $2, $3)",
+            &[&org, &&invitation[..], &old_id],
+        )
+        .await
+        .unwrap();
+    migrator.up(&mut admin, None, |_, _| {}).await.unwrap();
+
+    let w = World::with(db, true).await;
+    let mut admin = w.db.admin().await;
+    assert_eq!(
+        orgbase_db::account::backfill(&mut admin, &w.fields, 1)
+            .await
+            .unwrap(),
+        2,
+        "one account, one invitation, in batches of one"
+    );
+    // The tables; audit entries written before 0008 keep what they were written with.
+    let stored = stored_identity_text(&admin, false).await;
+    assert!(!stored.contains("old@timer") && !stored.contains("Old Timer"));
+    assert!(!stored.contains("new@comer"));
+    let login = w.login("Old@Timer.example").await;
+    let token = login["token"].as_str().unwrap();
+    let me = w.api.ok(Method::GET, "/v1/me", token, None).await;
+    assert_eq!(
+        (me["email"].as_str(), me["name"].as_str()),
+        (Some("old@timer.example"), Some("Old Timer"))
+    );
+    let list = w
+        .api
+        .ok(Method::GET, "/v1/orgs/old-co/invitations", token, None)
+        .await;
+    assert_eq!(list["items"][0]["email"], "new@comer.example");
+    // The invitee signs up and accepts: matched by the backfilled index.
+    let (_, newcomer) = w.user_named("new@comer.example", "New Comer").await;
+    w.api
+        .ok(
+            Method::POST,
+            "/v1/invitations/obi_old/accept",
+            &newcomer,
+            None,
+        )
+        .await;
+    assert_eq!(
+        orgbase_db::account::backfill(&mut admin, &w.fields, 100)
+            .await
+            .unwrap(),
+        0
+    );
+    // A lost blind-index key (a new one was made): the next backfill rebuilds the index.
+    admin
+        .batch_execute(
+            "UPDATE orgbase.users SET email_hash = sha256(convert_to(id::text, 'UTF8'));
+             UPDATE orgbase.invitations SET email_hash = sha256(convert_to(id::text, 'UTF8'));",
+        )
+        .await
+        .unwrap();
+    let (s, _) = w
+        .api
+        .call(
+            Method::POST,
+            "/v1/auth/login",
+            None,
+            Some(json!({"email": "old@timer.example", "password": "password-1234"})),
+        )
+        .await;
+    assert_eq!(s, 401);
+    assert_eq!(
+        orgbase_db::account::backfill(&mut admin, &w.fields, 100)
+            .await
+            .unwrap(),
+        3,
+        "two accounts and an invitation re-indexed"
+    );
+    w.login("old@timer.example").await;
+    w.login("new@comer.example").await;
 }

@@ -929,7 +929,7 @@ async fn injected_sql_in_a_request_cannot_switch_org_or_mint_sessions() {
             ],
         ),
         (
-            "SELECT * FROM orgbase.login_lookup('owner@b.example', extract(epoch FROM now())::bigint, $1)",
+            "SELECT * FROM orgbase.login_lookup(sha256('owner@b.example'), extract(epoch FROM now())::bigint, $1)",
             vec![&&[0u8; 32][..]],
         ),
         (

@@ -61,6 +61,8 @@ pub struct KeyPaths {
     pub signing_key: PathBuf,
     /// `DATA/keys/pseudonym.key`: the salt of subject pseudonyms.
     pub pseudonym_key: PathBuf,
+    /// `DATA/keys/blind-index.key`: the key of the account emails' blind index.
+    pub blind_index_key: PathBuf,
 }
 
 /// A configuration value that cannot work.
@@ -93,6 +95,7 @@ impl KeysConfig {
             store: dir.join("store"),
             signing_key: dir.join("signing.pk8"),
             pseudonym_key: dir.join("pseudonym.key"),
+            blind_index_key: dir.join("blind-index.key"),
             dir,
         }
     }

@@ -24,6 +24,7 @@
 //! # Ok(()) }
 //! ```
 
+pub mod blind;
 pub mod certificate;
 pub mod cipher;
 pub mod config;
@@ -41,6 +42,7 @@ use chrono::{DateTime, Utc};
 use uuid::Uuid;
 use zeroize::Zeroizing;
 
+pub use blind::BlindIndex;
 pub use certificate::{
     CertificateError, DeletionCertificate, DestroyedKey, SignedCertificate, parse_public_key,
     verify_certificate,
@@ -63,12 +65,14 @@ pub struct Keys {
     cipher: FieldCipher,
     signer: Arc<ServerSigner>,
     pseudonymizer: Arc<Pseudonymizer>,
+    blind_index: Arc<BlindIndex>,
 }
 
 impl Keys {
     /// Opens the key material under `data_dir` (see [`KeysConfig::paths`]) with the local
     /// master key: from the configured environment variable when set, else from the master
-    /// key file, created on first use. Creates the signing key and pseudonym salt on first use.
+    /// key file, created on first use. Creates the signing key, pseudonym salt and
+    /// blind-index key on first use.
     pub fn open(data_dir: &Path, config: &KeysConfig) -> Result<Self, KeyError> {
         let paths = config.paths(data_dir);
         let env = match std::env::var(&config.master_key_env) {
@@ -105,6 +109,7 @@ impl Keys {
         )?);
         let signer = Arc::new(ServerSigner::open_or_create(&paths.signing_key)?);
         let pseudonymizer = Arc::new(Pseudonymizer::open_or_create(&paths.pseudonym_key)?);
+        let blind_index = Arc::new(BlindIndex::open_or_create(&paths.blind_index_key)?);
         Ok(Self {
             config: config.clone(),
             paths,
@@ -112,6 +117,7 @@ impl Keys {
             store,
             signer,
             pseudonymizer,
+            blind_index,
         })
     }
 
@@ -137,6 +143,11 @@ impl Keys {
 
     pub fn pseudonymizer(&self) -> &Arc<Pseudonymizer> {
         &self.pseudonymizer
+    }
+
+    /// The key of the account emails' blind index.
+    pub fn blind_index(&self) -> &Arc<BlindIndex> {
+        &self.blind_index
     }
 
     /// Crypto-shreds a person's data key (see [`KeyStore::destroy`]).
