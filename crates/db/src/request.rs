@@ -339,42 +339,24 @@ impl Opening {
         org_ref: &str,
     ) -> Result<Row, tokio_postgres::Error> {
         let cred: &[u8] = &caller.cred_hash;
-        match self {
-            Opening::Open => {
-                client
-                    .query_one(
-                        stmt,
-                        &[
-                            &cred,
-                            &org_ref,
-                            &caller.ip,
-                            &caller.request_id,
-                            &caller.user_agent,
-                        ],
-                    )
-                    .await
-            }
-            Opening::Resume(t) => {
-                client
-                    .query_one(
-                        stmt,
-                        &[
-                            &cred,
-                            &org_ref,
-                            &caller.ip,
-                            &caller.request_id,
-                            &caller.user_agent,
-                            &t.ctx.org_id,
-                            &t.ctx.user_id,
-                            &t.ctx.org_role,
-                            &t.ctx.app_roles,
-                            &t.key_id,
-                            &t.ticket,
-                        ],
-                    )
-                    .await
-            }
+        let mut params: Vec<&(dyn ToSql + Sync)> = vec![
+            &cred,
+            &org_ref,
+            &caller.ip,
+            &caller.request_id,
+            &caller.user_agent,
+        ];
+        if let Opening::Resume(t) = self {
+            params.extend_from_slice(&[
+                &t.ctx.org_id,
+                &t.ctx.user_id,
+                &t.ctx.org_role,
+                &t.ctx.app_roles,
+                &t.key_id,
+                &t.ticket,
+            ]);
         }
+        client.query_one(stmt, &params).await
     }
 
     fn sql(&self) -> &'static str {
