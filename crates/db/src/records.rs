@@ -242,14 +242,16 @@ pub async fn list(
             params.len()
         ));
     }
-    params.push(Box::new(q.limit + 1));
+    // The limit is written into the statement, not bound: with `LIMIT $n` PostgreSQL finds a
+    // plan for the actual value cheaper than the generic one and plans the statement again on
+    // every request (a tenth of R1's database time). It is a validated integer (1..=200).
     let dir = if q.descending { "DESC" } else { "ASC" };
     let sql = format!(
         "SELECT row_to_json(t)::text, t.{sort_col}::text, t.id FROM {} t WHERE {} \
-         ORDER BY t.{sort_col} {dir}, t.id {dir} LIMIT ${}",
+         ORDER BY t.{sort_col} {dir}, t.id {dir} LIMIT {}",
         table.qualified,
         wheres.join(" AND "),
-        params.len()
+        q.limit + 1
     );
     let rows = read(
         pool,
