@@ -275,6 +275,86 @@ async fn the_runtime_role_cannot_reach_the_keys_or_identity_tables() {
     }
 }
 
+/// The context MAC's key is private to the connection (migration 0010): two sequences whose
+/// session values the runtime role can neither read nor set. Throwing it away mid-request fails
+/// closed, and the next request on the same connection draws a new one.
+#[tokio::test]
+async fn the_connection_key_cannot_be_read_set_or_reused() {
+    let f = fixture().await;
+    let mut c = runtime(&f).await;
+    // Each in a request transaction of its own (a failed statement aborts it).
+    for sql in [
+        "SELECT currval('orgbase.session_key_a')",
+        "SELECT nextval('orgbase.session_key_b')",
+        "SELECT setval('orgbase.session_key_a', 1)",
+        "SELECT last_value FROM orgbase.session_key_b",
+        "SELECT pg_sequence_last_value('orgbase.session_key_a')",
+        "SELECT orgbase.session_mac('a', 'b', 'c', 'd', 'e')",
+        "SELECT orgbase.set_context(gen_random_uuid(), gen_random_uuid(), 'owner', '', '{}')",
+        "SELECT * FROM orgbase.authenticate_request('\\x00', 'org-a')",
+    ] {
+        let tx = as_user(&mut c, &f.a_member, "org-a").await;
+        let e = tx.batch_execute(sql).await.unwrap_err();
+        assert!(db_error(&e).0.contains("permission denied"), "{sql}: {e:?}");
+        tx.rollback().await.unwrap();
+    }
+    // The key thrown away inside a request: the context no longer verifies (an error, no rows).
+    for discard in ["DISCARD SEQUENCES", "DISCARD TEMP"] {
+        let tx = as_user(&mut c, &f.a_member, "org-a").await;
+        tx.batch_execute(discard).await.unwrap();
+        match tx.query("SELECT title FROM orgbase.notes", &[]).await {
+            Err(e) => assert!(
+                db_error(&e).0.contains("not yet defined in this session"),
+                "{discard}: {e:?}"
+            ),
+            // DISCARD TEMP leaves sequences alone: the context still holds.
+            Ok(rows) => {
+                assert_eq!(discard, "DISCARD TEMP");
+                assert_eq!(rows.len(), 1, "a member sees its own note only");
+            }
+        }
+        tx.rollback().await.unwrap();
+        // The next request on this connection draws a new key and works.
+        let tx = as_user(&mut c, &f.a_member, "org-a").await;
+        assert_eq!(titles(&tx).await, ["a-member-own"]);
+        tx.commit().await.unwrap();
+    }
+    // A context copied from another connection (same values, that connection's MAC) is refused.
+    let mut other = runtime(&f).await;
+    let tx = as_user(&mut other, &f.a_admin, "org-a").await;
+    let row = tx
+        .query_one(
+            "SELECT current_setting('orgbase.org_id'), current_setting('orgbase.user_id'), \
+                    current_setting('orgbase.org_role'), current_setting('orgbase.app_roles'), \
+                    current_setting('orgbase.req'), current_setting('orgbase.ctx_mac')",
+            &[],
+        )
+        .await
+        .unwrap();
+    let names = [
+        "org_id",
+        "user_id",
+        "org_role",
+        "app_roles",
+        "req",
+        "ctx_mac",
+    ];
+    let tx2 = c.transaction().await.unwrap();
+    for (i, name) in names.iter().enumerate() {
+        let v: String = row.get(i);
+        tx2.execute("SELECT set_config('orgbase.' || $1, $2, true)", &[name, &v])
+            .await
+            .unwrap();
+    }
+    let e = tx2
+        .query("SELECT title FROM orgbase.notes", &[])
+        .await
+        .unwrap_err();
+    assert_eq!(db_error(&e).1, "orgbase_bad_context", "{e:?}");
+    tx2.rollback().await.unwrap();
+    tx.rollback().await.unwrap();
+}
+
 #[tokio::test]
 async fn bad_sessions_and_foreign_orgs_are_refused() {
     let f = fixture().await;
