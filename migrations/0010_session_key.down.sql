@@ -125,5 +125,6 @@ END
 $$;
 
 DROP FUNCTION orgbase.set_context(uuid, uuid, text, text, text);
-DROP FUNCTION orgbase.session_mac(text, text, text, text, text);
+DROP FUNCTION orgbase.session_mac(bytea, text, text, text, text, text);
+DROP FUNCTION orgbase.session_key();
 DROP SEQUENCE orgbase.session_key_a, orgbase.session_key_b;

@@ -20,58 +20,71 @@ CREATE UNLOGGED SEQUENCE orgbase.session_key_b AS bigint
 REVOKE ALL ON SEQUENCE orgbase.session_key_a, orgbase.session_key_b
     FROM PUBLIC, orgbase_runtime, orgbase_readonly;
 
--- The context MAC under this connection's key: an NMAC (SHA-256) over the context, the request
--- details, the backend and the transaction start. SQL without a SET clause, and VOLATILE like
--- currval() inside it, so that plpgsql inlines it (PostgreSQL does not inline a STABLE function
--- that calls a volatile one: it would parse and plan the body on every call). currval() raises
--- for a caller without privilege on the sequences and on a connection whose key was never drawn.
-CREATE FUNCTION orgbase.session_mac(o text, u text, r text, a text, q text)
+-- The context MAC under this connection's key k (orgbase.session_key(), read once by the
+-- caller): an NMAC (SHA-256) over the context, the request details, the backend and the
+-- transaction start. SQL without a SET clause, so that plpgsql inlines it.
+CREATE FUNCTION orgbase.session_mac(k bytea, o text, u text, r text, a text, q text)
 RETURNS text
-LANGUAGE sql VOLATILE
+LANGUAGE sql STABLE
 AS $$
     SELECT pg_catalog.encode(pg_catalog.sha256(
-               pg_catalog.int8send(pg_catalog.currval('orgbase.session_key_b'))
-               OPERATOR(pg_catalog.||) pg_catalog.int8send(pg_catalog.currval('orgbase.session_key_a'))
-               OPERATOR(pg_catalog.||) pg_catalog.sha256(
-                   pg_catalog.int8send(pg_catalog.currval('orgbase.session_key_a'))
-                   OPERATOR(pg_catalog.||) pg_catalog.int8send(pg_catalog.currval('orgbase.session_key_b'))
+               '\x6f'::bytea OPERATOR(pg_catalog.||) k OPERATOR(pg_catalog.||) pg_catalog.sha256(
+                   '\x69'::bytea OPERATOR(pg_catalog.||) k
                    OPERATOR(pg_catalog.||) pg_catalog.convert_to(pg_catalog.concat_ws('|', o, u, r, a, q,
                        pg_catalog.pg_backend_pid()::pg_catalog.text,
                        pg_catalog.date_part('epoch', pg_catalog.transaction_timestamp())::pg_catalog.text),
                        'UTF8'))), 'hex')
 $$;
-REVOKE ALL ON FUNCTION orgbase.session_mac(text, text, text, text, text) FROM PUBLIC;
+REVOKE ALL ON FUNCTION orgbase.session_mac(bytea, text, text, text, text, text) FROM PUBLIC;
+
+-- This connection's key (16 bytes). currval() raises for a caller without privilege on the
+-- sequences, and on a connection whose key was never drawn. VOLATILE like currval(), so that
+-- it is inlined (PostgreSQL does not inline a STABLE function that calls a volatile one; it
+-- would parse and plan the body on every call).
+CREATE FUNCTION orgbase.session_key()
+RETURNS bytea
+LANGUAGE sql VOLATILE
+AS $$
+    SELECT pg_catalog.int8send(pg_catalog.currval('orgbase.session_key_a'))
+           OPERATOR(pg_catalog.||) pg_catalog.int8send(pg_catalog.currval('orgbase.session_key_b'))
+$$;
+REVOKE ALL ON FUNCTION orgbase.session_key() FROM PUBLIC;
 
 -- Set the verified context of this transaction (called by begin_request and resume_request,
 -- which have authenticated it). Draws the connection's key first if it has none: currval()
 -- raises before the first setval of a connection (and after DISCARD SEQUENCES / DISCARD ALL);
 -- the two are always drawn together. Not SECURITY DEFINER and no SET clause (a plpgsql call less
--- per request): only the owner's functions, whose search_path is pinned, may call it.
+-- per request): only the owner's functions, whose search_path is pinned, may call it. Returns the
+-- MAC. Assignments rather than PERFORM throughout: plpgsql evaluates an assignment's expression
+-- directly, while PERFORM always runs a query through the executor.
 CREATE FUNCTION orgbase.set_context(o uuid, u uuid, r text, a text, q text)
-RETURNS void
+RETURNS text
 LANGUAGE plpgsql VOLATILE
 AS $$
 DECLARE
     k bytea;
+    n bigint;
+    t text;
 BEGIN
     BEGIN
-        PERFORM pg_catalog.currval('orgbase.session_key_a');
+        n := pg_catalog.currval('orgbase.session_key_a');
     EXCEPTION WHEN object_not_in_prerequisite_state THEN
         -- 2 × 64 bits from the strong random source behind gen_random_uuid (the version and
         -- variant bits of a UUID lie outside the bytes taken).
         k := pg_catalog.uuid_send(pg_catalog.gen_random_uuid()) OPERATOR(pg_catalog.||)
              pg_catalog.uuid_send(pg_catalog.gen_random_uuid());
-        PERFORM pg_catalog.setval('orgbase.session_key_a',
-                                  ('x' || pg_catalog.encode(pg_catalog.substr(k, 1, 6) OPERATOR(pg_catalog.||) pg_catalog.substr(k, 10, 2), 'hex'))::bit(64)::bigint);
-        PERFORM pg_catalog.setval('orgbase.session_key_b',
-                                  ('x' || pg_catalog.encode(pg_catalog.substr(k, 17, 6) OPERATOR(pg_catalog.||) pg_catalog.substr(k, 26, 2), 'hex'))::bit(64)::bigint);
+        n := pg_catalog.setval('orgbase.session_key_a',
+                               ('x' || pg_catalog.encode(pg_catalog.substr(k, 1, 6) OPERATOR(pg_catalog.||) pg_catalog.substr(k, 10, 2), 'hex'))::bit(64)::bigint);
+        n := pg_catalog.setval('orgbase.session_key_b',
+                               ('x' || pg_catalog.encode(pg_catalog.substr(k, 17, 6) OPERATOR(pg_catalog.||) pg_catalog.substr(k, 26, 2), 'hex'))::bit(64)::bigint);
     END;
-    PERFORM pg_catalog.set_config('orgbase.org_id', o::text, true);
-    PERFORM pg_catalog.set_config('orgbase.user_id', u::text, true);
-    PERFORM pg_catalog.set_config('orgbase.org_role', r, true);
-    PERFORM pg_catalog.set_config('orgbase.app_roles', a, true);
-    PERFORM pg_catalog.set_config('orgbase.req', q, true);
-    PERFORM pg_catalog.set_config('orgbase.ctx_mac', orgbase.session_mac(o::text, u::text, r, a, q), true);
+    t := pg_catalog.set_config('orgbase.org_id', o::text, true);
+    t := pg_catalog.set_config('orgbase.user_id', u::text, true);
+    t := pg_catalog.set_config('orgbase.org_role', r, true);
+    t := pg_catalog.set_config('orgbase.app_roles', a, true);
+    t := pg_catalog.set_config('orgbase.req', q, true);
+    k := orgbase.session_key();
+    RETURN pg_catalog.set_config('orgbase.ctx_mac', orgbase.session_mac(k, o::text, u::text, r, a, q), true);
 END
 $$;
 REVOKE ALL ON FUNCTION orgbase.set_context(uuid, uuid, text, text, text) FROM PUBLIC;
@@ -87,12 +100,14 @@ DECLARE
     r text := current_setting('orgbase.org_role', true);
     a text := current_setting('orgbase.app_roles', true);
     m text := current_setting('orgbase.ctx_mac', true);
+    k bytea;
 BEGIN
     IF coalesce(o, '') = '' OR coalesce(m, '') = '' THEN
         RAISE EXCEPTION 'no tenant context in this transaction'
             USING ERRCODE = 'insufficient_privilege', HINT = 'orgbase_no_context';
     END IF;
-    IF m IS DISTINCT FROM orgbase.session_mac(o, u, r, a, current_setting('orgbase.req', true)) THEN
+    k := orgbase.session_key();
+    IF m IS DISTINCT FROM orgbase.session_mac(k, o, u, r, a, current_setting('orgbase.req', true)) THEN
         RAISE EXCEPTION 'invalid tenant context'
             USING ERRCODE = 'insufficient_privilege', HINT = 'orgbase_bad_context';
     END IF;
@@ -114,12 +129,14 @@ DECLARE
     r text := current_setting('orgbase.org_role', true);
     a text := current_setting('orgbase.app_roles', true);
     m text := current_setting('orgbase.ctx_mac', true);
+    k bytea;
 BEGIN
     IF coalesce(o, '') = '' OR coalesce(m, '') = '' THEN
         RAISE EXCEPTION 'no tenant context in this transaction'
             USING ERRCODE = 'insufficient_privilege', HINT = 'orgbase_no_context';
     END IF;
-    IF m IS DISTINCT FROM orgbase.session_mac(o, u, r, a, current_setting('orgbase.req', true)) THEN
+    k := orgbase.session_key();
+    IF m IS DISTINCT FROM orgbase.session_mac(k, o, u, r, a, current_setting('orgbase.req', true)) THEN
         RAISE EXCEPTION 'invalid tenant context'
             USING ERRCODE = 'insufficient_privilege', HINT = 'orgbase_bad_context';
     END IF;
@@ -148,9 +165,10 @@ SET search_path = pg_catalog, orgbase
 AS $$
 DECLARE
     b record;
+    m text;
 BEGIN
     SELECT * INTO b FROM orgbase.authenticate_request(cred_hash, org_ref, client_ip, request_id, user_agent);
-    PERFORM orgbase.set_context(b.org_id, b.user_id, b.org_role, b.app_roles,
+    m := orgbase.set_context(b.org_id, b.user_id, b.org_role, b.app_roles,
                                 current_setting('orgbase.req', true));
     org_id := b.org_id;
     user_id := b.user_id;
@@ -176,6 +194,7 @@ DECLARE
     ik bytea;
     ok bytea;
     cur_epoch bigint;
+    m text;
 BEGIN
     IF coalesce(current_setting('orgbase.ctx_mac', true), '') <> '' THEN
         RAISE EXCEPTION 'the tenant context is already set in this transaction'
@@ -193,7 +212,7 @@ BEGIN
         RAISE EXCEPTION 'the request ticket is stale or not valid'
             USING ERRCODE = 'insufficient_privilege', HINT = 'orgbase_stale_ticket';
     END IF;
-    PERFORM orgbase.set_context(org, usr, role, roles,
+    m := orgbase.set_context(org, usr, role, roles,
                                 jsonb_build_object('key', key_id, 'ip', client_ip, 'rid', left(request_id, 64),
                                                    'ua', left(user_agent, 256))::text);
     org_id := org;

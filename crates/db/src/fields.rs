@@ -186,7 +186,6 @@ impl Fields {
             )));
         };
         let name = aad_table(table);
-        let cipher = self.cipher()?;
         for c in table.columns.iter().filter(|c| is_sealed(c)) {
             let Some(v) = row.get_mut(&c.name) else {
                 continue;
@@ -194,40 +193,100 @@ impl Fields {
             let Some(text) = v.as_str().filter(|s| is_ciphertext(s)) else {
                 continue;
             };
-            let place = FieldAad {
-                org,
-                table: &name,
-                column: &c.name,
-                row: &id,
-            };
-            *v = match cipher.decrypt(text, &place) {
-                Ok(plain) => match c.kind {
-                    Kind::Text => Value::String(String::from_utf8(plain).map_err(|_| {
-                        ReqError::Undecryptable(format!(
-                            "{}.{} of row {id}: not UTF-8",
-                            table.name, c.name
-                        ))
-                    })?),
-                    _ => serde_json::from_slice(&plain).map_err(|e| {
-                        ReqError::Undecryptable(format!(
-                            "{}.{} of row {id}: {e}",
-                            table.name, c.name
-                        ))
-                    })?,
-                },
-                Err(e) if e.is_key_destroyed() => Value::Null,
-                Err(CipherError::Key(e @ (KeyError::Io { .. } | KeyError::Random))) => {
-                    return Err(ReqError::Keys(e.to_string()));
-                }
-                Err(e) => {
-                    return Err(ReqError::Undecryptable(format!(
-                        "{}.{} of row {id}: {e}",
-                        table.name, c.name
-                    )));
-                }
-            };
+            *v = self.open_value(table, &name, c, org, &id, text)?;
         }
         Ok(())
+    }
+
+    /// One stored value of column `c` of row `id` decrypted (`name` is the table's
+    /// [`aad_table`]); a value whose key was destroyed (erasure) reads as null.
+    fn open_value(
+        &self,
+        table: &Table,
+        name: &str,
+        c: &Column,
+        org: Uuid,
+        id: &str,
+        text: &str,
+    ) -> Result<Value, ReqError> {
+        let place = FieldAad {
+            org,
+            table: name,
+            column: &c.name,
+            row: id,
+        };
+        match self.cipher()?.decrypt(text, &place) {
+            Ok(plain) => match c.kind {
+                Kind::Text => String::from_utf8(plain).map(Value::String).map_err(|_| {
+                    ReqError::Undecryptable(format!(
+                        "{}.{} of row {id}: not UTF-8",
+                        table.name, c.name
+                    ))
+                }),
+                _ => serde_json::from_slice(&plain).map_err(|e| {
+                    ReqError::Undecryptable(format!("{}.{} of row {id}: {e}", table.name, c.name))
+                }),
+            },
+            Err(e) if e.is_key_destroyed() => Ok(Value::Null),
+            Err(CipherError::Key(e @ (KeyError::Io { .. } | KeyError::Random))) => {
+                Err(ReqError::Keys(e.to_string()))
+            }
+            Err(e) => Err(ReqError::Undecryptable(format!(
+                "{}.{} of row {id}: {e}",
+                table.name, c.name
+            ))),
+        }
+    }
+
+    /// A row read as its JSON without the sealed text columns, plus those columns as stored
+    /// (`apart`, in [`Fields::apart`] order): the JSON with them decrypted and added. Saves
+    /// PostgreSQL escaping every ciphertext into the JSON and the server parsing it back.
+    pub fn open_apart(
+        &self,
+        table: &Table,
+        json: &str,
+        org: Uuid,
+        id: Uuid,
+        apart: &[Option<&str>],
+    ) -> Result<String, ReqError> {
+        let json = self.open(table, json)?;
+        let Some(body) = json.strip_suffix('}') else {
+            return Err(ReqError::Undecryptable(format!(
+                "a row of {} is not a JSON object",
+                table.name
+            )));
+        };
+        let mut out = String::with_capacity(
+            json.len() + apart.iter().flatten().map(|v| v.len() + 16).sum::<usize>(),
+        );
+        out.push_str(body);
+        let name = aad_table(table);
+        let id = id.to_string();
+        for (c, stored) in Self::apart(table).zip(apart) {
+            let value = match stored {
+                None => Value::Null,
+                Some(text) if is_ciphertext(text) => {
+                    self.open_value(table, &name, c, org, &id, text)?
+                }
+                Some(text) => Value::String((*text).to_string()),
+            };
+            if out.len() > 1 {
+                out.push(',');
+            }
+            out.push_str(&serde_json::to_string(&c.name).unwrap_or_default());
+            out.push(':');
+            out.push_str(&serde_json::to_string(&value).unwrap_or_default());
+        }
+        out.push('}');
+        Ok(out)
+    }
+
+    /// The sealed text columns of `table`, which reads select apart from the row's JSON.
+    pub fn apart(table: &Table) -> impl Iterator<Item = &Column> {
+        table
+            .columns
+            .iter()
+            .filter(|c| is_sealed(c) && matches!(c.kind, Kind::Text))
     }
 
     /// Opens a JSON array of rows (a list page).

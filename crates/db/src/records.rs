@@ -1,6 +1,7 @@
 //! The generic record operations over tenant tables: list (cursor pages, filters on indexed
 //! columns, sort), get, create, update (optimistic concurrency), soft delete, restore. Rows are
-//! rendered to JSON by PostgreSQL (`row_to_json`) and passed through as text.
+//! rendered to JSON by PostgreSQL (`row_to_json`) and passed through as text; sealed text
+//! columns are read apart and added once decrypted.
 
 use base64::Engine;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
@@ -201,6 +202,65 @@ fn decode_cursor(s: &str) -> Option<(String, String, Uuid)> {
     Some((sort, value, id))
 }
 
+/// How a read selects its rows: the row as JSON (PostgreSQL's `row_to_json`) and, for a table
+/// with sealed text columns, those columns apart — `org_id`, `id` and their stored text after
+/// the statement's own columns — so that their ciphertext is neither escaped into the JSON by
+/// PostgreSQL nor parsed back out of it by the server ([`Fields::open_apart`]).
+struct Shape {
+    /// The JSON expression, first in the select list.
+    json: &'static str,
+    /// After the table in FROM: the lateral row of the other columns, or nothing.
+    lateral: String,
+    /// Appended to the select list: `, t.org_id, t.id, t."col"::text, …`, or nothing.
+    tail: String,
+}
+
+impl Shape {
+    fn of(table: &Table) -> Shape {
+        let apart: Vec<&str> = Fields::apart(table).map(|c| c.name.as_str()).collect();
+        if apart.is_empty() {
+            return Shape {
+                json: "row_to_json(t)::text",
+                lateral: String::new(),
+                tail: String::new(),
+            };
+        }
+        let others: Vec<String> = table
+            .columns
+            .iter()
+            .filter(|c| !apart.contains(&c.name.as_str()))
+            .map(|c| format!("t.{}", quote_ident(&c.name)))
+            .collect();
+        let tail: String = apart
+            .iter()
+            .map(|c| format!(", t.{}::text", quote_ident(c)))
+            .collect();
+        Shape {
+            // A lateral sub-select without FROM is flattened by the planner into a row of
+            // `t`'s columns that keeps their names.
+            json: "row_to_json(x)::text",
+            lateral: format!(", LATERAL (SELECT {}) x", others.join(", ")),
+            tail: format!(", t.org_id, t.id{tail}"),
+        }
+    }
+
+    /// Row `r` as the API's JSON, decrypted; `at` is the index of the first tail column.
+    fn render(
+        &self,
+        fields: &Fields,
+        table: &Table,
+        r: &Row,
+        at: usize,
+    ) -> Result<String, ReqError> {
+        let json: &str = r.get(0);
+        if self.tail.is_empty() {
+            return Ok(fields.open(table, json)?.into_owned());
+        }
+        let apart: Vec<Option<&str>> = (at + 2..r.len()).map(|i| r.get(i)).collect();
+        fields.open_apart(table, json, r.get(at), r.get(at + 1), &apart)
+    }
+}
+
 fn params_ref(p: &[Box<dyn ToSql + Sync + Send>]) -> Vec<&(dyn ToSql + Sync)> {
     p.iter()
         .map(|b| b.as_ref() as &(dyn ToSql + Sync))
@@ -246,10 +306,14 @@ pub async fn list(
     // plan for the actual value cheaper than the generic one and plans the statement again on
     // every request (a tenth of R1's database time). It is a validated integer (1..=200).
     let dir = if q.descending { "DESC" } else { "ASC" };
+    let shape = Shape::of(table);
     let sql = format!(
-        "SELECT row_to_json(t)::text, t.{sort_col}::text, t.id FROM {} t WHERE {} \
+        "SELECT {}, t.{sort_col}::text, t.id{} FROM {} t{} WHERE {} \
          ORDER BY t.{sort_col} {dir}, t.id {dir} LIMIT {}",
+        shape.json,
+        shape.tail,
         table.qualified,
+        shape.lateral,
         wheres.join(" AND "),
         q.limit + 1
     );
@@ -275,7 +339,7 @@ pub async fn list(
         if i > 0 {
             items.push(',');
         }
-        items.push_str(&fields.open(table, r.get::<_, &str>(0))?);
+        items.push_str(&shape.render(fields, table, r, 3)?);
         last = Some((r.get::<_, String>(1), r.get::<_, Uuid>(2)));
     }
     items.push(']');
@@ -327,12 +391,17 @@ pub async fn get(
     fields: &Fields,
     id: Uuid,
 ) -> Result<Record, ReqError> {
+    let shape = Shape::of(table);
     let sql = format!(
-        "SELECT row_to_json(t)::text, {ETAG} FROM {} t WHERE t.id = $1 AND t.deleted_at IS NULL",
-        table.qualified
+        "SELECT {}, {ETAG}{} FROM {} t{} WHERE t.id = $1 AND t.deleted_at IS NULL",
+        shape.json, shape.tail, table.qualified, shape.lateral
     );
     let rows = read(pool, caller, org, table, &sql, &[&id], |_| vec![id]).await?;
-    opened(fields, table, record(&rows)?)
+    let r = rows.first().ok_or(ReqError::NotFound)?;
+    Ok(Record {
+        json: shape.render(fields, table, r, 2)?,
+        etag: r.get(1),
+    })
 }
 
 /// A read: one pipelined statement, or for a table with phi columns the statement and the

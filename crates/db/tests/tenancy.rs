@@ -289,7 +289,8 @@ async fn the_connection_key_cannot_be_read_set_or_reused() {
         "SELECT setval('orgbase.session_key_a', 1)",
         "SELECT last_value FROM orgbase.session_key_b",
         "SELECT pg_sequence_last_value('orgbase.session_key_a')",
-        "SELECT orgbase.session_mac('a', 'b', 'c', 'd', 'e')",
+        "SELECT orgbase.session_key()",
+        "SELECT orgbase.session_mac('\\x00', 'a', 'b', 'c', 'd', 'e')",
         "SELECT orgbase.set_context(gen_random_uuid(), gen_random_uuid(), 'owner', '', '{}')",
         "SELECT * FROM orgbase.authenticate_request('\\x00', 'org-a')",
     ] {
