@@ -296,8 +296,10 @@ impl Drop for Conn {
 
 const OPEN_REQUEST: &str = "SELECT org_id, user_id, org_role, app_roles, key_id, ticket \
      FROM orgbase.open_request($1, $2, $3, $4, $5)";
-const RESUME_REQUEST: &str = "SELECT org_id, user_id, org_role, app_roles \
-     FROM orgbase.resume_request($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11)";
+/// Checks the ticket and sets the context it names; answers nothing (the ticket holds the
+/// context).
+const RESUME_REQUEST: &str =
+    "SELECT orgbase.resume_request($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11)";
 
 fn context(row: &Row) -> Context {
     Context {
@@ -366,19 +368,24 @@ impl Opening {
         }
     }
 
-    /// The context of the row the context statement returned; an opened one is remembered.
+    /// The context established: an opened one from the row `open_request` returned (and
+    /// remembered with its ticket), a resumed one the ticket's, which `resume_request` checked.
     fn established(&self, row: &Row, caller: &Caller, org_ref: &str) -> Context {
-        let ctx = context(row);
-        if let Opening::Open = self {
-            tickets::keep(
-                &caller.cred_hash,
-                org_ref,
-                caller.ip,
-                ctx.clone(),
-                row.get(4),
-                row.get(5),
-            );
-        }
+        let ctx = match self {
+            Opening::Open => {
+                let ctx = context(row);
+                tickets::keep(
+                    &caller.cred_hash,
+                    org_ref,
+                    caller.ip,
+                    ctx.clone(),
+                    row.get(4),
+                    row.get(5),
+                );
+                ctx
+            }
+            Opening::Resume(t) => t.ctx.clone(),
+        };
         caller.saw(&ctx);
         ctx
     }

@@ -250,6 +250,78 @@ async fn injected_set_config_cannot_switch_orgs() {
     assert_eq!(db_error(&e).1, "orgbase_no_context");
 }
 
+/// AFTER triggers fire at the end of the statement, after the policy checks: a `set_config`
+/// evaluated for a later row of the same INSERT passes the (cached) insert check, and only the
+/// audit trigger's own check of the context keeps the forged user out of the audit trail.
+#[tokio::test]
+async fn the_audit_actor_cannot_be_forged_within_a_statement() {
+    let f = fixture().await;
+    let mut c = runtime(&f).await;
+    let me = f.users["a_editor"];
+    let other = f.users["a_admin"].to_string();
+    let tx = as_user(&mut c, &f.a_editor, "org-a").await;
+    let e = tx
+        .execute(
+            "INSERT INTO orgbase.notes (org_id, title, body, created_by, updated_by) \
+             SELECT $1, 'forged ' || g, \
+                    CASE WHEN g = 2 THEN set_config('orgbase.user_id', $3, true) ELSE 'b' END, $2, $2 \
+               FROM generate_series(1, 2) g",
+            &[&f.org_a, &me, &other],
+        )
+        .await
+        .unwrap_err();
+    assert_eq!(db_error(&e).1, "orgbase_bad_context", "{e:?}");
+    // Refused by the audit trigger, not by a policy.
+    let at = e.as_db_error().and_then(|d| d.where_()).unwrap_or_default();
+    assert!(at.contains("audit_row"), "{e:?}");
+    tx.rollback().await.unwrap();
+    let admin = f.db.admin().await;
+    let n: i64 = admin
+        .query_one(
+            "SELECT (SELECT count(*) FROM orgbase.notes WHERE title LIKE 'forged %') \
+                  + (SELECT count(*) FROM orgbase.audit_log WHERE new ->> 'title' LIKE 'forged %')",
+            &[],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(n, 0);
+}
+
+/// The app level comes from `app=role` pairs matched on the whole app name.
+#[tokio::test]
+async fn app_roles_match_whole_app_names() {
+    let f = fixture().await;
+    let mut admin = f.db.admin().await;
+    let user = f.users["a_member"];
+    for (org_role, app, level) in [
+        ("member", Some("notes"), 1),
+        ("member", Some("projects"), 2),
+        ("member", Some("xnotes"), 3),
+        ("member", Some("otes"), 0),
+        ("member", Some("note"), 0),
+        ("member", Some("notes=viewer"), 0),
+        ("member", None, 0),
+        ("admin", Some("otes"), 3),
+        ("owner", None, 3),
+    ] {
+        let tx = admin.transaction().await.unwrap();
+        tx.execute(
+            "SELECT orgbase.set_context($1, $2, $3, 'xnotes=admin,notes=viewer,projects=editor', '{}')",
+            &[&f.org_a, &user, &org_role],
+        )
+        .await
+        .unwrap();
+        let got: i32 = tx
+            .query_one("SELECT level FROM orgbase.ctx_check($1)", &[&app])
+            .await
+            .unwrap()
+            .get(0);
+        assert_eq!(got, level, "{org_role} {app:?}");
+        tx.rollback().await.unwrap();
+    }
+}
+
 #[tokio::test]
 async fn the_runtime_role_cannot_reach_the_keys_or_identity_tables() {
     let f = fixture().await;
