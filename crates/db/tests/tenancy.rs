@@ -288,6 +288,93 @@ async fn the_audit_actor_cannot_be_forged_within_a_statement() {
     assert_eq!(n, 0);
 }
 
+/// The select policy checks the context once and takes the left-hand side of its comparison
+/// from an unchecked level hint (migration 0012). Forge the hint after the check has run — a
+/// nested loop whose outer side calls `set_config` between two rescans of the inner index
+/// scan — and the forged hint may hide rows but must not reveal any.
+#[tokio::test]
+async fn a_forged_level_hint_hides_rows_and_reveals_none() {
+    let f = fixture().await;
+    let mut c = runtime(&f).await;
+    let admin = f.db.admin().await;
+    let a1: Uuid = admin
+        .query_one("SELECT id FROM orgbase.notes WHERE title = 'a1'", &[])
+        .await
+        .unwrap()
+        .get(0);
+    let own: Uuid = admin
+        .query_one(
+            "SELECT id FROM orgbase.notes WHERE title = 'a-member-own'",
+            &[],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    // Outer rows in order; the second forges app_roles before the inner scan runs again.
+    const ATTACK: &str = "SET LOCAL enable_hashjoin = off; SET LOCAL enable_mergejoin = off; \
+         SET LOCAL enable_seqscan = off; SET LOCAL enable_bitmapscan = off; \
+         SET LOCAL enable_material = off";
+    let query = "SELECT x.title FROM ( \
+             SELECT v.i, v.nid, CASE WHEN v.i = 2 THEN set_config('orgbase.app_roles', $2, true) END AS forged \
+               FROM (VALUES (1, gen_random_uuid()), (2, $1::uuid)) v (i, nid) ORDER BY v.i OFFSET 0) o \
+             CROSS JOIN LATERAL (SELECT n.title FROM orgbase.notes n \
+                                  WHERE n.id = o.nid AND o.forged IS NOT DISTINCT FROM o.forged \
+                                  OFFSET 0) x";
+    // A member without a role in the app claims admin: another member's note stays hidden.
+    let tx = as_user(&mut c, &f.a_member, "org-a").await;
+    tx.batch_execute(ATTACK).await.unwrap();
+    let plan: Vec<String> = tx
+        .query(&format!("EXPLAIN {query}"), &[&a1, &"notes=admin"])
+        .await
+        .unwrap()
+        .iter()
+        .map(|r| r.get(0))
+        .collect();
+    // The shape the attack needs: the check runs on the first (empty) rescan, the hint on the
+    // second, after the forgery.
+    assert!(plan[0].contains("Nested Loop"), "{plan:#?}");
+    assert!(
+        plan.iter()
+            .any(|l| l.contains("Index Cond: ((org_id = $") && l.contains(") AND (id = ")),
+        "{plan:#?}"
+    );
+    match tx.query(query, &[&a1, &"notes=admin"]).await {
+        Ok(rows) => assert!(
+            rows.is_empty(),
+            "leaked {:?}",
+            rows.iter()
+                .map(|r| r.get::<_, String>(0))
+                .collect::<Vec<_>>()
+        ),
+        Err(e) => assert_eq!(db_error(&e).1, "orgbase_bad_context", "{e:?}"),
+    }
+    tx.rollback().await.unwrap();
+    // Without the forgery, the member still reads its own note through the same query.
+    let tx = as_user(&mut c, &f.a_member, "org-a").await;
+    tx.batch_execute(ATTACK).await.unwrap();
+    let rows = tx.query(query, &[&own, &""]).await;
+    tx.rollback().await.unwrap();
+    let rows = rows.unwrap();
+    assert_eq!(rows.len(), 1);
+    // A viewer reads a1 through the same query; with its hint forged away it loses the row.
+    let tx = as_user(&mut c, &f.a_viewer, "org-a").await;
+    tx.batch_execute(ATTACK).await.unwrap();
+    let rows = tx.query(query, &[&a1, &"notes=viewer"]).await;
+    tx.rollback().await.unwrap();
+    assert_eq!(rows.unwrap().len(), 1);
+    let tx = as_user(&mut c, &f.a_viewer, "org-a").await;
+    tx.batch_execute(ATTACK).await.unwrap();
+    match tx.query(query, &[&a1, &""]).await {
+        Ok(rows) => assert!(rows.is_empty()),
+        Err(e) => assert_eq!(db_error(&e).1, "orgbase_bad_context", "{e:?}"),
+    }
+    tx.rollback().await.unwrap();
+    // The hint alone never widens a read: a member's unforged reads are its own rows only.
+    let tx = as_user(&mut c, &f.a_member, "org-a").await;
+    assert_eq!(titles(&tx).await, ["a-member-own"]);
+    tx.rollback().await.unwrap();
+}
+
 /// The app level comes from `app=role` pairs matched on the whole app name.
 #[tokio::test]
 async fn app_roles_match_whole_app_names() {
