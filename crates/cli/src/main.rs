@@ -10,6 +10,12 @@ mod tools;
 
 use std::process::ExitCode;
 
+/// mimalloc instead of the system allocator: the request path allocates and frees many small
+/// buffers (rows, JSON, HTTP) on several threads, where glibc's malloc took a fifth of the
+/// server's CPU (docs/performance.md).
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 use clap::{Args, Parser, Subcommand};
 
 /// orgbase — a multi-tenant, compliance-grade data layer on PostgreSQL, in one binary.
