@@ -236,22 +236,32 @@ pub(crate) async fn open(config: &Config, attach: bool) -> anyhow::Result<Opened
     Ok(opened)
 }
 
-async fn shutdown_signal() {
-    let ctrl_c = tokio::signal::ctrl_c();
+/// Waits for Ctrl-C (SIGINT) or SIGTERM. The handlers are installed when this is called, not when
+/// the future is first polled: `serve` calls it before it announces its address, so a signal
+/// sent as soon as the address is printed stops the server cleanly (embedded PostgreSQL
+/// included) instead of killing it.
+fn shutdown_signal() -> impl std::future::Future<Output = ()> {
     #[cfg(unix)]
-    let term = async {
-        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-            Ok(mut s) => {
-                s.recv().await;
-            }
-            Err(_) => std::future::pending::<()>().await,
-        }
+    let handlers = {
+        use tokio::signal::unix::{SignalKind, signal};
+        (
+            signal(SignalKind::interrupt()),
+            signal(SignalKind::terminate()),
+        )
     };
-    tokio::select! {
-        _ = ctrl_c => {},
-        _ = term => {},
+    async move {
+        #[cfg(unix)]
+        if let (Ok(mut int), Ok(mut term)) = handlers {
+            tokio::select! {
+                _ = int.recv() => {},
+                _ = term.recv() => {},
+            }
+            tracing::info!("shutting down: draining in-flight requests");
+            return;
+        }
+        let _ = tokio::signal::ctrl_c().await;
+        tracing::info!("shutting down: draining in-flight requests");
     }
-    tracing::info!("shutting down: draining in-flight requests");
 }
 
 /// Rows per transaction of the account backfill (orgbase_db::account::backfill).
@@ -314,6 +324,7 @@ async fn serve(config: Config, _args: ServeArgs) -> anyhow::Result<ExitCode> {
         .await
         .with_context(|| format!("listening on {}", config.server.listen))?;
     let addr = listener.local_addr()?;
+    let stop = shutdown_signal();
     let data = std::fs::canonicalize(&config.data_dir).unwrap_or(config.data_dir.clone());
     // Output is best effort: a closed stdout must not stop the server.
     let say = |line: String| {
@@ -339,14 +350,9 @@ async fn serve(config: Config, _args: ServeArgs) -> anyhow::Result<ExitCode> {
     say(format!("  api:       http://{addr}/v1/openapi.json"));
     say(format!("  metrics:   http://{addr}/metrics"));
     say("Press Ctrl-C to stop.".into());
-    orgbase_http::serve(
-        listener,
-        app,
-        shutdown_signal(),
-        config.server.shutdown_grace(),
-    )
-    .await
-    .context("serving HTTP")?;
+    orgbase_http::serve(listener, app, stop, config.server.shutdown_grace())
+        .await
+        .context("serving HTTP")?;
     if let Some(task) = backup_schedule {
         task.abort();
     }

@@ -144,7 +144,8 @@ impl Server {
             nix::sys::signal::Signal::SIGINT,
         )
         .unwrap();
-        assert!(self.child.wait().unwrap().success());
+        let status = self.child.wait().unwrap();
+        assert!(status.success(), "serve exited with {status}");
     }
 }
 

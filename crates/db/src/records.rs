@@ -13,7 +13,7 @@ use uuid::Uuid;
 
 use crate::catalog::{Kind, Table, quote_ident};
 use crate::fields::{Fields, is_sealed};
-use crate::request::{self, Caller, Context, ReqError};
+use crate::request::{self, Caller, Context, OneSql, ReqError};
 
 pub const MAX_LIMIT: i64 = 200;
 pub const DEFAULT_LIMIT: i64 = 50;
@@ -307,14 +307,16 @@ pub async fn list(
     // every request (a tenth of R1's database time). It is a validated integer (1..=200).
     let dir = if q.descending { "DESC" } else { "ASC" };
     let shape = Shape::of(table);
-    let sql = format!(
-        "SELECT {}, t.{sort_col}::text, t.id{} FROM {} t{} WHERE {} \
-         ORDER BY t.{sort_col} {dir}, t.id {dir} LIMIT {}",
+    let head = format!(
+        "SELECT {}, t.{sort_col}::text, t.id{} FROM {} t{} WHERE {} AND ",
         shape.json,
         shape.tail,
         table.qualified,
         shape.lateral,
         wheres.join(" AND "),
+    );
+    let tail = format!(
+        " ORDER BY t.{sort_col} {dir}, t.id {dir} LIMIT {}",
         q.limit + 1
     );
     let rows = read(
@@ -322,7 +324,7 @@ pub async fn list(
         caller,
         org,
         table,
-        &sql,
+        OneSql::with_condition(&head, &tail),
         &params_ref(&params),
         |rows| {
             rows.iter()
@@ -392,11 +394,12 @@ pub async fn get(
     id: Uuid,
 ) -> Result<Record, ReqError> {
     let shape = Shape::of(table);
-    let sql = format!(
-        "SELECT {}, {ETAG}{} FROM {} t{} WHERE t.id = $1 AND t.deleted_at IS NULL",
+    let head = format!(
+        "SELECT {}, {ETAG}{} FROM {} t{} WHERE t.id = $1 AND t.deleted_at IS NULL AND ",
         shape.json, shape.tail, table.qualified, shape.lateral
     );
-    let rows = read(pool, caller, org, table, &sql, &[&id], |_| vec![id]).await?;
+    let sql = OneSql::with_condition(&head, "");
+    let rows = read(pool, caller, org, table, sql, &[&id], |_| vec![id]).await?;
     let r = rows.first().ok_or(ReqError::NotFound)?;
     Ok(Record {
         json: shape.render(fields, table, r, 2)?,
@@ -411,7 +414,7 @@ async fn read(
     caller: &Caller,
     org: &str,
     table: &Table,
-    sql: &str,
+    sql: OneSql<'_>,
     params: &[&(dyn ToSql + Sync)],
     ids: impl FnOnce(&[Row]) -> Vec<Uuid>,
 ) -> Result<Vec<Row>, ReqError> {
@@ -420,7 +423,7 @@ async fn read(
     }
     request::many(pool, caller, org, async |c: &Client, _| {
         phi_gate(c, caller, table).await?;
-        let rows = c.query(sql, params).await?;
+        let rows = c.query(sql.plain().as_ref(), params).await?;
         let ids = ids(&rows);
         if !ids.is_empty() {
             c.execute(
@@ -549,8 +552,9 @@ pub async fn create(
         if fields.seals(table, &row) {
             fields.seal(table, org_id, id, Some(user_id), &mut row)?;
         }
-        let sql = insert_sql(table, &row);
-        match request::one(pool, caller, org, &sql, &[&Value::Object(row)]).await {
+        let (head, tail) = insert_sql(table, &row);
+        let sql = OneSql::with_condition(&head, &tail);
+        match request::one(pool, caller, org, sql, &[&Value::Object(row)]).await {
             Ok((_, rows)) => return opened(fields, table, record(&rows)?),
             Err(ReqError::Forbidden(_)) => caller.forget_context_hint(org),
             Err(e) => return Err(e),
@@ -558,8 +562,9 @@ pub async fn create(
     }
     if !table.phi && !fields.seals(table, &body) {
         // Nothing to prepare: the column defaults take the owner from the context.
-        let sql = insert_sql(table, &body);
-        let rows = request::one(pool, caller, org, &sql, &[&Value::Object(body)])
+        let (head, tail) = insert_sql(table, &body);
+        let sql = OneSql::with_condition(&head, &tail);
+        let rows = request::one(pool, caller, org, sql, &[&Value::Object(body)])
             .await?
             .1;
         return opened(fields, table, record(&rows)?);
@@ -571,8 +576,9 @@ pub async fn create(
         if fields.seals(table, &body) {
             fields.seal(table, ctx.org_id, id, Some(ctx.user_id), &mut body)?;
         }
-        let sql = insert_sql(table, &body);
-        record(&c.query(&sql, &[&Value::Object(body)]).await?)
+        let (head, tail) = insert_sql(table, &body);
+        let sql = OneSql::with_condition(&head, &tail).plain();
+        record(&c.query(sql.as_ref(), &[&Value::Object(body)]).await?)
     })
     .await?;
     opened(fields, table, rec)
@@ -587,13 +593,17 @@ fn owned_by(body: &mut Map<String, Value>, org_id: Uuid, user_id: Uuid) {
     body.insert("updated_by".into(), user);
 }
 
-fn insert_sql(table: &Table, body: &Map<String, Value>) -> String {
+/// The INSERT of `body`'s columns from `$1`, as the head and tail around the place of a
+/// condition ([`OneSql::with_condition`]).
+fn insert_sql(table: &Table, body: &Map<String, Value>) -> (String, String) {
     let cols: Vec<String> = body.keys().map(|k| quote_ident(k)).collect();
     let cols = cols.join(", ");
-    format!(
-        "INSERT INTO {q} AS t ({cols}) SELECT {cols} FROM jsonb_populate_record(NULL::{q}, $1) \
-         RETURNING row_to_json(t)::text, {ETAG}",
-        q = table.qualified
+    (
+        format!(
+            "INSERT INTO {q} AS t ({cols}) SELECT {cols} FROM jsonb_populate_record(NULL::{q}, $1) WHERE ",
+            q = table.qualified
+        ),
+        format!(" RETURNING row_to_json(t)::text, {ETAG}"),
     )
 }
 
@@ -667,19 +677,12 @@ pub async fn delete(
     table: &Table,
     id: Uuid,
 ) -> Result<(), ReqError> {
-    let sql = format!(
-        "UPDATE {} AS t SET deleted_at = now() WHERE t.id = $1 AND t.deleted_at IS NULL RETURNING t.id",
+    let head = format!(
+        "UPDATE {} AS t SET deleted_at = now() WHERE t.id = $1 AND t.deleted_at IS NULL AND ",
         table.qualified
     );
-    let rows = if table.phi {
-        request::many(pool, caller, org, async |c: &Client, _| {
-            phi_gate(c, caller, table).await?;
-            Ok(c.query(&sql, &[&id]).await?)
-        })
-        .await?
-    } else {
-        request::one(pool, caller, org, &sql, &[&id]).await?.1
-    };
+    let sql = OneSql::with_condition(&head, " RETURNING t.id");
+    let rows = by_id(pool, caller, org, table, sql, id).await?;
     if rows.is_empty() {
         Err(ReqError::NotFound)
     } else {
@@ -696,21 +699,34 @@ pub async fn restore(
     fields: &Fields,
     id: Uuid,
 ) -> Result<Record, ReqError> {
-    let sql = format!(
-        "UPDATE {} AS t SET deleted_at = NULL WHERE t.id = $1 AND t.deleted_at IS NOT NULL \
-         RETURNING row_to_json(t)::text, {ETAG}",
+    let head = format!(
+        "UPDATE {} AS t SET deleted_at = NULL WHERE t.id = $1 AND t.deleted_at IS NOT NULL AND ",
         table.qualified
     );
-    let rows = if table.phi {
-        request::many(pool, caller, org, async |c: &Client, _| {
-            phi_gate(c, caller, table).await?;
-            Ok(c.query(&sql, &[&id]).await?)
-        })
-        .await?
-    } else {
-        request::one(pool, caller, org, &sql, &[&id]).await?.1
-    };
+    let tail = format!(" RETURNING row_to_json(t)::text, {ETAG}");
+    let sql = OneSql::with_condition(&head, &tail);
+    let rows = by_id(pool, caller, org, table, sql, id).await?;
     opened(fields, table, record(&rows)?)
+}
+
+/// A write of one row by id: one statement, or for a table with phi columns the MFA check and
+/// the statement in one transaction.
+async fn by_id(
+    pool: &Pool,
+    caller: &Caller,
+    org: &str,
+    table: &Table,
+    sql: OneSql<'_>,
+    id: Uuid,
+) -> Result<Vec<Row>, ReqError> {
+    if !table.phi {
+        return Ok(request::one(pool, caller, org, sql, &[&id]).await?.1);
+    }
+    request::many(pool, caller, org, async |c: &Client, _| {
+        phi_gate(c, caller, table).await?;
+        Ok(c.query(sql.plain().as_ref(), &[&id]).await?)
+    })
+    .await
 }
 
 #[cfg(test)]

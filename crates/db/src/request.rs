@@ -391,28 +391,139 @@ impl Opening {
     }
 }
 
-/// One statement in the caller's organization: BEGIN, context, statement, COMMIT in one round
-/// trip. Errors of the context come first (an unauthenticated caller is told so, not that the
+/// The SQL of a single-statement request, and where in it one more condition may stand.
+///
+/// A statement with such a place runs, when the request resumes from a ticket, as one
+/// autocommit statement that opens its own context: the condition is
+/// `(SELECT orgbase.resume_request(…)) IS NOT NULL`. It mentions no row, so PostgreSQL evaluates
+/// it once, as the one-time filter of a Result node above the statement's scan, before the scan
+/// starts and with it the policies' sub-selects that check the context (lazily evaluated
+/// InitPlans). Should a plan ever evaluate a policy first, the check finds no context and the
+/// statement fails (`orgbase_no_context`); it never runs without one. One statement instead of
+/// BEGIN, context, statement and COMMIT saves the server three responses and PostgreSQL three
+/// protocol cycles, each of which ends in a flush (docs/performance.md). Without a ticket, or
+/// without a place, the request pipelines BEGIN, `open_request`, the statement (with `true` in
+/// the place) and COMMIT.
+#[derive(Debug, Clone, Copy)]
+pub struct OneSql<'a> {
+    head: &'a str,
+    tail: Option<&'a str>,
+}
+
+impl<'a> OneSql<'a> {
+    /// `head`, a boolean condition, `tail`: `head` ends with `WHERE` or `AND`, or anything else
+    /// a condition may follow.
+    pub fn with_condition(head: &'a str, tail: &'a str) -> Self {
+        Self {
+            head,
+            tail: Some(tail),
+        }
+    }
+
+    /// The statement as it runs in a transaction whose context is already open: `true` in
+    /// the place of the condition.
+    pub fn plain(&self) -> std::borrow::Cow<'a, str> {
+        self.text("true")
+    }
+
+    /// The statement with `cond` in its place, or as it is.
+    fn text(&self, cond: &str) -> std::borrow::Cow<'a, str> {
+        match self.tail {
+            Some(tail) => format!("{}{cond}{tail}", self.head).into(),
+            None => self.head.into(),
+        }
+    }
+}
+
+impl<'a> From<&'a str> for OneSql<'a> {
+    fn from(sql: &'a str) -> Self {
+        Self {
+            head: sql,
+            tail: None,
+        }
+    }
+}
+
+impl<'a> From<&'a String> for OneSql<'a> {
+    fn from(sql: &'a String) -> Self {
+        sql.as_str().into()
+    }
+}
+
+/// One statement in the caller's organization, in one round trip: with a ticket and a place
+/// for the context (see [`OneSql`]) the statement alone, otherwise BEGIN, context, statement,
+/// COMMIT. Errors of the context come first (an unauthenticated caller is told so, not that the
 /// statement failed). With a ticket whose epoch has passed, the transaction changed nothing
 /// (the context failed first) and runs again with a full authentication.
-pub async fn one(
+pub async fn one<'a>(
     pool: &Pool,
     caller: &Caller,
     org_ref: &str,
-    sql: &str,
+    sql: impl Into<OneSql<'a>>,
     params: &[&(dyn ToSql + Sync)],
 ) -> Result<(Context, Vec<Row>), ReqError> {
+    let sql = sql.into();
     let opening = Opening::of(caller, org_ref);
-    if let Opening::Resume(_) = opening {
-        match one_with(pool, caller, org_ref, sql, params, &opening).await {
+    if let Opening::Resume(t) = &opening {
+        let outcome = if sql.tail.is_some() {
+            resumed_in_statement(pool, caller, org_ref, sql, params, t).await
+        } else {
+            one_with(pool, caller, org_ref, &sql.plain(), params, &opening).await
+        };
+        match outcome {
             Err(Retry::Stale) => tickets::forget(&caller.cred_hash, org_ref, caller.ip),
             Err(Retry::No(e)) => return Err(e),
             Ok(v) => return Ok(v),
         }
     }
-    one_with(pool, caller, org_ref, sql, params, &Opening::Open)
+    one_with(pool, caller, org_ref, &sql.plain(), params, &Opening::Open)
         .await
         .map_err(Retry::into_error)
+}
+
+/// The statement alone, its context opened by its own condition from ticket `t`.
+async fn resumed_in_statement(
+    pool: &Pool,
+    caller: &Caller,
+    org_ref: &str,
+    sql: OneSql<'_>,
+    params: &[&(dyn ToSql + Sync)],
+    t: &tickets::Ticket,
+) -> Result<(Context, Vec<Row>), Retry> {
+    let n = params.len();
+    let args: Vec<String> = (n + 1..=n + 11).map(|i| format!("${i}")).collect();
+    let text = sql.text(&format!(
+        "(SELECT orgbase.resume_request({})) IS NOT NULL",
+        args.join(", ")
+    ));
+    let cred: &[u8] = &caller.cred_hash;
+    let mut all: Vec<&(dyn ToSql + Sync)> = Vec::with_capacity(n + 11);
+    all.extend_from_slice(params);
+    all.extend_from_slice(&[
+        &cred,
+        &org_ref,
+        &caller.ip,
+        &caller.request_id,
+        &caller.user_agent,
+        &t.ctx.org_id,
+        &t.ctx.user_id,
+        &t.ctx.org_role,
+        &t.ctx.app_roles,
+        &t.key_id,
+        &t.ticket,
+    ]);
+    let mut conn = Conn::get(pool).await?;
+    let client = conn.client()?;
+    let stmt = client.prepare_cached(&text).await?;
+    let rows = client.query(&stmt, &all).await;
+    // An autocommit statement: the connection is idle again, whatever the outcome.
+    conn.clean = true;
+    let rows = match rows {
+        Err(e) if stale(&e) => return Err(Retry::Stale),
+        r => r?,
+    };
+    caller.saw(&t.ctx);
+    Ok((t.ctx.clone(), rows))
 }
 
 enum Retry {

@@ -412,11 +412,168 @@ async fn list_reads_keep_the_newest_first_index_on_large_organizations() {
             .collect();
         tx.rollback().await.unwrap();
         assert!(
-            plan.iter().any(|l| l.contains("Index Scan using notes_recent_idx")),
+            plan.iter()
+                .any(|l| l.contains("Index Scan using notes_recent_idx")),
             "{plan:#?}"
         );
         assert!(!plan.iter().any(|l| l.contains("Sort")), "{plan:#?}");
     }
+}
+
+/// A single-statement request that resumes from a ticket opens its context in the statement
+/// itself, as a condition that mentions no row (`request::OneSql`): PostgreSQL runs it as a
+/// one-time filter before the scan and the policies' checks. The context lives as long as that
+/// statement's transaction; a ticket that does not verify refuses the statement, and a forged
+/// setting beside the condition is refused by the checks.
+#[tokio::test]
+async fn a_statement_opens_its_own_context_and_keeps_it_to_itself() {
+    let f = fixture().await;
+    let admin = f.db.admin().await;
+    let client = runtime(&f).await;
+    let opened = client
+        .query_one(
+            "SELECT org_id, user_id, org_role, app_roles, ticket \
+             FROM orgbase.open_request($1, 'org-a')",
+            &[&f.a_editor],
+        )
+        .await
+        .unwrap();
+    let (org, user, role, roles, ticket): (Uuid, Uuid, String, String, String) = (
+        opened.get(0),
+        opened.get(1),
+        opened.get(2),
+        opened.get(3),
+        opened.get(4),
+    );
+    const GATE: &str = "(SELECT orgbase.resume_request($1, 'org-a', NULL, NULL, NULL, \
+                        $2, $3, $4, $5, NULL, $6)) IS NOT NULL";
+    let read = format!(
+        "SELECT title FROM orgbase.notes t WHERE t.deleted_at IS NULL AND {GATE} ORDER BY title"
+    );
+    let plan: Vec<String> = client
+        .query(
+            &format!("EXPLAIN {read}"),
+            &[&f.a_editor, &org, &user, &role, &roles, &ticket],
+        )
+        .await
+        .unwrap()
+        .iter()
+        .map(|r| r.get(0))
+        .collect();
+    assert!(
+        plan.iter().any(|l| l.contains("One-Time Filter")),
+        "{plan:#?}"
+    );
+    let titles: Vec<String> = client
+        .query(&read, &[&f.a_editor, &org, &user, &role, &roles, &ticket])
+        .await
+        .unwrap()
+        .iter()
+        .map(|r| r.get(0))
+        .collect();
+    assert_eq!(titles, ["a-member-own", "a1", "a2"]);
+    // The statement was its transaction: the next one has no context.
+    let e = client
+        .query("SELECT title FROM orgbase.notes", &[])
+        .await
+        .unwrap_err();
+    assert_eq!(db_error(&e).1, "orgbase_no_context", "{e:?}");
+    // Another user's id with this ticket: refused, nothing read.
+    let e = client
+        .query(
+            &read,
+            &[
+                &f.a_editor,
+                &org,
+                &f.users["a_admin"],
+                &role,
+                &roles,
+                &ticket,
+            ],
+        )
+        .await
+        .unwrap_err();
+    assert_eq!(db_error(&e).1, "orgbase_stale_ticket", "{e:?}");
+    // Another organization forged beside the condition. Before it, the context overwrites the
+    // forgery; after it, the checks refuse the statement. Org B's row is never read.
+    for (forged, refused) in [
+        (
+            format!(
+                "(SELECT set_config('orgbase.org_id', '{}', true)) IS NOT NULL AND {GATE}",
+                f.org_b
+            ),
+            false,
+        ),
+        (
+            format!(
+                "{GATE} AND (SELECT set_config('orgbase.org_id', '{}', true)) IS NOT NULL",
+                f.org_b
+            ),
+            true,
+        ),
+    ] {
+        let sql = format!("SELECT title FROM orgbase.notes t WHERE {forged} ORDER BY title");
+        match client
+            .query(&sql, &[&f.a_editor, &org, &user, &role, &roles, &ticket])
+            .await
+        {
+            Ok(rows) => {
+                assert!(!refused, "{forged}");
+                let t: Vec<String> = rows.iter().map(|r| r.get(0)).collect();
+                assert_eq!(t, ["a-member-own", "a1", "a2"]);
+            }
+            Err(e) => {
+                assert!(refused, "{forged}: {e:?}");
+                assert_eq!(db_error(&e).1, "orgbase_bad_context", "{e:?}");
+            }
+        }
+    }
+    // A write in one statement: checked by the insert policy, audited with its actor.
+    let id: Uuid = client
+        .query_one(
+            &format!(
+                "INSERT INTO orgbase.notes AS t (org_id, title, created_by, updated_by) \
+                 SELECT $2::uuid, 'one-statement', $3::uuid, $3::uuid WHERE {GATE} RETURNING t.id"
+            ),
+            &[&f.a_editor, &org, &user, &role, &roles, &ticket],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    let actor: Uuid = admin
+        .query_one(
+            "SELECT actor_user FROM orgbase.audit_log WHERE record_id = $1::uuid::text AND action = 'insert'",
+            &[&id],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(actor, user);
+    // Into another organization: refused by the insert policy, nothing written.
+    let e = client
+        .query_one(
+            &format!(
+                "INSERT INTO orgbase.notes AS t (org_id, title, created_by, updated_by) \
+                 SELECT $7::uuid, 'moved', $3::uuid, $3::uuid WHERE {GATE} RETURNING t.id"
+            ),
+            &[&f.a_editor, &org, &user, &role, &roles, &ticket, &f.org_b],
+        )
+        .await
+        .unwrap_err();
+    assert_eq!(
+        e.as_db_error().map(|d| d.code().clone()),
+        Some(tokio_postgres::error::SqlState::INSUFFICIENT_PRIVILEGE),
+        "{e:?}"
+    );
+    let n: i64 = admin
+        .query_one(
+            "SELECT count(*) FROM orgbase.notes WHERE title = 'moved'",
+            &[],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(n, 0);
 }
 
 /// The app level comes from `app=role` pairs matched on the whole app name.
