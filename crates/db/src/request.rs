@@ -1,6 +1,8 @@
-//! The request transaction: BEGIN, the tenant context (`orgbase.begin_request`, which
-//! authenticates the credential itself), the request's statements and COMMIT, pipelined on one
-//! connection so that a single-statement request costs one round trip.
+//! The request transaction: BEGIN, the tenant context (`orgbase.open_request`, which
+//! authenticates the credential itself, or `orgbase.resume_request` with a ticket from an
+//! earlier request), the request's statements and COMMIT, pipelined on one connection so that a
+//! single-statement request costs one round trip. A single statement that resumes from a ticket
+//! is sent alone and opens its context itself ([`OneSql`]).
 
 use std::net::IpAddr;
 
