@@ -318,6 +318,33 @@ fn stale(e: &tokio_postgres::Error) -> bool {
         .is_some_and(|d| d.hint() == Some("orgbase_stale_ticket"))
 }
 
+/// The first five arguments of `open_request` and `resume_request`: who asks, where, from where.
+fn request_args<'a>(
+    cred: &'a &'a [u8],
+    org_ref: &'a &'a str,
+    caller: &'a Caller,
+) -> [&'a (dyn ToSql + Sync); 5] {
+    [
+        cred,
+        org_ref,
+        &caller.ip,
+        &caller.request_id,
+        &caller.user_agent,
+    ]
+}
+
+/// The other six arguments of `resume_request`: the ticket and the context it names.
+fn ticket_args(t: &tickets::Ticket) -> [&(dyn ToSql + Sync); 6] {
+    [
+        &t.ctx.org_id,
+        &t.ctx.user_id,
+        &t.ctx.org_role,
+        &t.ctx.app_roles,
+        &t.key_id,
+        &t.ticket,
+    ]
+}
+
 /// How a request transaction establishes its context.
 enum Opening {
     /// Authenticate the credential (`open_request`) and keep the ticket it returns.
@@ -343,22 +370,9 @@ impl Opening {
         org_ref: &str,
     ) -> Result<Row, tokio_postgres::Error> {
         let cred: &[u8] = &caller.cred_hash;
-        let mut params: Vec<&(dyn ToSql + Sync)> = vec![
-            &cred,
-            &org_ref,
-            &caller.ip,
-            &caller.request_id,
-            &caller.user_agent,
-        ];
+        let mut params = request_args(&cred, &org_ref, caller).to_vec();
         if let Opening::Resume(t) = self {
-            params.extend_from_slice(&[
-                &t.ctx.org_id,
-                &t.ctx.user_id,
-                &t.ctx.org_role,
-                &t.ctx.app_roles,
-                &t.key_id,
-                &t.ticket,
-            ]);
+            params.extend_from_slice(&ticket_args(t));
         }
         client.query_one(stmt, &params).await
     }
@@ -501,19 +515,8 @@ async fn resumed_in_statement(
     let cred: &[u8] = &caller.cred_hash;
     let mut all: Vec<&(dyn ToSql + Sync)> = Vec::with_capacity(n + 11);
     all.extend_from_slice(params);
-    all.extend_from_slice(&[
-        &cred,
-        &org_ref,
-        &caller.ip,
-        &caller.request_id,
-        &caller.user_agent,
-        &t.ctx.org_id,
-        &t.ctx.user_id,
-        &t.ctx.org_role,
-        &t.ctx.app_roles,
-        &t.key_id,
-        &t.ticket,
-    ]);
+    all.extend_from_slice(&request_args(&cred, &org_ref, caller));
+    all.extend_from_slice(&ticket_args(t));
     let mut conn = Conn::get(pool).await?;
     let client = conn.client()?;
     let stmt = client.prepare_cached(&text).await?;

@@ -149,6 +149,20 @@ async fn titles(tx: &Transaction<'_>) -> Vec<String> {
     t
 }
 
+/// `open_request` in org A for credential hash `cred`: organization, user, org role, app roles
+/// and the ticket.
+async fn open_ticket(client: &Client, cred: &[u8]) -> (Uuid, Uuid, String, String, String) {
+    let r = client
+        .query_one(
+            "SELECT org_id, user_id, org_role, app_roles, ticket \
+             FROM orgbase.open_request($1, 'org-a')",
+            &[&cred],
+        )
+        .await
+        .unwrap();
+    (r.get(0), r.get(1), r.get(2), r.get(3), r.get(4))
+}
+
 fn db_error(e: &tokio_postgres::Error) -> (String, String) {
     let d = e
         .as_db_error()
@@ -430,21 +444,7 @@ async fn a_statement_opens_its_own_context_and_keeps_it_to_itself() {
     let f = fixture().await;
     let admin = f.db.admin().await;
     let client = runtime(&f).await;
-    let opened = client
-        .query_one(
-            "SELECT org_id, user_id, org_role, app_roles, ticket \
-             FROM orgbase.open_request($1, 'org-a')",
-            &[&f.a_editor],
-        )
-        .await
-        .unwrap();
-    let (org, user, role, roles, ticket): (Uuid, Uuid, String, String, String) = (
-        opened.get(0),
-        opened.get(1),
-        opened.get(2),
-        opened.get(3),
-        opened.get(4),
-    );
+    let (org, user, role, roles, ticket) = open_ticket(&client, &f.a_editor).await;
     const GATE: &str = "(SELECT orgbase.resume_request($1, 'org-a', NULL, NULL, NULL, \
                         $2, $3, $4, $5, NULL, $6)) IS NOT NULL";
     let read = format!(
@@ -872,21 +872,7 @@ async fn request_tickets_cannot_be_forged_moved_or_outlive_a_revocation() {
     let f = fixture().await;
     let admin = f.db.admin().await;
     let mut client = runtime(&f).await;
-    let opened = client
-        .query_one(
-            "SELECT org_id, user_id, org_role, app_roles, key_id, ticket \
-             FROM orgbase.open_request($1, 'org-a')",
-            &[&f.a_viewer],
-        )
-        .await
-        .unwrap();
-    let (org, user, role, roles, ticket): (Uuid, Uuid, String, String, String) = (
-        opened.get(0),
-        opened.get(1),
-        opened.get(2),
-        opened.get(3),
-        opened.get(5),
-    );
+    let (org, user, role, roles, ticket) = open_ticket(&client, &f.a_viewer).await;
     assert_eq!(roles, "notes=viewer");
     const RESUME: &str = "SELECT * FROM orgbase.resume_request($1, $2, NULL, NULL, NULL, \
                           $3, $4, $5, $6, NULL, $7)";
