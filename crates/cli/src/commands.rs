@@ -315,6 +315,7 @@ async fn serve(config: Config, _args: ServeArgs) -> anyhow::Result<ExitCode> {
     } else {
         None
     };
+    let access_drain = services.access_drain.clone();
     let app = orgbase_http::app(
         services,
         migrator.latest(),
@@ -353,6 +354,10 @@ async fn serve(config: Config, _args: ServeArgs) -> anyhow::Result<ExitCode> {
     orgbase_http::serve(listener, app, stop, config.server.shutdown_grace())
         .await
         .context("serving HTTP")?;
+    // The last requests' access-log lines are written before the pool closes.
+    if !access_drain.wait(std::time::Duration::from_secs(10)).await {
+        tracing::warn!("access log: lines still queued after 10 s were not written");
+    }
     if let Some(task) = backup_schedule {
         task.abort();
     }

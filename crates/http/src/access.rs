@@ -1,7 +1,8 @@
 //! The HTTP access log (SPEC R13): one row per request in `orgbase.access_log` (method, matched
 //! route, status, latency, actor, organization), written in batches by a background task so a
 //! request never waits for its log line. A full queue drops lines and counts them
-//! (`orgbase_access_log_dropped_total`) rather than slowing requests down.
+//! (`orgbase_access_log_dropped_total`) rather than slowing requests down. At shutdown the
+//! server waits for the writer ([`Drain`]) before it closes the pool.
 
 use std::net::IpAddr;
 use std::sync::{Arc, OnceLock};
@@ -43,12 +44,32 @@ pub struct AccessLog {
     metrics: Arc<Metrics>,
 }
 
+/// The access-log writer's task, for waiting until it has written what is queued: the server
+/// keeps a clone of [`crate::Services::access_drain`] and, once it has stopped serving, calls
+/// [`Drain::wait`] before it closes the pool, so lines of the last requests are not lost.
+#[derive(Debug, Clone, Default)]
+pub struct Drain(Arc<std::sync::Mutex<Option<tokio::task::JoinHandle<()>>>>);
+
+impl Drain {
+    /// Waits for the writer to finish, up to `limit`. The writer finishes once every
+    /// [`AccessLog`] is dropped, that is once the application and its connections are gone.
+    /// True when it finished (or none was started); false when `limit` passed first.
+    pub async fn wait(&self, limit: Duration) -> bool {
+        let task = self.0.lock().unwrap_or_else(|p| p.into_inner()).take();
+        let Some(task) = task else {
+            return true;
+        };
+        tokio::time::timeout(limit, task).await.is_ok()
+    }
+}
+
 impl AccessLog {
     /// Start the writer on the current runtime. It stops (after writing what is queued) when
-    /// every `AccessLog` is dropped.
-    pub fn start(pool: Pool, metrics: Arc<Metrics>) -> Self {
+    /// every `AccessLog` is dropped; `drain` waits for that.
+    pub fn start(pool: Pool, metrics: Arc<Metrics>, drain: &Drain) -> Self {
         let (tx, rx) = mpsc::channel(QUEUE);
-        tokio::spawn(writer(pool, rx, metrics.clone()));
+        let task = tokio::spawn(writer(pool, rx, metrics.clone()));
+        *drain.0.lock().unwrap_or_else(|p| p.into_inner()) = Some(task);
         Self { tx, metrics }
     }
 

@@ -51,6 +51,9 @@ pub struct Services {
     pub fields: orgbase_db::fields::Fields,
     /// Where export archives are written, and how long an erasure waits (GDPR requests).
     pub privacy: Privacy,
+    /// Waits for the access-log writer: keep a clone before [`app`] and call
+    /// [`access::Drain::wait`] after [`serve`] returns, before closing the pool.
+    pub access_drain: access::Drain,
 }
 
 /// GDPR request settings the API needs.
@@ -88,6 +91,7 @@ impl Services {
                 checkpoints: None,
                 fields: orgbase_db::fields::Fields::disabled(),
                 privacy: Privacy::default(),
+                access_drain: access::Drain::default(),
             });
         }
         let key = ServerKey::load(admin).await?;
@@ -104,6 +108,7 @@ impl Services {
             checkpoints: None,
             fields,
             privacy: Privacy::default(),
+            access_drain: access::Drain::default(),
         })
     }
 }
@@ -295,8 +300,13 @@ impl From<&Config> for HttpSettings {
 pub fn app(services: Services, latest_migration: i64, settings: &HttpSettings) -> Router {
     let (router, mut doc) = routes().split_for_parts();
     doc.info.version = orgbase_core::VERSION.to_string();
-    let access = (settings.access_log && services.key.is_some())
-        .then(|| access::AccessLog::start(services.pool.clone(), services.metrics.clone()));
+    let access = (settings.access_log && services.key.is_some()).then(|| {
+        access::AccessLog::start(
+            services.pool.clone(),
+            services.metrics.clone(),
+            &services.access_drain,
+        )
+    });
     let state = AppState {
         access,
         checkpoints: services.checkpoints.map(Arc::new),

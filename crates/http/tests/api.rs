@@ -280,3 +280,59 @@ async fn slow_handlers_time_out_as_problems() {
     let body: Value = r.json().await.unwrap();
     assert_eq!(body["type"], "urn:orgbase:problem:timeout");
 }
+
+/// The access-log lines of the last requests before a shutdown are written: the server stops
+/// serving, the application is dropped, and `Services::access_drain` waits for the writer,
+/// which would otherwise still be batching when the pool closes.
+#[tokio::test]
+async fn access_log_lines_of_the_last_requests_survive_a_shutdown() {
+    let db = TestDb::migrated().await;
+    let admin = db.admin().await;
+    let services = orgbase_http::Services::load(db.pool(), &admin)
+        .await
+        .unwrap();
+    let drain = services.access_drain.clone();
+    let router = app(
+        services,
+        orgbase_db::Migrator::embedded("t").latest(),
+        &settings(),
+    );
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let base = format!("http://{}", listener.local_addr().unwrap());
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let server = tokio::spawn(orgbase_http::serve(
+        listener,
+        router,
+        async move {
+            let _ = stopped.await;
+        },
+        Duration::from_secs(5),
+    ));
+    let http = reqwest::Client::new();
+    for _ in 0..3 {
+        let r = http
+            .get(format!("{base}/v1/no-such-route"))
+            .header("x-request-id", "last-before-shutdown")
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), StatusCode::NOT_FOUND);
+    }
+    drop(http);
+    stop.send(()).unwrap();
+    server.await.unwrap().unwrap();
+    assert!(
+        drain.wait(Duration::from_secs(10)).await,
+        "the writer did not finish"
+    );
+    // The pool may close now; the lines are in.
+    let n: i64 = admin
+        .query_one(
+            "SELECT count(*) FROM orgbase.access_log WHERE request_id = 'last-before-shutdown'",
+            &[],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(n, 3);
+}
