@@ -163,6 +163,20 @@ async fn open_ticket(client: &Client, cred: &[u8]) -> (Uuid, Uuid, String, Strin
     (r.get(0), r.get(1), r.get(2), r.get(3), r.get(4))
 }
 
+/// The lines of `EXPLAIN sql`.
+async fn explain(
+    c: &impl tokio_postgres::GenericClient,
+    sql: &str,
+    params: &[&(dyn tokio_postgres::types::ToSql + Sync)],
+) -> Vec<String> {
+    c.query(&format!("EXPLAIN {sql}"), params)
+        .await
+        .unwrap()
+        .iter()
+        .map(|r| r.get(0))
+        .collect()
+}
+
 fn db_error(e: &tokio_postgres::Error) -> (String, String) {
     let d = e
         .as_db_error()
@@ -338,13 +352,7 @@ async fn a_forgery_between_rescans_reveals_nothing() {
     // A member without a role in the app claims admin: another member's note stays hidden.
     let tx = as_user(&mut c, &f.a_member, "org-a").await;
     tx.batch_execute(ATTACK).await.unwrap();
-    let plan: Vec<String> = tx
-        .query(&format!("EXPLAIN {query}"), &[&a1, &"notes=admin"])
-        .await
-        .unwrap()
-        .iter()
-        .map(|r| r.get(0))
-        .collect();
+    let plan = explain(&tx, query, &[&a1, &"notes=admin"]).await;
     // The shape the attack needs: the check runs on the first (empty) rescan, the hint on the
     // second, after the forgery.
     assert!(plan[0].contains("Nested Loop"), "{plan:#?}");
@@ -413,17 +421,13 @@ async fn list_reads_keep_the_newest_first_index_on_large_organizations() {
     let mut c = runtime(&f).await;
     for who in [&f.a_editor, &f.a_member] {
         let tx = as_user(&mut c, who, "org-a").await;
-        let plan: Vec<String> = tx
-            .query(
-                "EXPLAIN SELECT row_to_json(t)::text, t.created_at::text, t.id FROM orgbase.notes t \
-                 WHERE t.deleted_at IS NULL ORDER BY t.created_at DESC, t.id DESC LIMIT 21",
-                &[],
-            )
-            .await
-            .unwrap()
-            .iter()
-            .map(|r| r.get(0))
-            .collect();
+        let plan = explain(
+            &tx,
+            "SELECT row_to_json(t)::text, t.created_at::text, t.id FROM orgbase.notes t \
+             WHERE t.deleted_at IS NULL ORDER BY t.created_at DESC, t.id DESC LIMIT 21",
+            &[],
+        )
+        .await;
         tx.rollback().await.unwrap();
         assert!(
             plan.iter()
@@ -450,16 +454,12 @@ async fn a_statement_opens_its_own_context_and_keeps_it_to_itself() {
     let read = format!(
         "SELECT title FROM orgbase.notes t WHERE t.deleted_at IS NULL AND {GATE} ORDER BY title"
     );
-    let plan: Vec<String> = client
-        .query(
-            &format!("EXPLAIN {read}"),
-            &[&f.a_editor, &org, &user, &role, &roles, &ticket],
-        )
-        .await
-        .unwrap()
-        .iter()
-        .map(|r| r.get(0))
-        .collect();
+    let plan = explain(
+        &**client,
+        &read,
+        &[&f.a_editor, &org, &user, &role, &roles, &ticket],
+    )
+    .await;
     assert!(
         plan.iter().any(|l| l.contains("One-Time Filter")),
         "{plan:#?}"
