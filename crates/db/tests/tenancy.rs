@@ -400,8 +400,8 @@ async fn a_forgery_between_rescans_reveals_nothing() {
 
 /// The newest-first list (R1) keeps its index when an organization holds thousands of rows.
 /// Migration 0012's select policy compared a CASE expression PostgreSQL could not estimate (1
-/// row in 200): at about 1,500 rows per organization the planner already chose a bitmap scan of the
-/// whole organization plus a sort, 40 times slower. The statement is the shape
+/// row in 200): at about 1,500 rows per organization the planner already chose a bitmap scan
+/// of the whole organization plus a sort, 40 times slower. The statement is the shape
 /// `records::list` sends, prepared and run as the runtime role in a request transaction.
 #[tokio::test]
 async fn list_reads_keep_the_newest_first_index_on_large_organizations() {
