@@ -74,6 +74,11 @@ pub struct Table {
     pub name: String,
     /// `"schema"."table"`, quoted.
     pub qualified: String,
+    /// `schema.table` as ciphertexts of its values are bound to it (`qualified` without
+    /// quotes, `crate::fields`), kept so that decrypting a value does not compute it again.
+    pub aad_name: String,
+    /// How reads select its rows, worked out on first use (`crate::records`).
+    pub(crate) shape: std::sync::OnceLock<crate::records::Shape>,
     pub app: String,
     pub columns: Vec<Column>,
     /// Holds a phi column: every read is recorded in orgbase.read_access_log.
@@ -161,11 +166,14 @@ impl Catalog {
             } else {
                 rel.clone()
             };
+            let qualified = format!("{}.{}", quote_ident(&schema), quote_ident(&rel));
             tables.insert(
                 name.clone(),
                 Arc::new(Table {
                     name,
-                    qualified: format!("{}.{}", quote_ident(&schema), quote_ident(&rel)),
+                    aad_name: qualified.replace('"', ""),
+                    shape: Default::default(),
+                    qualified,
                     app,
                     phi: columns.iter().any(|c| c.class == "phi"),
                     columns,

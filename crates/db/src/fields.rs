@@ -14,7 +14,7 @@ use std::borrow::Cow;
 use std::sync::Arc;
 
 use orgbase_keys::{
-    BlindIndex, CipherError, FieldAad, KeyError, KeyId, Keys, Reencrypted, is_ciphertext,
+    BlindIndex, CipherError, FieldAad, KeyError, KeyId, Keys, Opener, Reencrypted, is_ciphertext,
 };
 use serde_json::{Map, Value};
 use uuid::Uuid;
@@ -44,8 +44,8 @@ pub fn is_sealed(c: &Column) -> bool {
 }
 
 /// The table's name in ciphertext bindings: `schema.table`.
-fn aad_table(table: &Table) -> String {
-    table.qualified.replace('"', "")
+fn aad_table(table: &Table) -> &str {
+    &table.aad_name
 }
 
 /// Encrypts and decrypts the classified values of records.
@@ -145,7 +145,7 @@ impl Fields {
             };
             let place = FieldAad {
                 org,
-                table: &name,
+                table: name,
                 column: &c.name,
                 row: &row,
             };
@@ -186,6 +186,7 @@ impl Fields {
             )));
         };
         let name = aad_table(table);
+        let mut opener = None;
         for c in table.columns.iter().filter(|c| is_sealed(c)) {
             let Some(v) = row.get_mut(&c.name) else {
                 continue;
@@ -193,41 +194,49 @@ impl Fields {
             let Some(text) = v.as_str().filter(|s| is_ciphertext(s)) else {
                 continue;
             };
-            *v = self.open_value(table, &name, c, org, &id, text)?;
+            let Some(plain) = self.open_value(&mut opener, table, name, c, org, &id, text)? else {
+                *v = Value::Null;
+                continue;
+            };
+            *v = match c.kind {
+                Kind::Text => String::from_utf8(plain)
+                    .map(Value::String)
+                    .map_err(|_| not_utf8(table, c, &id))?,
+                _ => serde_json::from_slice(&plain).map_err(|e| {
+                    ReqError::Undecryptable(format!("{}.{} of row {id}: {e}", table.name, c.name))
+                })?,
+            };
         }
         Ok(())
     }
 
     /// One stored value of column `c` of row `id` decrypted (`name` is the table's
-    /// [`aad_table`]); a value whose key was destroyed (erasure) reads as null.
-    fn open_value(
-        &self,
+    /// [`aad_table`]); `None` for a value whose key was destroyed (erasure), which reads as
+    /// null. `opener` keeps the data key of the row's previous value.
+    #[allow(clippy::too_many_arguments)] // the place of the value, in parts the caller holds
+    fn open_value<'a>(
+        &'a self,
+        opener: &mut Option<Opener<'a>>,
         table: &Table,
         name: &str,
         c: &Column,
         org: Uuid,
         id: &str,
         text: &str,
-    ) -> Result<Value, ReqError> {
+    ) -> Result<Option<Vec<u8>>, ReqError> {
         let place = FieldAad {
             org,
             table: name,
             column: &c.name,
             row: id,
         };
-        match self.cipher()?.decrypt(text, &place) {
-            Ok(plain) => match c.kind {
-                Kind::Text => String::from_utf8(plain).map(Value::String).map_err(|_| {
-                    ReqError::Undecryptable(format!(
-                        "{}.{} of row {id}: not UTF-8",
-                        table.name, c.name
-                    ))
-                }),
-                _ => serde_json::from_slice(&plain).map_err(|e| {
-                    ReqError::Undecryptable(format!("{}.{} of row {id}: {e}", table.name, c.name))
-                }),
-            },
-            Err(e) if e.is_key_destroyed() => Ok(Value::Null),
+        let opener = match opener {
+            Some(o) => o,
+            None => opener.insert(self.cipher()?.opener()),
+        };
+        match opener.decrypt(text, &place) {
+            Ok(plain) => Ok(Some(plain)),
+            Err(e) if e.is_key_destroyed() => Ok(None),
             Err(CipherError::Key(e @ (KeyError::Io { .. } | KeyError::Random))) => {
                 Err(ReqError::Keys(e.to_string()))
             }
@@ -256,29 +265,38 @@ impl Fields {
                 table.name
             )));
         };
-        let mut out = String::with_capacity(
+        let mut out = Vec::with_capacity(
             json.len() + apart.iter().flatten().map(|v| v.len() + 16).sum::<usize>(),
         );
-        out.push_str(body);
+        out.extend_from_slice(body.as_bytes());
         let name = aad_table(table);
-        let id = id.to_string();
+        let mut id_buf = Uuid::encode_buffer();
+        let id: &str = id.hyphenated().encode_lower(&mut id_buf);
+        let mut opener = None;
         for (c, stored) in Self::apart(table).zip(apart) {
-            let value = match stored {
-                None => Value::Null,
-                Some(text) if is_ciphertext(text) => {
-                    self.open_value(table, &name, c, org, &id, text)?
-                }
-                Some(text) => Value::String((*text).to_string()),
-            };
             if out.len() > 1 {
-                out.push(',');
+                out.push(b',');
             }
-            out.push_str(&serde_json::to_string(&c.name).unwrap_or_default());
-            out.push(':');
-            out.push_str(&serde_json::to_string(&value).unwrap_or_default());
+            write_json_str(&mut out, &c.name);
+            out.push(b':');
+            match stored {
+                None => out.extend_from_slice(b"null"),
+                Some(text) if is_ciphertext(text) => {
+                    match self.open_value(&mut opener, table, name, c, org, id, text)? {
+                        Some(plain) => {
+                            let s =
+                                std::str::from_utf8(&plain).map_err(|_| not_utf8(table, c, id))?;
+                            write_json_str(&mut out, s);
+                        }
+                        None => out.extend_from_slice(b"null"),
+                    }
+                }
+                Some(text) => write_json_str(&mut out, text),
+            }
         }
-        out.push('}');
-        Ok(out)
+        out.push(b'}');
+        // Valid UTF-8: the row's JSON, and strings that were `str`s, escaped.
+        String::from_utf8(out).map_err(|e| ReqError::Undecryptable(e.to_string()))
     }
 
     /// The sealed text columns of `table`, which reads select apart from the row's JSON.
@@ -298,6 +316,16 @@ impl Fields {
         }
         Ok(())
     }
+}
+
+/// `s` as a JSON string, appended to `out`.
+fn write_json_str(out: &mut Vec<u8>, s: &str) {
+    // Writing to a Vec cannot fail, and a str always serializes.
+    let _ = serde_json::to_writer(&mut *out, s);
+}
+
+fn not_utf8(table: &Table, c: &Column, id: &str) -> ReqError {
+    ReqError::Undecryptable(format!("{}.{} of row {id}: not UTF-8", table.name, c.name))
 }
 
 /// Moves every value under an old key version to the current one (the rotation's background
@@ -324,7 +352,7 @@ pub async fn reencrypt(
         if cols.is_empty() {
             continue;
         }
-        let name = t.qualified.replace('"', "");
+        let name = aad_table(t);
         for col in cols {
             let q = quote_ident(col);
             let mut after: (Uuid, Uuid) = (Uuid::nil(), Uuid::nil());
@@ -359,7 +387,7 @@ pub async fn reencrypt(
                     let row = id.to_string();
                     let place = FieldAad {
                         org,
-                        table: &name,
+                        table: name,
                         column: col,
                         row: &row,
                     };

@@ -206,7 +206,8 @@ fn decode_cursor(s: &str) -> Option<(String, String, Uuid)> {
 /// with sealed text columns, those columns apart — `org_id`, `id` and their stored text after
 /// the statement's own columns — so that their ciphertext is neither escaped into the JSON by
 /// PostgreSQL nor parsed back out of it by the server ([`Fields::open_apart`]).
-struct Shape {
+#[derive(Debug, Clone)]
+pub(crate) struct Shape {
     /// The JSON expression, first in the select list.
     json: &'static str,
     /// After the table in FROM: the lateral row of the other columns, or nothing.
@@ -216,7 +217,12 @@ struct Shape {
 }
 
 impl Shape {
-    fn of(table: &Table) -> Shape {
+    /// The shape of `table`'s reads, worked out once per catalog load.
+    fn of(table: &Table) -> &Shape {
+        table.shape.get_or_init(|| Shape::new(table))
+    }
+
+    fn new(table: &Table) -> Shape {
         let apart: Vec<&str> = Fields::apart(table).map(|c| c.name.as_str()).collect();
         if apart.is_empty() {
             return Shape {

@@ -113,9 +113,22 @@ impl Services {
     }
 }
 
-/// Shared state of every handler.
+/// Shared state of every handler: one pointer, since axum clones it for every handler and
+/// middleware a request passes through.
 #[derive(Clone, Debug)]
-pub struct AppState {
+pub struct AppState(Arc<Shared>);
+
+impl std::ops::Deref for AppState {
+    type Target = Shared;
+
+    fn deref(&self) -> &Shared {
+        &self.0
+    }
+}
+
+/// What [`AppState`] holds.
+#[derive(Debug)]
+pub struct Shared {
     pub pool: Pool,
     key: Option<Arc<ServerKey>>,
     pub metrics: Arc<Metrics>,
@@ -307,7 +320,7 @@ pub fn app(services: Services, latest_migration: i64, settings: &HttpSettings) -
             &services.access_drain,
         )
     });
-    let state = AppState {
+    let state = AppState(Arc::new(Shared {
         access,
         checkpoints: services.checkpoints.map(Arc::new),
         fields: Arc::new(services.fields),
@@ -318,7 +331,7 @@ pub fn app(services: Services, latest_migration: i64, settings: &HttpSettings) -
         latest_migration,
         catalog: Arc::new(RwLock::new((Arc::new(services.catalog), None))),
         openapi: Arc::new(doc.to_json().unwrap_or_else(|_| "{}".into())),
-    };
+    }));
     router
         .route_layer(axum::middleware::from_fn(middleware::matched_route))
         .fallback(|| async { ApiError::NotFound })

@@ -47,7 +47,7 @@ pub use certificate::{
     CertificateError, DeletionCertificate, DestroyedKey, SignedCertificate, parse_public_key,
     verify_certificate,
 };
-pub use cipher::{CiphertextHeader, FieldAad, FieldCipher, Reencrypted, is_ciphertext};
+pub use cipher::{CiphertextHeader, FieldAad, FieldCipher, Opener, Reencrypted, is_ciphertext};
 pub use config::{KeyPaths, KeysConfig, KeysConfigError};
 pub use error::{CipherError, KeyError};
 pub use keyid::{KeyId, KeyIdParseError, KeyVersion, Scope};

@@ -160,6 +160,35 @@ fn every_flipped_byte_fails_and_body_flips_say_tampered() {
 }
 
 #[test]
+fn one_opener_switches_keys_and_names_each_failure() {
+    let dir = tempfile::tempdir().unwrap();
+    let c = cipher_at(dir.path());
+    let (o1, o2) = (Uuid::new_v4(), Uuid::new_v4());
+    let (a1, a2) = (aad(o1, "r1"), aad(o2, "r2"));
+    let ct1 = c.encrypt(b"first", &a1, KeyId::org(o1)).unwrap();
+    let ct2 = c.encrypt(b"second", &a2, KeyId::org(o2)).unwrap();
+    // Alternating keys: the kept key of the last value must not open the next one.
+    let mut opener = c.opener();
+    for _ in 0..2 {
+        assert_eq!(opener.decrypt(&ct1, &a1).unwrap(), b"first");
+        assert_eq!(opener.decrypt(&ct2, &a2).unwrap(), b"second");
+    }
+    // With a key kept, a moved value and an altered one still say which they are.
+    assert!(matches!(
+        opener.decrypt(&ct2, &aad(o2, "elsewhere")),
+        Err(CipherError::ContextMismatch)
+    ));
+    let mut raw = B64URL.decode(&ct2["enc:v1:".len()..]).unwrap();
+    raw[cipher::HEADER_LEN] ^= 1;
+    let altered = format!("enc:v1:{}", B64URL.encode(&raw));
+    assert!(matches!(
+        opener.decrypt(&altered, &a2),
+        Err(CipherError::Tampered)
+    ));
+    assert_eq!(opener.decrypt(&ct2, &a2).unwrap(), b"second");
+}
+
+#[test]
 fn malformed_ciphertexts_are_named() {
     let dir = tempfile::tempdir().unwrap();
     let c = cipher_at(dir.path());
