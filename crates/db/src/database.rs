@@ -168,8 +168,11 @@ impl Target {
     ) -> Result<Self, DbError> {
         let timeout = config.database.connect_timeout();
         admin.connect_timeout(timeout);
+        // Request connections run in UTC whatever the server's default, as the embedded
+        // cluster does: the API's timestamps read the same on every server, and the server
+        // renders rows' JSON itself on that assumption (`crate::json`).
         runtime.connect_timeout(timeout).options(format!(
-            "-c statement_timeout={} -c idle_in_transaction_session_timeout=60000",
+            "-c statement_timeout={} -c idle_in_transaction_session_timeout=60000 -c TimeZone=UTC",
             config.database.statement_timeout_ms
         ));
         let create_database =

@@ -269,6 +269,23 @@ impl Fields {
             json.len() + apart.iter().flatten().map(|v| v.len() + 16).sum::<usize>(),
         );
         out.extend_from_slice(body.as_bytes());
+        self.write_apart(table, &mut out, org, id, apart)?;
+        out.push(b'}');
+        // Valid UTF-8: the row's JSON, and strings that were `str`s, escaped.
+        String::from_utf8(out).map_err(|e| ReqError::Undecryptable(e.to_string()))
+    }
+
+    /// Appends the sealed text columns of row `id` of `org`, as stored (`apart`, in
+    /// [`Fields::apart`] order), decrypted, as members `,"col":"value"` to the unfinished JSON
+    /// object `out` (which holds at least its `{`).
+    pub fn write_apart(
+        &self,
+        table: &Table,
+        out: &mut Vec<u8>,
+        org: Uuid,
+        id: Uuid,
+        apart: &[Option<&str>],
+    ) -> Result<(), ReqError> {
         let name = aad_table(table);
         let mut id_buf = Uuid::encode_buffer();
         let id: &str = id.hyphenated().encode_lower(&mut id_buf);
@@ -277,7 +294,7 @@ impl Fields {
             if out.len() > 1 {
                 out.push(b',');
             }
-            write_json_str(&mut out, &c.name);
+            write_json_str(out, &c.name);
             out.push(b':');
             match stored {
                 None => out.extend_from_slice(b"null"),
@@ -286,17 +303,15 @@ impl Fields {
                         Some(plain) => {
                             let s =
                                 std::str::from_utf8(&plain).map_err(|_| not_utf8(table, c, id))?;
-                            write_json_str(&mut out, s);
+                            write_json_str(out, s);
                         }
                         None => out.extend_from_slice(b"null"),
                     }
                 }
-                Some(text) => write_json_str(&mut out, text),
+                Some(text) => write_json_str(out, text),
             }
         }
-        out.push(b'}');
-        // Valid UTF-8: the row's JSON, and strings that were `str`s, escaped.
-        String::from_utf8(out).map_err(|e| ReqError::Undecryptable(e.to_string()))
+        Ok(())
     }
 
     /// The sealed text columns of `table`, which reads select apart from the row's JSON.

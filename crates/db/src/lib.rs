@@ -10,6 +10,7 @@ pub mod cluster;
 pub mod database;
 pub mod fields;
 pub mod gdpr;
+pub mod json;
 pub mod migrate;
 pub mod records;
 pub mod request;

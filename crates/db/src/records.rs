@@ -11,7 +11,7 @@ use tokio_postgres::types::ToSql;
 use tokio_postgres::{Client, Row};
 use uuid::Uuid;
 
-use crate::catalog::{Kind, Table, quote_ident};
+use crate::catalog::{Column, Kind, Table, quote_ident};
 use crate::fields::{Fields, is_sealed};
 use crate::request::{self, Caller, Context, OneSql, ReqError};
 
@@ -202,15 +202,19 @@ fn decode_cursor(s: &str) -> Option<(String, String, Uuid)> {
     Some((sort, value, id))
 }
 
-/// How a read selects its rows: the row as JSON (PostgreSQL's `row_to_json`) and, for a table
-/// with sealed text columns, those columns apart — `org_id`, `id` and their stored text after
-/// the statement's own columns — so that their ciphertext is neither escaped into the JSON by
-/// PostgreSQL nor parsed back out of it by the server ([`Fields::open_apart`]).
+/// How a read selects its rows. The row's JSON comes first in the select list: the columns
+/// themselves, which the server renders as `row_to_json` would ([`crate::json`]), or, for a
+/// table with a column of a type the server does not render, `row_to_json` of the row. For a
+/// table with sealed text columns, those columns come apart — `org_id`, `id` and their stored
+/// text after the statement's own columns — so that their ciphertext is neither escaped into the
+/// JSON by PostgreSQL nor parsed back out of it by the server ([`Fields::write_apart`]).
 #[derive(Debug, Clone)]
 pub(crate) struct Shape {
-    /// The JSON expression, first in the select list.
-    json: &'static str,
-    /// After the table in FROM: the lateral row of the other columns, or nothing.
+    /// The select list's first columns.
+    json: String,
+    /// When the server renders the JSON: the key (`"name":`) of each of those columns.
+    keys: Option<Vec<String>>,
+    /// After the table in FROM: the lateral row of `row_to_json`, or nothing.
     lateral: String,
     /// Appended to the select list: `, t.org_id, t.id, t."col"::text, …`, or nothing.
     tail: String,
@@ -224,30 +228,64 @@ impl Shape {
 
     fn new(table: &Table) -> Shape {
         let apart: Vec<&str> = Fields::apart(table).map(|c| c.name.as_str()).collect();
-        if apart.is_empty() {
-            return Shape {
-                json: "row_to_json(t)::text",
-                lateral: String::new(),
-                tail: String::new(),
-            };
-        }
-        let others: Vec<String> = table
+        let others: Vec<&Column> = table
             .columns
             .iter()
             .filter(|c| !apart.contains(&c.name.as_str()))
-            .map(|c| format!("t.{}", quote_ident(&c.name)))
             .collect();
-        let tail: String = apart
+        let tail = if apart.is_empty() {
+            String::new()
+        } else {
+            let cols: String = apart
+                .iter()
+                .map(|c| format!(", t.{}::text", quote_ident(c)))
+                .collect();
+            format!(", t.org_id, t.id{cols}")
+        };
+        let selected = || -> Vec<String> {
+            others
+                .iter()
+                .map(|c| format!("t.{}", quote_ident(&c.name)))
+                .collect()
+        };
+        // Sealed values other than text (JSON) stay in the row, where `Fields::open` finds them.
+        if others
             .iter()
-            .map(|c| format!(", t.{}::text", quote_ident(c)))
-            .collect();
+            .all(|c| crate::json::renders(&c.sql_type) && !is_sealed(c))
+        {
+            return Shape {
+                json: selected().join(", "),
+                keys: Some(
+                    others
+                        .iter()
+                        .map(|c| format!("{}:", Value::String(c.name.clone())))
+                        .collect(),
+                ),
+                lateral: String::new(),
+                tail,
+            };
+        }
+        if apart.is_empty() {
+            return Shape {
+                json: "row_to_json(t)::text".into(),
+                keys: None,
+                lateral: String::new(),
+                tail,
+            };
+        }
         Shape {
+            json: "row_to_json(x)::text".into(),
+            keys: None,
             // A lateral sub-select without FROM is flattened by the planner into a row of
             // `t`'s columns that keeps their names.
-            json: "row_to_json(x)::text",
-            lateral: format!(", LATERAL (SELECT {}) x", others.join(", ")),
-            tail: format!(", t.org_id, t.id{tail}"),
+            lateral: format!(", LATERAL (SELECT {}) x", selected().join(", ")),
+            tail,
         }
+    }
+
+    /// How many select-list columns the row's JSON takes.
+    fn width(&self) -> usize {
+        self.keys.as_ref().map_or(1, Vec::len)
     }
 
     /// Row `r` as the API's JSON, decrypted; `at` is the index of the first tail column.
@@ -258,12 +296,29 @@ impl Shape {
         r: &Row,
         at: usize,
     ) -> Result<String, ReqError> {
-        let json: &str = r.get(0);
-        if self.tail.is_empty() {
-            return Ok(fields.open(table, json)?.into_owned());
+        let apart = || -> Vec<Option<&str>> { (at + 2..r.len()).map(|i| r.get(i)).collect() };
+        let Some(keys) = &self.keys else {
+            let json: &str = r.get(0);
+            if self.tail.is_empty() {
+                return Ok(fields.open(table, json)?.into_owned());
+            }
+            return fields.open_apart(table, json, r.get(at), r.get(at + 1), &apart());
+        };
+        let mut out = Vec::with_capacity(1024);
+        out.push(b'{');
+        for (i, key) in keys.iter().enumerate() {
+            if i > 0 {
+                out.push(b',');
+            }
+            out.extend_from_slice(key.as_bytes());
+            crate::json::write_column(&mut out, r, i)?;
         }
-        let apart: Vec<Option<&str>> = (at + 2..r.len()).map(|i| r.get(i)).collect();
-        fields.open_apart(table, json, r.get(at), r.get(at + 1), &apart)
+        if !self.tail.is_empty() {
+            fields.write_apart(table, &mut out, r.get(at), r.get(at + 1), &apart())?;
+        }
+        out.push(b'}');
+        // Valid UTF-8: keys and values written from `str`s.
+        String::from_utf8(out).map_err(|e| ReqError::Undecryptable(e.to_string()))
     }
 }
 
@@ -313,6 +368,8 @@ pub async fn list(
     // every request (a tenth of R1's database time). It is a validated integer (1..=200).
     let dir = if q.descending { "DESC" } else { "ASC" };
     let shape = Shape::of(table);
+    // Columns: the row's JSON (`w` of them), the sort value as text, the id, the tail.
+    let w = shape.width();
     let head = format!(
         "SELECT {}, t.{sort_col}::text, t.id{} FROM {} t{} WHERE {} AND ",
         shape.json,
@@ -335,24 +392,27 @@ pub async fn list(
         |rows| {
             rows.iter()
                 .take(q.limit as usize)
-                .map(|r| r.get::<_, Uuid>(2))
+                .map(|r| r.get::<_, Uuid>(w + 1))
                 .collect()
         },
     )
     .await?;
     let more = rows.len() as i64 > q.limit;
+    let page = &rows[..rows.len().min(q.limit as usize)];
     let mut items = String::from("[");
-    let mut last = None;
-    for (i, r) in rows.iter().take(q.limit as usize).enumerate() {
+    for (i, r) in page.iter().enumerate() {
         if i > 0 {
             items.push(',');
         }
-        items.push_str(&shape.render(fields, table, r, 3)?);
-        last = Some((r.get::<_, String>(1), r.get::<_, Uuid>(2)));
+        items.push_str(&shape.render(fields, table, r, w + 2)?);
     }
     items.push(']');
-    let next_cursor = match (more, last) {
-        (true, Some((v, id))) => Some(encode_cursor(&q.sort, &v, id)),
+    let next_cursor = match (more, page.last()) {
+        (true, Some(r)) => Some(encode_cursor(
+            &q.sort,
+            r.get::<_, &str>(w),
+            r.get::<_, Uuid>(w + 1),
+        )),
         _ => None,
     };
     Ok(Page { items, next_cursor })
@@ -407,9 +467,11 @@ pub async fn get(
     let sql = OneSql::with_condition(&head, "");
     let rows = read(pool, caller, org, table, sql, &[&id], |_| vec![id]).await?;
     let r = rows.first().ok_or(ReqError::NotFound)?;
+    // Columns: the row's JSON (`width` of them), the version, the tail.
+    let w = shape.width();
     Ok(Record {
-        json: shape.render(fields, table, r, 2)?,
-        etag: r.get(1),
+        json: shape.render(fields, table, r, w + 1)?,
+        etag: r.get(w),
     })
 }
 

@@ -174,6 +174,9 @@ pub enum ReqError {
     /// version that is gone.
     #[error("a stored value cannot be decrypted: {0}")]
     Undecryptable(String),
+    /// A row could not be rendered as JSON by the server (`crate::json`).
+    #[error("a row cannot be rendered as JSON: {0}")]
+    Render(#[from] crate::json::RenderError),
 }
 
 impl From<tokio_postgres::Error> for ReqError {

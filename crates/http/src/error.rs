@@ -296,6 +296,7 @@ impl From<orgbase_db::ReqError> for ApiError {
             R::PhiNeedsMfa => ApiError::PhiNeedsMfa,
             R::Keys(m) => ApiError::Unavailable(m),
             R::Undecryptable(m) => ApiError::Undecryptable(m),
+            R::Render(e) => ApiError::internal(e),
         }
     }
 }

@@ -1754,3 +1754,86 @@ async fn a_write_prepared_from_a_stale_context_is_refused() {
     assert_eq!(notes_titled("after-removal").await, 0);
     assert_eq!(notes_titled("hinted").await, 1);
 }
+
+/// Reads render rows in the server (`orgbase_db::json`) when every column has a type it
+/// renders, and with `row_to_json` otherwise; writes answer with `row_to_json`. A record must
+/// read back exactly as its write answered it, on both paths: every built-in table, and a
+/// product table with a `numeric` column (the `row_to_json` path), with edge values.
+#[tokio::test]
+async fn reads_answer_exactly_what_writes_answered() {
+    let w = world().await;
+    let api = &w.api;
+    let t = &w.a_owner.1;
+    let admin = w.db.admin().await;
+    admin
+        .batch_execute(
+            "SET ROLE orgbase_owner;
+             CREATE TABLE orgbase.readings (label text NOT NULL, value numeric, at timestamptz,
+                                            flags text[]);
+             SELECT orgbase.make_tenant_table('orgbase.readings', 'notes');
+             RESET ROLE;",
+        )
+        .await
+        .unwrap();
+    tokio::time::sleep(Duration::from_millis(1100)).await; // catalog reload interval
+    let project = api
+        .ok(
+            Method::POST,
+            "/v1/orgs/org-a/projects",
+            t,
+            Some(json!({"name": "P \"q\" \\ é", "settings": {"b": [1, 2.50], "a": null}})),
+        )
+        .await;
+    let pid = project["id"].as_str().unwrap().to_string();
+    let note = api
+        .ok(
+            Method::POST,
+            "/v1/orgs/org-a/notes",
+            t,
+            Some(json!({"title": "line\nbreak\t\u{1}", "body": "", "tags": ["x", "", "ü"]})),
+        )
+        .await;
+    let task = json!({"title": "T", "project_id": pid, "due_date": "0044-03-15",
+                      "metadata": {"k": "v\"w"}, "priority": "high"});
+    let reading = json!({"label": "r", "value": 1.50, "at": "2026-12-05T07:49:39.7+00:00",
+                         "flags": ["a", "b"]});
+    let mut cases = vec![("notes", note), ("projects", project)];
+    for (table, body) in [("tasks", task), ("readings", reading)] {
+        let created = api
+            .ok(
+                Method::POST,
+                &format!("/v1/orgs/org-a/{table}"),
+                t,
+                Some(body),
+            )
+            .await;
+        cases.push((table, created));
+    }
+    for (table, created) in cases {
+        let id = created["id"].as_str().unwrap();
+        let got = api
+            .ok(
+                Method::GET,
+                &format!("/v1/orgs/org-a/{table}/{id}"),
+                t,
+                None,
+            )
+            .await;
+        assert_eq!(got, created, "{table}: read by id");
+        let page = api
+            .ok(
+                Method::GET,
+                &format!("/v1/orgs/org-a/{table}?limit=200"),
+                t,
+                None,
+            )
+            .await;
+        let listed = page["items"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|r| r["id"] == id)
+            .unwrap_or_else(|| panic!("{table}: {id} not listed"));
+        assert_eq!(listed, &created, "{table}: listed");
+    }
+}
