@@ -196,6 +196,18 @@ fn encode_cursor(sort: &str, value: &str, id: Uuid) -> String {
     URL_SAFE_NO_PAD.encode(v.to_string())
 }
 
+/// The text of column `i` of `r` for a cursor, from its JSON (`Shape::cursor_column`): a JSON
+/// string's contents, or a number or boolean as written.
+fn cursor_value(r: &Row, i: usize) -> Result<String, ReqError> {
+    let mut out = Vec::new();
+    crate::json::write_column(&mut out, r, i)?;
+    Ok(match serde_json::from_slice(&out) {
+        Ok(Value::String(s)) => s,
+        Ok(v) => v.to_string(),
+        Err(e) => return Err(ReqError::Undecryptable(e.to_string())),
+    })
+}
+
 fn decode_cursor(s: &str) -> Option<(String, String, Uuid)> {
     let raw = URL_SAFE_NO_PAD.decode(s).ok()?;
     let (sort, value, id): (String, String, Uuid) = serde_json::from_slice(&raw).ok()?;
@@ -212,8 +224,9 @@ fn decode_cursor(s: &str) -> Option<(String, String, Uuid)> {
 pub(crate) struct Shape {
     /// The select list's first columns.
     json: String,
-    /// When the server renders the JSON: the key (`"name":`) of each of those columns.
-    keys: Option<Vec<String>>,
+    /// When the server renders the JSON: the name and the key (`"name":`) of each of those
+    /// columns.
+    keys: Option<Vec<(String, String)>>,
     /// After the table in FROM: the lateral row of `row_to_json`, or nothing.
     lateral: String,
     /// Appended to the select list: `, t.org_id, t.id, t."col"::text, …`, or nothing.
@@ -258,7 +271,10 @@ impl Shape {
                 keys: Some(
                     others
                         .iter()
-                        .map(|c| format!("{}:", Value::String(c.name.clone())))
+                        .map(|c| {
+                            let key = format!("{}:", Value::String(c.name.clone()));
+                            (c.name.clone(), key)
+                        })
                         .collect(),
                 ),
                 lateral: String::new(),
@@ -288,6 +304,18 @@ impl Shape {
         self.keys.as_ref().map_or(1, Vec::len)
     }
 
+    /// Where column `c` is among the JSON's columns, when the server renders them and a
+    /// cursor can take the value from them: for a type whose JSON text PostgreSQL reads back
+    /// as the same value (`$n::text::type`).
+    fn cursor_column(&self, c: &Column) -> Option<usize> {
+        let exact = matches!(
+            c.kind,
+            Kind::Timestamp | Kind::Date | Kind::Uuid | Kind::Text | Kind::Integer | Kind::Boolean
+        );
+        let keys = self.keys.as_ref().filter(|_| exact)?;
+        keys.iter().position(|(name, _)| *name == c.name)
+    }
+
     /// Row `r` as the API's JSON, decrypted; `at` is the index of the first tail column.
     fn render(
         &self,
@@ -306,7 +334,7 @@ impl Shape {
         };
         let mut out = Vec::with_capacity(1024);
         out.push(b'{');
-        for (i, key) in keys.iter().enumerate() {
+        for (i, (_, key)) in keys.iter().enumerate() {
             if i > 0 {
                 out.push(b',');
             }
@@ -368,10 +396,16 @@ pub async fn list(
     // every request (a tenth of R1's database time). It is a validated integer (1..=200).
     let dir = if q.descending { "DESC" } else { "ASC" };
     let shape = Shape::of(table);
-    // Columns: the row's JSON (`w` of them), the sort value as text, the id, the tail.
+    // Columns: the row's JSON (`w` of them), the id, the sort value as text unless the JSON's
+    // columns hold it (`from_json`), the tail from `at`.
     let w = shape.width();
+    let from_json = shape.cursor_column(sort);
+    let (sort_text, at) = match from_json {
+        Some(_) => (String::new(), w + 1),
+        None => (format!(", t.{sort_col}::text"), w + 2),
+    };
     let head = format!(
-        "SELECT {}, t.{sort_col}::text, t.id{} FROM {} t{} WHERE {} AND ",
+        "SELECT {}, t.id{sort_text}{} FROM {} t{} WHERE {} AND ",
         shape.json,
         shape.tail,
         table.qualified,
@@ -392,7 +426,7 @@ pub async fn list(
         |rows| {
             rows.iter()
                 .take(q.limit as usize)
-                .map(|r| r.get::<_, Uuid>(w + 1))
+                .map(|r| r.get::<_, Uuid>(w))
                 .collect()
         },
     )
@@ -404,15 +438,17 @@ pub async fn list(
         if i > 0 {
             items.push(',');
         }
-        items.push_str(&shape.render(fields, table, r, w + 2)?);
+        items.push_str(&shape.render(fields, table, r, at)?);
     }
     items.push(']');
     let next_cursor = match (more, page.last()) {
-        (true, Some(r)) => Some(encode_cursor(
-            &q.sort,
-            r.get::<_, &str>(w),
-            r.get::<_, Uuid>(w + 1),
-        )),
+        (true, Some(r)) => {
+            let value = match from_json {
+                Some(i) => cursor_value(r, i)?,
+                None => r.get(w + 1),
+            };
+            Some(encode_cursor(&q.sort, &value, r.get::<_, Uuid>(w)))
+        }
         _ => None,
     };
     Ok(Page { items, next_cursor })

@@ -1836,4 +1836,30 @@ async fn reads_answer_exactly_what_writes_answered() {
             .unwrap_or_else(|| panic!("{table}: {id} not listed"));
         assert_eq!(listed, &created, "{table}: listed");
     }
+    // Cursors of the row_to_json path carry the sort value as PostgreSQL's text; those of the
+    // server's rendering (notes, `pages_filters_versions_and_soft_delete`) as its JSON.
+    api.ok(
+        Method::POST,
+        "/v1/orgs/org-a/readings",
+        t,
+        Some(json!({"label": "s", "value": -2})),
+    )
+    .await;
+    let mut labels = Vec::new();
+    let mut path = "/v1/orgs/org-a/readings?limit=1".to_string();
+    loop {
+        let page = api.ok(Method::GET, &path, t, None).await;
+        labels.extend(
+            page["items"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|r| r["label"].clone()),
+        );
+        match page["next_cursor"].as_str() {
+            Some(c) => path = format!("/v1/orgs/org-a/readings?limit=1&cursor={c}"),
+            None => break,
+        }
+    }
+    assert_eq!(labels, ["s", "r"]);
 }
