@@ -179,7 +179,26 @@ fn j2date(jd: i64) -> (i64, i64, i64) {
 /// `YYYY-MM-DD`, the year at least four digits, a BC year as its absolute number.
 fn write_date(out: &mut Vec<u8>, y: i64, m: i64, d: i64) {
     let year = if y > 0 { y } else { 1 - y };
-    let _ = write!(out, "{year:04}-{m:02}-{d:02}");
+    if year < 10_000 {
+        write_digits(out, year, 4);
+    } else {
+        write_int(out, year);
+    }
+    out.push(b'-');
+    write_digits(out, m, 2);
+    out.push(b'-');
+    write_digits(out, d, 2);
+}
+
+/// `v` (0 ≤ v < 10^width) in exactly `width` digits. By hand: `write!` was most of the
+/// cost of a timestamp.
+fn write_digits(out: &mut Vec<u8>, mut v: i64, width: usize) {
+    let at = out.len();
+    out.resize(at + width, b'0');
+    for slot in out[at..].iter_mut().rev() {
+        *slot = b'0' + (v % 10) as u8;
+        v /= 10;
+    }
 }
 
 /// A timestamp (microseconds since 2000-01-01, UTC for `timestamptz`) as `row_to_json` writes
@@ -195,15 +214,15 @@ fn write_timestamp(out: &mut Vec<u8>, us: i64, zone: bool) {
             write_date(out, y, m, d);
             let secs = time / 1_000_000;
             let frac = time % 1_000_000;
-            let _ = write!(
-                out,
-                "T{:02}:{:02}:{:02}",
-                secs / 3600,
-                secs / 60 % 60,
-                secs % 60
-            );
+            out.push(b'T');
+            write_digits(out, secs / 3600, 2);
+            out.push(b':');
+            write_digits(out, secs / 60 % 60, 2);
+            out.push(b':');
+            write_digits(out, secs % 60, 2);
             if frac != 0 {
-                let _ = write!(out, ".{frac:06}");
+                out.push(b'.');
+                write_digits(out, frac, 6);
                 while out.last() == Some(&b'0') {
                     out.pop();
                 }

@@ -216,10 +216,11 @@ fn decode_cursor(s: &str) -> Option<(String, String, Uuid)> {
 
 /// How a read selects its rows. The row's JSON comes first in the select list: the columns
 /// themselves, which the server renders as `row_to_json` would ([`crate::json`]), or, for a
-/// table with a column of a type the server does not render, `row_to_json` of the row. For a
-/// table with sealed text columns, those columns come apart — `org_id`, `id` and their stored
-/// text after the statement's own columns — so that their ciphertext is neither escaped into the
-/// JSON by PostgreSQL nor parsed back out of it by the server ([`Fields::write_apart`]).
+/// table with a column of a type the server does not render, `row_to_json` of the row followed
+/// by `org_id` and `id`. For a table with sealed text columns, those columns come apart, as
+/// stored text after the statement's own columns, so that their ciphertext is neither escaped
+/// into the JSON by PostgreSQL nor parsed back out of it by the server
+/// ([`Fields::write_apart`]).
 #[derive(Debug, Clone)]
 pub(crate) struct Shape {
     /// The select list's first columns.
@@ -227,10 +228,13 @@ pub(crate) struct Shape {
     /// When the server renders the JSON: the name and the key (`"name":`) of each of those
     /// columns.
     keys: Option<Vec<(String, String)>>,
+    /// Where `org_id` and `id` are among the first columns.
+    org_at: usize,
+    id_at: usize,
     /// After the table in FROM: the lateral row of `row_to_json`, or nothing.
     lateral: String,
-    /// Appended to the select list: `, t.org_id, t.id, t."col"::text, …`, or nothing.
-    tail: String,
+    /// The sealed text columns, for the end of the select list: `, t."col"::text, …`.
+    apart: String,
 }
 
 impl Shape {
@@ -246,25 +250,22 @@ impl Shape {
             .iter()
             .filter(|c| !apart.contains(&c.name.as_str()))
             .collect();
-        let tail = if apart.is_empty() {
-            String::new()
-        } else {
-            let cols: String = apart
-                .iter()
-                .map(|c| format!(", t.{}::text", quote_ident(c)))
-                .collect();
-            format!(", t.org_id, t.id{cols}")
-        };
+        let apart_sql: String = apart
+            .iter()
+            .map(|c| format!(", t.{}::text", quote_ident(c)))
+            .collect();
         let selected = || -> Vec<String> {
             others
                 .iter()
                 .map(|c| format!("t.{}", quote_ident(&c.name)))
                 .collect()
         };
+        let at = |name: &str| others.iter().position(|c| c.name == name);
         // Sealed values other than text (JSON) stay in the row, where `Fields::open` finds them.
-        if others
-            .iter()
-            .all(|c| crate::json::renders(&c.sql_type) && !is_sealed(c))
+        if let (Some(org_at), Some(id_at)) = (at("org_id"), at("id"))
+            && others
+                .iter()
+                .all(|c| crate::json::renders(&c.sql_type) && !is_sealed(c))
         {
             return Shape {
                 json: selected().join(", "),
@@ -277,31 +278,40 @@ impl Shape {
                         })
                         .collect(),
                 ),
+                org_at,
+                id_at,
                 lateral: String::new(),
-                tail,
+                apart: apart_sql,
             };
         }
-        if apart.is_empty() {
-            return Shape {
-                json: "row_to_json(t)::text".into(),
-                keys: None,
-                lateral: String::new(),
-                tail,
-            };
-        }
-        Shape {
-            json: "row_to_json(x)::text".into(),
-            keys: None,
+        let (json, lateral) = if apart.is_empty() {
+            ("row_to_json(t)::text", String::new())
+        } else {
             // A lateral sub-select without FROM is flattened by the planner into a row of
             // `t`'s columns that keeps their names.
-            lateral: format!(", LATERAL (SELECT {}) x", selected().join(", ")),
-            tail,
+            (
+                "row_to_json(x)::text",
+                format!(", LATERAL (SELECT {}) x", selected().join(", ")),
+            )
+        };
+        Shape {
+            json: format!("{json}, t.org_id, t.id"),
+            keys: None,
+            org_at: 1,
+            id_at: 2,
+            lateral,
+            apart: apart_sql,
         }
     }
 
-    /// How many select-list columns the row's JSON takes.
+    /// How many select-list columns come first (the row's JSON, `org_id` and `id`).
     fn width(&self) -> usize {
-        self.keys.as_ref().map_or(1, Vec::len)
+        self.keys.as_ref().map_or(3, Vec::len)
+    }
+
+    /// The row's id.
+    fn id(&self, r: &Row) -> Uuid {
+        r.get(self.id_at)
     }
 
     /// Where column `c` is among the JSON's columns, when the server renders them and a
@@ -316,7 +326,7 @@ impl Shape {
         keys.iter().position(|(name, _)| *name == c.name)
     }
 
-    /// Row `r` as the API's JSON, decrypted; `at` is the index of the first tail column.
+    /// Row `r` as the API's JSON, decrypted; `at` is the index of the first sealed column.
     fn render(
         &self,
         fields: &Fields,
@@ -324,13 +334,14 @@ impl Shape {
         r: &Row,
         at: usize,
     ) -> Result<String, ReqError> {
-        let apart = || -> Vec<Option<&str>> { (at + 2..r.len()).map(|i| r.get(i)).collect() };
+        let apart = || -> Vec<Option<&str>> { (at..r.len()).map(|i| r.get(i)).collect() };
+        let (org, id) = (r.get(self.org_at), self.id(r));
         let Some(keys) = &self.keys else {
             let json: &str = r.get(0);
-            if self.tail.is_empty() {
+            if self.apart.is_empty() {
                 return Ok(fields.open(table, json)?.into_owned());
             }
-            return fields.open_apart(table, json, r.get(at), r.get(at + 1), &apart());
+            return fields.open_apart(table, json, org, id, &apart());
         };
         let mut out = Vec::with_capacity(1024);
         out.push(b'{');
@@ -341,8 +352,8 @@ impl Shape {
             out.extend_from_slice(key.as_bytes());
             crate::json::write_column(&mut out, r, i)?;
         }
-        if !self.tail.is_empty() {
-            fields.write_apart(table, &mut out, r.get(at), r.get(at + 1), &apart())?;
+        if !self.apart.is_empty() {
+            fields.write_apart(table, &mut out, org, id, &apart())?;
         }
         out.push(b'}');
         // Valid UTF-8: keys and values written from `str`s.
@@ -396,18 +407,18 @@ pub async fn list(
     // every request (a tenth of R1's database time). It is a validated integer (1..=200).
     let dir = if q.descending { "DESC" } else { "ASC" };
     let shape = Shape::of(table);
-    // Columns: the row's JSON (`w` of them), the id, the sort value as text unless the JSON's
-    // columns hold it (`from_json`), the tail from `at`.
+    // Columns: the row's JSON with `org_id` and `id` (`w` of them), the sort value as text
+    // unless those columns hold it (`from_json`), the sealed columns from `at`.
     let w = shape.width();
     let from_json = shape.cursor_column(sort);
     let (sort_text, at) = match from_json {
-        Some(_) => (String::new(), w + 1),
-        None => (format!(", t.{sort_col}::text"), w + 2),
+        Some(_) => (String::new(), w),
+        None => (format!(", t.{sort_col}::text"), w + 1),
     };
     let head = format!(
-        "SELECT {}, t.id{sort_text}{} FROM {} t{} WHERE {} AND ",
+        "SELECT {}{sort_text}{} FROM {} t{} WHERE {} AND ",
         shape.json,
-        shape.tail,
+        shape.apart,
         table.qualified,
         shape.lateral,
         wheres.join(" AND "),
@@ -426,7 +437,7 @@ pub async fn list(
         |rows| {
             rows.iter()
                 .take(q.limit as usize)
-                .map(|r| r.get::<_, Uuid>(w))
+                .map(|r| shape.id(r))
                 .collect()
         },
     )
@@ -445,9 +456,9 @@ pub async fn list(
         (true, Some(r)) => {
             let value = match from_json {
                 Some(i) => cursor_value(r, i)?,
-                None => r.get(w + 1),
+                None => r.get(w),
             };
-            Some(encode_cursor(&q.sort, &value, r.get::<_, Uuid>(w)))
+            Some(encode_cursor(&q.sort, &value, shape.id(r)))
         }
         _ => None,
     };
@@ -498,12 +509,13 @@ pub async fn get(
     let shape = Shape::of(table);
     let head = format!(
         "SELECT {}, {ETAG}{} FROM {} t{} WHERE t.id = $1 AND t.deleted_at IS NULL AND ",
-        shape.json, shape.tail, table.qualified, shape.lateral
+        shape.json, shape.apart, table.qualified, shape.lateral
     );
     let sql = OneSql::with_condition(&head, "");
     let rows = read(pool, caller, org, table, sql, &[&id], |_| vec![id]).await?;
     let r = rows.first().ok_or(ReqError::NotFound)?;
-    // Columns: the row's JSON (`width` of them), the version, the tail.
+    // Columns: the row's JSON with `org_id` and `id` (`width` of them), the version, the
+    // sealed columns.
     let w = shape.width();
     Ok(Record {
         json: shape.render(fields, table, r, w + 1)?,
