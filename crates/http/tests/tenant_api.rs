@@ -1114,6 +1114,26 @@ async fn bad_input_is_refused_and_changes_nothing() {
     );
 }
 
+/// Field `field` of every item of list `path` (which has a `?`), page after page by cursor.
+async fn every_page(api: &Api, path: &str, token: &str, field: &str) -> Vec<String> {
+    let mut seen = Vec::new();
+    let mut next = path.to_string();
+    loop {
+        let page = api.ok(Method::GET, &next, token, None).await;
+        seen.extend(
+            page["items"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|n| n[field].as_str().unwrap().to_string()),
+        );
+        match page["next_cursor"].as_str() {
+            Some(c) => next = format!("{path}&cursor={c}"),
+            None => return seen,
+        }
+    }
+}
+
 #[tokio::test]
 async fn pages_filters_versions_and_soft_delete() {
     let w = world().await;
@@ -1128,23 +1148,8 @@ async fn pages_filters_versions_and_soft_delete() {
         )
         .await;
     }
-    let mut seen = Vec::new();
-    let mut path = "/v1/orgs/org-a/notes?limit=3".to_string();
-    loop {
-        let page = api.ok(Method::GET, &path, t, None).await;
-        seen.extend(
-            page["items"]
-                .as_array()
-                .unwrap()
-                .iter()
-                .map(|n| n["title"].as_str().unwrap().to_string()),
-        );
-        match page["next_cursor"].as_str() {
-            Some(c) => path = format!("/v1/orgs/org-a/notes?limit=3&cursor={c}"),
-            None => break,
-        }
-    }
-    assert_eq!(seen, vec!["n5", "n4", "n3", "n2", "n1", "n0", "a-secret"]);
+    let seen = every_page(api, "/v1/orgs/org-a/notes?limit=3", t, "title").await;
+    assert_eq!(seen, ["n5", "n4", "n3", "n2", "n1", "n0", "a-secret"]);
     let asc = api
         .ok(
             Method::GET,
@@ -1845,21 +1850,6 @@ async fn reads_answer_exactly_what_writes_answered() {
         Some(json!({"label": "s", "value": -2})),
     )
     .await;
-    let mut labels = Vec::new();
-    let mut path = "/v1/orgs/org-a/readings?limit=1".to_string();
-    loop {
-        let page = api.ok(Method::GET, &path, t, None).await;
-        labels.extend(
-            page["items"]
-                .as_array()
-                .unwrap()
-                .iter()
-                .map(|r| r["label"].clone()),
-        );
-        match page["next_cursor"].as_str() {
-            Some(c) => path = format!("/v1/orgs/org-a/readings?limit=1&cursor={c}"),
-            None => break,
-        }
-    }
+    let labels = every_page(api, "/v1/orgs/org-a/readings?limit=1", t, "label").await;
     assert_eq!(labels, ["s", "r"]);
 }
