@@ -204,8 +204,17 @@ fn cursor_value(r: &Row, i: usize) -> Result<String, ReqError> {
     Ok(match serde_json::from_slice(&out) {
         Ok(Value::String(s)) => s,
         Ok(v) => v.to_string(),
-        Err(e) => return Err(ReqError::Undecryptable(e.to_string())),
+        Err(e) => return Err(render_error(r, i, e)),
     })
+}
+
+/// The server wrote JSON it cannot read back (a bug, not bad data): named after column `i`.
+fn render_error(r: &Row, i: usize, e: impl std::fmt::Display) -> ReqError {
+    crate::json::RenderError {
+        column: r.columns()[i].name().to_owned(),
+        reason: e.to_string(),
+    }
+    .into()
 }
 
 fn decode_cursor(s: &str) -> Option<(String, String, Uuid)> {
@@ -357,7 +366,7 @@ impl Shape {
         }
         out.push(b'}');
         // Valid UTF-8: keys and values written from `str`s.
-        String::from_utf8(out).map_err(|e| ReqError::Undecryptable(e.to_string()))
+        String::from_utf8(out).map_err(|e| render_error(r, 0, e))
     }
 }
 
