@@ -20,6 +20,7 @@ use serde_json::{Map, Value};
 use uuid::Uuid;
 
 use crate::catalog::{Catalog, Column, Kind, Table, quote_ident};
+use crate::json::write_str;
 use crate::request::ReqError;
 
 /// The data key of person `user` in organization `org`: one key per (organization, person), so
@@ -294,7 +295,7 @@ impl Fields {
             if out.len() > 1 {
                 out.push(b',');
             }
-            write_json_str(out, &c.name);
+            write_str(out, &c.name);
             out.push(b':');
             match stored {
                 None => out.extend_from_slice(b"null"),
@@ -303,12 +304,12 @@ impl Fields {
                         Some(plain) => {
                             let s =
                                 std::str::from_utf8(&plain).map_err(|_| not_utf8(table, c, id))?;
-                            write_json_str(out, s);
+                            write_str(out, s);
                         }
                         None => out.extend_from_slice(b"null"),
                     }
                 }
-                Some(text) => write_json_str(out, text),
+                Some(text) => write_str(out, text),
             }
         }
         Ok(())
@@ -331,12 +332,6 @@ impl Fields {
         }
         Ok(())
     }
-}
-
-/// `s` as a JSON string, appended to `out`.
-fn write_json_str(out: &mut Vec<u8>, s: &str) {
-    // Writing to a Vec cannot fail, and a str always serializes.
-    let _ = serde_json::to_writer(&mut *out, s);
 }
 
 fn not_utf8(table: &Table, c: &Column, id: &str) -> ReqError {

@@ -132,7 +132,7 @@ fn write_value(out: &mut Vec<u8>, ty: &Type, raw: &[u8]) -> Result<(), String> {
 
 /// `s` as a JSON string. serde_json escapes exactly what PostgreSQL's `escape_json` does:
 /// `"`, `\`, `\b \f \n \r \t`, and other control characters as `\u00xx`.
-fn write_str(out: &mut Vec<u8>, s: &str) {
+pub(crate) fn write_str(out: &mut Vec<u8>, s: &str) {
     // Writing to a Vec cannot fail, and a str always serializes.
     let _ = serde_json::to_writer(&mut *out, s);
 }
