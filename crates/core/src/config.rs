@@ -159,6 +159,10 @@ pub struct ServerConfig {
     pub request_timeout_secs: u64,
     pub body_limit_bytes: usize,
     pub shutdown_grace_secs: u64,
+    /// Reverse proxies (an address or a CIDR block each) whose `X-Forwarded-For` is believed.
+    /// Empty (the default): the client is the peer of the TCP connection, and the header is
+    /// ignored.
+    pub trusted_proxies: Vec<String>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
@@ -346,6 +350,7 @@ impl Default for ServerConfig {
             request_timeout_secs: 30,
             body_limit_bytes: 1024 * 1024,
             shutdown_grace_secs: 30,
+            trusted_proxies: Vec::new(),
         }
     }
 }
@@ -392,6 +397,21 @@ impl ServerConfig {
     pub fn shutdown_grace(&self) -> Duration {
         Duration::from_secs(self.shutdown_grace_secs)
     }
+    /// The trusted proxies as networks (entries that do not parse were refused by `validate`).
+    pub fn trusted_proxies(&self) -> Vec<ipnet::IpNet> {
+        self.trusted_proxies
+            .iter()
+            .filter_map(|p| parse_net(p))
+            .collect()
+    }
+}
+
+/// `10.0.0.0/8`, `fd00::/8`, or a single address (`127.0.0.1`, `::1`) as its /32 or /128.
+fn parse_net(s: &str) -> Option<ipnet::IpNet> {
+    let s = s.trim();
+    s.parse::<ipnet::IpNet>()
+        .ok()
+        .or_else(|| s.parse::<IpAddr>().ok().map(ipnet::IpNet::from))
 }
 
 impl DatabaseConfig {
@@ -453,6 +473,9 @@ impl Config {
                 .prefix_separator("_")
                 .separator("__")
                 .try_parsing(true)
+                // ORGBASE_SERVER__TRUSTED_PROXIES="10.0.0.0/8,192.168.1.5"
+                .list_separator(",")
+                .with_list_parse_key("server.trusted_proxies")
                 .source(Some(env)),
         );
         for (key, value) in sources.overrides {
@@ -486,6 +509,19 @@ impl Config {
         }
         if self.server.body_limit_bytes < 1024 {
             return field("server.body_limit_bytes", "must be at least 1024");
+        }
+        if let Some(bad) = self
+            .server
+            .trusted_proxies
+            .iter()
+            .find(|p| parse_net(p).is_none())
+        {
+            return Err(ConfigError::Field {
+                key: "server.trusted_proxies",
+                message: format!(
+                    "`{bad}` is not an IP address or CIDR block (e.g. \"10.0.0.0/8\", \"127.0.0.1\")"
+                ),
+            });
         }
         if self.database.pool_max_size == 0 {
             return field("database.pool_max_size", "must be at least 1");
@@ -715,6 +751,46 @@ mod tests {
         .unwrap_err()
         .to_string();
         assert!(err.contains("ORGBASE_LISEN"), "{err}");
+    }
+
+    #[test]
+    fn trusted_proxies_from_file_and_environment() {
+        assert!(Config::default().server.trusted_proxies().is_empty());
+        let f = file("[server]\ntrusted_proxies = [\"10.0.0.0/8\", \"::1\"]\n");
+        let c = Config::load(Sources {
+            file: Some(&f.0),
+            ..Default::default()
+        })
+        .unwrap();
+        let nets: Vec<String> = c
+            .server
+            .trusted_proxies()
+            .iter()
+            .map(ToString::to_string)
+            .collect();
+        assert_eq!(nets, ["10.0.0.0/8", "::1/128"]);
+        let c = Config::load(Sources {
+            env: env(&[(
+                "ORGBASE_SERVER__TRUSTED_PROXIES",
+                "127.0.0.1, 192.168.0.0/16",
+            )]),
+            ..Default::default()
+        })
+        .unwrap();
+        assert_eq!(c.server.trusted_proxies().len(), 2);
+        for bad in [
+            "[server]\ntrusted_proxies = [\"10.0.0.0/33\"]\n",
+            "[server]\ntrusted_proxies = [\"proxy.internal\"]\n",
+        ] {
+            let f = file(bad);
+            let err = Config::load(Sources {
+                file: Some(&f.0),
+                ..Default::default()
+            })
+            .unwrap_err()
+            .to_string();
+            assert!(err.contains("server.trusted_proxies"), "{err}");
+        }
     }
 
     #[test]

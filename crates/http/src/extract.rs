@@ -1,20 +1,21 @@
 //! Request extractors with problem+json rejections: the bearer credential and JSON bodies.
 
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 
 use axum::body::Bytes;
 use axum::extract::{ConnectInfo, FromRequest, FromRequestParts, Request};
 use axum::http::request::Parts;
-use axum::http::{HeaderValue, StatusCode, header};
+use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
+use ipnet::IpNet;
 use orgbase_db::Caller;
 use orgbase_db::auth::token_hash;
 use serde::de::DeserializeOwned;
 
 use crate::error::ApiError;
 
-/// The caller: `Authorization: Bearer <session token or API key>`, hashed, plus the peer
-/// address. Proxies' `X-Forwarded-For` is not trusted.
+/// The caller: `Authorization: Bearer <session token or API key>`, hashed, plus the client
+/// address ([`client_ip`]).
 #[derive(Debug, Clone)]
 pub struct Bearer(pub Caller);
 
@@ -38,10 +39,7 @@ impl<S: Send + Sync> FromRequestParts<S> for Bearer {
             .ok_or_else(|| {
                 ApiError::Unauthorized("the Authorization header is not `Bearer <token>`".into())
             })?;
-        let ip = parts
-            .extensions
-            .get::<ConnectInfo<SocketAddr>>()
-            .map(|c| c.0.ip());
+        let ip = client_ip_of(parts);
         let user_agent = parts
             .headers
             .get(header::USER_AGENT)
@@ -63,21 +61,78 @@ impl<S: Send + Sync> FromRequestParts<S> for Bearer {
     }
 }
 
-/// The peer address, when the server was started with connect info.
+/// The client address as the outermost layer worked it out ([`client_ip`]).
 #[derive(Debug, Clone, Copy)]
-pub struct PeerIp(pub Option<std::net::IpAddr>);
+pub(crate) struct ClientAddr(pub Option<IpAddr>);
 
-impl<S: Send + Sync> FromRequestParts<S> for PeerIp {
+/// The client's address: the peer's, or the forwarded one behind a trusted proxy
+/// ([`client_ip`]). `None` when the server was started without connect info.
+#[derive(Debug, Clone, Copy)]
+pub struct ClientIp(pub Option<IpAddr>);
+
+impl<S: Send + Sync> FromRequestParts<S> for ClientIp {
     type Rejection = std::convert::Infallible;
 
     async fn from_request_parts(parts: &mut Parts, _: &S) -> Result<Self, Self::Rejection> {
-        Ok(PeerIp(
-            parts
-                .extensions
-                .get::<ConnectInfo<SocketAddr>>()
-                .map(|c| c.0.ip()),
-        ))
+        Ok(ClientIp(client_ip_of(parts)))
     }
+}
+
+fn client_ip_of(parts: &Parts) -> Option<IpAddr> {
+    match parts.extensions.get::<ClientAddr>() {
+        Some(c) => c.0,
+        None => parts
+            .extensions
+            .get::<ConnectInfo<SocketAddr>>()
+            .map(|c| c.0.ip().to_canonical()),
+    }
+}
+
+/// Who the client is, from the TCP peer and `X-Forwarded-For`.
+///
+/// The header is believed only when the peer is one of `trusted` (`server.trusted_proxies`):
+/// anyone can send it, so from any other peer it is ignored. Behind trusted proxies the client
+/// is the right-most address of the header that is not itself a trusted proxy: each proxy
+/// appends the address it received the request from, so entries to the left of that one are
+/// whatever the client chose to send. When every entry is a trusted proxy, the left-most is the
+/// client. An entry that is not an address stops the walk, and the proxy that forwarded it
+/// counts as the client, so a garbled header never yields an address the client made up.
+/// IPv4-mapped IPv6 addresses (`::ffff:10.0.0.1`, a dual-stack listener's peers) are compared
+/// as IPv4.
+pub fn client_ip(peer: Option<IpAddr>, headers: &HeaderMap, trusted: &[IpNet]) -> Option<IpAddr> {
+    let mut client = peer?.to_canonical();
+    let is_trusted = |ip: &IpAddr| trusted.iter().any(|n| n.contains(ip));
+    if !is_trusted(&client) {
+        return Some(client);
+    }
+    // Several X-Forwarded-For headers are one list, in order (RFC 9110, 5.3).
+    let entries: Vec<&str> = headers
+        .get_all(X_FORWARDED_FOR)
+        .iter()
+        .flat_map(|v| v.to_str().unwrap_or("\u{0}").split(','))
+        .collect();
+    for entry in entries.iter().rev() {
+        let Some(ip) = forwarded_addr(entry.trim()) else {
+            break;
+        };
+        client = ip;
+        if !is_trusted(&ip) {
+            break;
+        }
+    }
+    Some(client)
+}
+
+const X_FORWARDED_FOR: &str = "x-forwarded-for";
+
+/// One entry of X-Forwarded-For: an address, optionally with a port (`1.2.3.4:5678`,
+/// `[2001:db8::1]:443`).
+fn forwarded_addr(entry: &str) -> Option<IpAddr> {
+    entry
+        .parse::<IpAddr>()
+        .or_else(|_| entry.parse::<SocketAddr>().map(|s| s.ip()))
+        .ok()
+        .map(|ip| ip.to_canonical())
 }
 
 /// A JSON body: 415 without a JSON content type, 400 `invalid-json` when it does not parse,
@@ -135,4 +190,80 @@ pub fn json_text(status: StatusCode, body: String) -> Response {
         HeaderValue::from_static("application/json"),
     );
     resp
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+
+    use super::*;
+
+    fn ip(s: &str) -> IpAddr {
+        s.parse().unwrap()
+    }
+
+    fn headers(values: &[&str]) -> HeaderMap {
+        let mut h = HeaderMap::new();
+        for v in values {
+            h.append(X_FORWARDED_FOR, HeaderValue::from_str(v).unwrap());
+        }
+        h
+    }
+
+    fn nets(list: &[&str]) -> Vec<IpNet> {
+        list.iter().map(|n| n.parse().unwrap()).collect()
+    }
+
+    #[test]
+    fn the_header_is_ignored_unless_the_peer_is_a_trusted_proxy() {
+        let forged = headers(&["10.1.2.3"]);
+        assert_eq!(
+            client_ip(Some(ip("192.0.2.7")), &forged, &[]),
+            Some(ip("192.0.2.7"))
+        );
+        let trusted = nets(&["127.0.0.1/32"]);
+        assert_eq!(
+            client_ip(Some(ip("192.0.2.7")), &forged, &trusted),
+            Some(ip("192.0.2.7"))
+        );
+        assert_eq!(client_ip(None, &forged, &trusted), None);
+    }
+
+    #[test]
+    fn behind_proxies_the_client_is_the_right_most_untrusted_entry() {
+        let trusted = nets(&["127.0.0.1/32", "10.0.0.0/8"]);
+        let peer = Some(ip("127.0.0.1"));
+        // The client sent a made-up entry; the first proxy appended the real address, the
+        // second the first proxy's.
+        let h = headers(&["203.0.113.9, 198.51.100.4", "10.0.0.5"]);
+        assert_eq!(client_ip(peer, &h, &trusted), Some(ip("198.51.100.4")));
+        // Ports and brackets as some proxies write them.
+        let h = headers(&["[2001:db8::1]:443, 10.0.0.5:8080"]);
+        assert_eq!(client_ip(peer, &h, &trusted), Some(ip("2001:db8::1")));
+        // Every entry a trusted proxy: the left-most.
+        let h = headers(&["10.0.0.9, 10.0.0.5"]);
+        assert_eq!(client_ip(peer, &h, &trusted), Some(ip("10.0.0.9")));
+        // No header: the proxy itself.
+        assert_eq!(client_ip(peer, &HeaderMap::new(), &trusted), peer);
+    }
+
+    #[test]
+    fn a_garbled_entry_stops_at_the_proxy_that_forwarded_it() {
+        let trusted = nets(&["127.0.0.1/32", "10.0.0.0/8"]);
+        let peer = Some(ip("127.0.0.1"));
+        let h = headers(&["198.51.100.4, unknown, 10.0.0.5"]);
+        assert_eq!(client_ip(peer, &h, &trusted), Some(ip("10.0.0.5")));
+        let h = headers(&["nonsense"]);
+        assert_eq!(client_ip(peer, &h, &trusted), peer);
+    }
+
+    #[test]
+    fn ipv4_mapped_addresses_compare_as_ipv4() {
+        let trusted = nets(&["127.0.0.1/32"]);
+        let h = headers(&["::ffff:198.51.100.4"]);
+        assert_eq!(
+            client_ip(Some(ip("::ffff:127.0.0.1")), &h, &trusted),
+            Some(ip("198.51.100.4"))
+        );
+    }
 }

@@ -12,7 +12,7 @@ use uuid::Uuid;
 
 use crate::AppState;
 use crate::error::ApiError;
-use crate::extract::{Bearer, JsonBody, PeerIp};
+use crate::extract::{Bearer, ClientIp, JsonBody};
 
 /// A session ends after this long without use…
 pub const SESSION_IDLE: &str = "24 hours";
@@ -175,7 +175,7 @@ async fn new_session(
 pub async fn login(
     State(state): State<AppState>,
     headers: HeaderMap,
-    PeerIp(peer): PeerIp,
+    ClientIp(client): ClientIp,
     JsonBody(body): JsonBody<Login>,
 ) -> Result<Json<Session>, ApiError> {
     let email = body.email.trim().to_lowercase();
@@ -191,7 +191,7 @@ pub async fn login(
     let row = rows.first();
     let hash: Option<String> = row.and_then(|r| r.get(1));
     let ok = auth::verify_password(body.password, hash).await?;
-    let (ip, ua) = client_meta(&headers, peer);
+    let (ip, ua) = client_meta(&headers, client);
     let Some(row) = row.filter(|_| ok) else {
         login_failed(&state, &email_hash, ip, &ua, "password").await;
         return Err(ApiError::Unauthorized("wrong email or password".into()));
@@ -249,13 +249,13 @@ async fn login_failed(
 pub async fn refresh(
     State(state): State<AppState>,
     headers: HeaderMap,
-    PeerIp(peer): PeerIp,
+    ClientIp(client): ClientIp,
     JsonBody(body): JsonBody<Refresh>,
 ) -> Result<Json<Session>, ApiError> {
     let old = auth::token_hash(body.refresh_token.trim());
     let (token, token_hash) = auth::new_token(SESSION_PREFIX)?;
     let (refresh, refresh_hash) = auth::new_token(REFRESH_PREFIX)?;
-    let (ip, ua) = client_meta(&headers, peer);
+    let (ip, ua) = client_meta(&headers, client);
     let rows = plain(
         &state.pool,
         "SELECT to_char(expires_at AT TIME ZONE 'UTC', 'YYYY-MM-DD\"T\"HH24:MI:SS\"Z\"'), \

@@ -140,6 +140,8 @@ pub struct Shared {
     checkpoints: Option<Arc<(std::path::PathBuf, String)>>,
     pub fields: Arc<orgbase_db::fields::Fields>,
     pub privacy: Arc<Privacy>,
+    /// `server.trusted_proxies`: peers whose X-Forwarded-For is believed.
+    trusted_proxies: Vec<ipnet::IpNet>,
 }
 
 impl AppState {
@@ -296,6 +298,8 @@ pub struct HttpSettings {
     pub body_limit_bytes: usize,
     /// Write every request to orgbase.access_log.
     pub access_log: bool,
+    /// Reverse proxies whose X-Forwarded-For names the client ([`extract::client_ip`]).
+    pub trusted_proxies: Vec<ipnet::IpNet>,
 }
 
 impl From<&Config> for HttpSettings {
@@ -304,6 +308,7 @@ impl From<&Config> for HttpSettings {
             request_timeout: c.server.request_timeout(),
             body_limit_bytes: c.server.body_limit_bytes,
             access_log: c.audit.access_log,
+            trusted_proxies: c.server.trusted_proxies(),
         }
     }
 }
@@ -331,6 +336,7 @@ pub fn app(services: Services, latest_migration: i64, settings: &HttpSettings) -
         latest_migration,
         catalog: Arc::new(RwLock::new((Arc::new(services.catalog), None))),
         openapi: Arc::new(doc.to_json().unwrap_or_else(|_| "{}".into())),
+        trusted_proxies: settings.trusted_proxies.clone(),
     }));
     router
         .route_layer(axum::middleware::from_fn(middleware::matched_route))

@@ -43,10 +43,12 @@ pub async fn observe(State(state): State<AppState>, mut req: Request, next: Next
     req.extensions_mut().insert(RequestId(id.clone()));
     let seen = crate::access::Seen::default();
     req.extensions_mut().insert(seen.clone());
-    let ip = req
+    let peer = req
         .extensions()
         .get::<axum::extract::ConnectInfo<std::net::SocketAddr>>()
         .map(|c| c.0.ip());
+    let ip = crate::extract::client_ip(peer, req.headers(), &state.trusted_proxies);
+    req.extensions_mut().insert(crate::extract::ClientAddr(ip));
     let at = chrono::Utc::now();
     let method = req.method().clone();
     let span = tracing::info_span!("request", request_id = %id, method = %method, route = tracing::field::Empty);

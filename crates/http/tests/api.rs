@@ -13,6 +13,7 @@ fn settings() -> HttpSettings {
         request_timeout: Duration::from_secs(10),
         body_limit_bytes: 64 * 1024,
         access_log: true,
+        trusted_proxies: Vec::new(),
     }
 }
 

@@ -54,6 +54,7 @@ impl World {
             request_timeout: Duration::from_secs(30),
             body_limit_bytes: 256 * 1024,
             access_log: false,
+            trusted_proxies: Vec::new(),
         };
         let base = spawn_app(app(
             services,

@@ -26,6 +26,7 @@ async fn world() -> World {
         request_timeout: Duration::from_secs(20),
         body_limit_bytes: 64 * 1024,
         access_log: false,
+        trusted_proxies: Vec::new(),
     };
     let base = spawn_app(app(
         services,

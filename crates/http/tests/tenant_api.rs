@@ -32,6 +32,7 @@ async fn world() -> World {
         request_timeout: Duration::from_secs(20),
         body_limit_bytes: 64 * 1024,
         access_log: true,
+        trusted_proxies: Vec::new(),
     };
     let base = spawn_app(app(
         services,
@@ -858,6 +859,84 @@ async fn api_keys_are_scoped_to_org_scopes_and_addresses() {
 
 /// SQL run as the runtime role inside a request transaction (what an injection could do)
 /// cannot move the transaction to another organization or mint credentials.
+/// X-Forwarded-For is believed only from `server.trusted_proxies`: a client that forges it
+/// gets nothing from it, and behind a trusted proxy the client is the address the proxy
+/// appended, not one the client prepended. The address decides API keys' allow-lists and is
+/// what the audit trail records.
+#[tokio::test]
+async fn forwarded_addresses_count_only_from_trusted_proxies() {
+    let w = world().await;
+    let owner = &w.a_owner.1;
+    let fenced = w
+        .api
+        .ok(
+            Method::POST,
+            "/v1/orgs/org-a/api-keys",
+            owner,
+            Some(json!({"name": "office", "scopes": ["*:write"], "ip_allow": ["10.0.0.0/8"]})),
+        )
+        .await;
+    let key = fenced["key"].as_str().unwrap();
+    let admin = w.db.admin().await;
+    let count = "SELECT count(*) FROM orgbase.notes";
+    let before: i64 = admin.query_one(count, &[]).await.unwrap().get(0);
+    let services = Services::load(w.db.pool(), &admin).await.unwrap();
+    let behind_proxy = spawn_app(app(
+        services,
+        orgbase_db::Migrator::embedded("t").latest(),
+        &HttpSettings {
+            request_timeout: Duration::from_secs(20),
+            body_limit_bytes: 64 * 1024,
+            access_log: true,
+            trusted_proxies: vec!["127.0.0.1/32".parse().unwrap()],
+        },
+    ))
+    .await;
+    let http = reqwest::Client::new();
+    let create = |base: &str, forwarded: &str, title: &str| {
+        http.post(format!("{base}/v1/orgs/org-a/notes"))
+            .bearer_auth(key)
+            .header("x-forwarded-for", forwarded)
+            .json(&json!({"title": title}))
+            .send()
+    };
+    // Straight to orgbase, which trusts no proxy: the forged header is ignored.
+    let resp = create(&w.api.base, "10.1.2.3", "forged").await.unwrap();
+    assert_eq!(resp.status(), StatusCode::FORBIDDEN);
+    let body: Value = resp.json().await.unwrap();
+    assert!(
+        body["type"].as_str().unwrap().ends_with("ip-not-allowed"),
+        "{body}"
+    );
+    // Behind the trusted proxy, a client's own entry in front of the proxy's is ignored too.
+    let resp = create(&behind_proxy, "10.1.2.3, 192.0.2.7", "prepended")
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), StatusCode::FORBIDDEN);
+    // The address the proxy appended is the client's.
+    let resp = create(&behind_proxy, "198.51.100.1, 10.1.2.3", "from the office")
+        .await
+        .unwrap();
+    assert_eq!(
+        resp.status(),
+        StatusCode::CREATED,
+        "{:?}",
+        resp.text().await
+    );
+    let note: Value = resp.json().await.unwrap();
+    let ip: String = admin
+        .query_one(
+            "SELECT host(ip) FROM orgbase.audit_log WHERE record_id = $1 AND action = 'insert'",
+            &[&note["id"].as_str().unwrap()],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(ip, "10.1.2.3");
+    let notes: i64 = admin.query_one(count, &[]).await.unwrap().get(0);
+    assert_eq!(notes, before + 1, "only the office's note was written");
+}
+
 #[tokio::test]
 async fn injected_sql_in_a_request_cannot_switch_org_or_mint_sessions() {
     let w = world().await;
