@@ -250,16 +250,18 @@ fn shutdown_signal() -> impl std::future::Future<Output = ()> {
         )
     };
     async move {
-        #[cfg(unix)]
-        if let (Ok(mut int), Ok(mut term)) = handlers {
-            tokio::select! {
-                _ = int.recv() => {},
-                _ = term.recv() => {},
+        match handlers {
+            #[cfg(unix)]
+            (Ok(mut int), Ok(mut term)) => {
+                tokio::select! {
+                    _ = int.recv() => {},
+                    _ = term.recv() => {},
+                }
             }
-            tracing::info!("shutting down: draining in-flight requests");
-            return;
+            _ => {
+                let _ = tokio::signal::ctrl_c().await;
+            }
         }
-        let _ = tokio::signal::ctrl_c().await;
         tracing::info!("shutting down: draining in-flight requests");
     }
 }
