@@ -3,7 +3,7 @@
 use std::net::{IpAddr, SocketAddr};
 
 use axum::body::Bytes;
-use axum::extract::{ConnectInfo, FromRequest, FromRequestParts, Request};
+use axum::extract::{FromRequest, FromRequestParts, Request};
 use axum::http::request::Parts;
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
@@ -78,14 +78,9 @@ impl<S: Send + Sync> FromRequestParts<S> for ClientIp {
     }
 }
 
+/// Set by `middleware::observe`, the outermost layer of every router `app` builds.
 fn client_ip_of(parts: &Parts) -> Option<IpAddr> {
-    match parts.extensions.get::<ClientAddr>() {
-        Some(c) => c.0,
-        None => parts
-            .extensions
-            .get::<ConnectInfo<SocketAddr>>()
-            .map(|c| c.0.ip().to_canonical()),
-    }
+    parts.extensions.get::<ClientAddr>().and_then(|c| c.0)
 }
 
 /// Who the client is, from the TCP peer and `X-Forwarded-For`.

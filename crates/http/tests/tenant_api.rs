@@ -857,8 +857,6 @@ async fn api_keys_are_scoped_to_org_scopes_and_addresses() {
     .await;
 }
 
-/// SQL run as the runtime role inside a request transaction (what an injection could do)
-/// cannot move the transaction to another organization or mint credentials.
 /// X-Forwarded-For is believed only from `server.trusted_proxies`: a client that forges it
 /// gets nothing from it, and behind a trusted proxy the client is the address the proxy
 /// appended, not one the client prepended. The address decides API keys' allow-lists and is
@@ -937,6 +935,8 @@ async fn forwarded_addresses_count_only_from_trusted_proxies() {
     assert_eq!(notes, before + 1, "only the office's note was written");
 }
 
+/// SQL run as the runtime role inside a request transaction (what an injection could do)
+/// cannot move the transaction to another organization or mint credentials.
 #[tokio::test]
 async fn injected_sql_in_a_request_cannot_switch_org_or_mint_sessions() {
     let w = world().await;
