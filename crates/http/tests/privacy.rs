@@ -33,6 +33,13 @@ struct World {
     dir: PathBuf,
 }
 
+impl Drop for World {
+    /// The key store and the export files go with the test, passed or failed.
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
 impl World {
     async fn new() -> Self {
         Self::with(TestDb::migrated().await, true).await
@@ -537,6 +544,7 @@ async fn erasure_reaches_live_data_audit_and_an_old_dump() {
         )
         .await;
     assert_eq!(a["body"], "ship it");
+    std::fs::remove_dir_all(work).unwrap();
 }
 
 #[tokio::test]
