@@ -280,7 +280,13 @@ async fn serve(config: Config, _args: ServeArgs) -> anyhow::Result<ExitCode> {
         }
     }
     target.ensure_runtime_login().await?;
-    let pool = target.runtime_pool(config.database.pool_max_size)?;
+    let pool = target.runtime_pool(
+        config.database.pool_max_size,
+        orgbase_db::pool::Limits {
+            wait_queue: config.database.pool_wait_queue,
+            ..Default::default()
+        },
+    )?;
     let mut services = {
         let admin = target.admin().await?;
         orgbase_http::Services::load(pool.clone(), &admin).await?

@@ -173,6 +173,9 @@ pub struct DatabaseConfig {
     #[serde(skip_serializing_if = "Option::is_none")]
     pub runtime_url: Option<Secret>,
     pub pool_max_size: usize,
+    /// Requests that may wait for a connection when all are busy; beyond them a request is
+    /// refused at once with 503 and `Retry-After` (SPEC R24).
+    pub pool_wait_queue: usize,
     pub connect_timeout_secs: u64,
     pub statement_timeout_ms: u64,
     pub migrate_on_start: bool,
@@ -361,6 +364,7 @@ impl Default for DatabaseConfig {
             url: None,
             runtime_url: None,
             pool_max_size: 16,
+            pool_wait_queue: 100,
             connect_timeout_secs: 5,
             statement_timeout_ms: 30_000,
             migrate_on_start: true,
@@ -525,6 +529,9 @@ impl Config {
         }
         if self.database.pool_max_size == 0 {
             return field("database.pool_max_size", "must be at least 1");
+        }
+        if self.database.pool_wait_queue == 0 {
+            return field("database.pool_wait_queue", "must be at least 1");
         }
         if self.database.connect_timeout_secs == 0 {
             return field("database.connect_timeout_secs", "must be at least 1");

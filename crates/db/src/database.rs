@@ -4,12 +4,13 @@
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use deadpool_postgres::{Manager, ManagerConfig, Pool, RecyclingMethod, Runtime};
+use deadpool_postgres::{Manager, ManagerConfig, RecyclingMethod, Runtime};
 use orgbase_core::{Config, Secret};
 use tokio_postgres::{Client, NoTls};
 
 use crate::cluster::{ClusterError, Layout, RunningCluster, SUPERUSER};
 use crate::migrate::{MigrateError, Migrator};
+use crate::pool::{Limits, Pool};
 use crate::secrets;
 
 /// The database orgbase creates in its embedded cluster.
@@ -329,8 +330,8 @@ impl Target {
         Ok(backup)
     }
 
-    /// The request pool, connected as the runtime role.
-    pub fn runtime_pool(&self, max_size: usize) -> Result<Pool, DbError> {
+    /// The request pool, connected as the runtime role, behind its admission `limits`.
+    pub fn runtime_pool(&self, max_size: usize, limits: Limits) -> Result<Pool, DbError> {
         let manager = Manager::from_config(
             self.runtime.clone(),
             NoTls,
@@ -338,13 +339,14 @@ impl Target {
                 recycling_method: RecyclingMethod::Fast,
             },
         );
-        Pool::builder(manager)
+        let inner = deadpool_postgres::Pool::builder(manager)
             .max_size(max_size)
             .runtime(Runtime::Tokio1)
             .create_timeout(Some(self.connect_timeout))
             .wait_timeout(Some(Duration::from_secs(10)))
             .build()
-            .map_err(|e| DbError::Pool(e.to_string()))
+            .map_err(|e| DbError::Pool(e.to_string()))?;
+        Ok(Pool::new(inner, limits))
     }
 }
 

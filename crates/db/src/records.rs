@@ -3,9 +3,9 @@
 //! rendered to JSON by PostgreSQL (`row_to_json`) and passed through as text; sealed text
 //! columns are read apart and added once decrypted.
 
+use crate::pool::Pool;
 use base64::Engine;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
-use deadpool_postgres::Pool;
 use serde_json::{Map, Value};
 use tokio_postgres::types::ToSql;
 use tokio_postgres::{Client, Row};

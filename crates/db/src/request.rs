@@ -6,11 +6,13 @@
 
 use std::net::IpAddr;
 
-use deadpool_postgres::{Object, Pool};
+use deadpool_postgres::Object;
 use tokio_postgres::error::SqlState;
 use tokio_postgres::types::ToSql;
 use tokio_postgres::{Client, Row, Statement};
 use uuid::Uuid;
+
+use crate::pool::{GetError, Pool};
 
 /// Who is asking: the SHA-256 of the bearer credential, the client address (API keys may be
 /// limited to addresses), and for the audit trail the request id and user agent.
@@ -160,6 +162,14 @@ pub enum ReqError {
     Timeout,
     #[error("database unavailable: {0}")]
     Unavailable(String),
+    /// The pool refused at once (breaker open, or the wait queue full): try again after the
+    /// duration. `overloaded`: the queue was full, not the database down.
+    #[error("{message}")]
+    Refused {
+        message: String,
+        retry_after: std::time::Duration,
+        overloaded: bool,
+    },
     #[error("database error: {0}")]
     Db(tokio_postgres::Error),
     /// PHI columns need a session that passed multi-factor authentication.
@@ -271,10 +281,14 @@ struct Conn {
 
 impl Conn {
     async fn get(pool: &Pool) -> Result<Self, ReqError> {
-        let obj = pool
-            .get()
-            .await
-            .map_err(|e| ReqError::Unavailable(e.to_string()))?;
+        let obj = pool.get().await.map_err(|e| match e.retry_after() {
+            Some(retry_after) => ReqError::Refused {
+                message: e.to_string(),
+                retry_after,
+                overloaded: matches!(e, GetError::QueueFull { .. }),
+            },
+            None => ReqError::Unavailable(e.to_string()),
+        })?;
         Ok(Self {
             obj: Some(obj),
             clean: false,

@@ -75,6 +75,15 @@ pub enum ApiError {
     Timeout,
     #[error("service unavailable: {0}")]
     Unavailable(String),
+    /// The request was refused before it started (SPEC R24): every database connection busy
+    /// and the wait queue full (`overloaded`), or the database unreachable and the circuit
+    /// breaker open. `Retry-After` says when to try again.
+    #[error("refused: {detail}")]
+    Refused {
+        detail: String,
+        retry_after_secs: u64,
+        overloaded: bool,
+    },
     #[error("internal error")]
     Internal(#[source] Box<dyn std::error::Error + Send + Sync>),
     /// A status produced by a lower layer (e.g. an extractor) that has no variant of its own.
@@ -164,6 +173,18 @@ impl ApiError {
                 "unavailable",
                 "Service unavailable",
             ),
+            ApiError::Refused {
+                overloaded: true, ..
+            } => (
+                StatusCode::SERVICE_UNAVAILABLE,
+                "overloaded",
+                "Server at capacity",
+            ),
+            ApiError::Refused { .. } => (
+                StatusCode::SERVICE_UNAVAILABLE,
+                "database-unavailable",
+                "Database unavailable",
+            ),
             ApiError::Internal(_) => (
                 StatusCode::INTERNAL_SERVER_ERROR,
                 "internal",
@@ -182,7 +203,8 @@ impl ApiError {
             | ApiError::Forbidden(d)
             | ApiError::Conflict(d)
             | ApiError::PreconditionFailed(d)
-            | ApiError::Unavailable(d) => Some(d.clone()),
+            | ApiError::Unavailable(d)
+            | ApiError::Refused { detail: d, .. } => Some(d.clone()),
             ApiError::Validation(errors) => Some(
                 errors
                     .iter()
@@ -292,6 +314,15 @@ impl From<orgbase_db::ReqError> for ApiError {
             }]),
             R::Timeout => ApiError::Timeout,
             R::Unavailable(m) => ApiError::Unavailable(m),
+            R::Refused {
+                message,
+                retry_after,
+                overloaded,
+            } => ApiError::Refused {
+                detail: message,
+                retry_after_secs: orgbase_db::pool::retry_after_secs(retry_after),
+                overloaded,
+            },
             R::Db(e) => ApiError::internal(e),
             R::PhiNeedsMfa => ApiError::PhiNeedsMfa,
             R::Keys(m) => ApiError::Unavailable(m),
@@ -324,10 +355,14 @@ impl IntoResponse for ApiError {
             tracing::error!(error = %cause, cause = ?cause, "internal error");
         }
         let problem = self.to_problem(None);
-        let mut resp = problem_response(
-            &problem,
-            matches!(self, ApiError::Timeout | ApiError::Unavailable(_)),
-        );
+        let retry_after = match &self {
+            ApiError::Timeout | ApiError::Unavailable(_) => Some(1),
+            ApiError::Refused {
+                retry_after_secs, ..
+            } => Some(*retry_after_secs),
+            _ => None,
+        };
+        let mut resp = problem_response(&problem, retry_after);
         if matches!(self, ApiError::Unauthorized(_)) {
             resp.headers_mut().insert(
                 header::WWW_AUTHENTICATE,
@@ -339,15 +374,16 @@ impl IntoResponse for ApiError {
 }
 
 /// Render a problem document; the request-id middleware fills in `request_id` on the way out.
-pub fn problem_response(problem: &Problem, retry_after: bool) -> Response {
+/// The problem as a response; `retry_after`: seconds for a `Retry-After` header.
+pub fn problem_response(problem: &Problem, retry_after: Option<u64>) -> Response {
     let status = StatusCode::from_u16(problem.status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
     let body = serde_json::to_vec(problem).unwrap_or_default();
     let mut resp = (status, body).into_response();
     resp.headers_mut()
         .insert(header::CONTENT_TYPE, HeaderValue::from_static(PROBLEM_JSON));
-    if retry_after {
+    if let Some(secs) = retry_after {
         resp.headers_mut()
-            .insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
+            .insert(header::RETRY_AFTER, HeaderValue::from(secs));
     }
     resp
 }
@@ -385,6 +421,24 @@ mod tests {
                 ApiError::Unavailable("db".into()),
                 503,
                 "urn:orgbase:problem:unavailable",
+            ),
+            (
+                ApiError::Refused {
+                    detail: "queue".into(),
+                    retry_after_secs: 1,
+                    overloaded: true,
+                },
+                503,
+                "urn:orgbase:problem:overloaded",
+            ),
+            (
+                ApiError::Refused {
+                    detail: "breaker".into(),
+                    retry_after_secs: 4,
+                    overloaded: false,
+                },
+                503,
+                "urn:orgbase:problem:database-unavailable",
             ),
             (
                 ApiError::internal(std::io::Error::other("secret cause")),

@@ -48,10 +48,6 @@ pub async fn readyz(State(state): State<AppState>) -> Result<Json<Health>, ApiEr
 #[utoipa::path(get, path = "/metrics", tag = "operations",
     responses((status = 200, description = "Prometheus text format", body = String, content_type = "text/plain")))]
 pub async fn metrics(State(state): State<AppState>) -> Result<Response, ApiError> {
-    let status = state.pool.status();
-    state.metrics.pool_size.set(status.size as i64);
-    state.metrics.pool_available.set(status.available as i64);
-    state.metrics.pool_waiting.set(status.waiting as i64);
     let text = state
         .metrics
         .encode()

@@ -78,6 +78,7 @@ impl Services {
         pool: Pool,
         admin: &tokio_postgres::Client,
     ) -> Result<Self, orgbase_db::DbError> {
+        let metrics = Arc::new(Metrics::new(&pool));
         let migrated = admin
             .query_one("SELECT to_regclass('orgbase.context_key') IS NOT NULL", &[])
             .await?
@@ -87,7 +88,7 @@ impl Services {
                 pool,
                 key: None,
                 catalog: Catalog::default(),
-                metrics: Arc::new(Metrics::new()),
+                metrics,
                 checkpoints: None,
                 fields: orgbase_db::fields::Fields::disabled(),
                 privacy: Privacy::default(),
@@ -104,7 +105,7 @@ impl Services {
             pool,
             key: Some(key),
             catalog,
-            metrics: Arc::new(Metrics::new()),
+            metrics,
             checkpoints: None,
             fields,
             privacy: Privacy::default(),

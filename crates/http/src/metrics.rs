@@ -1,9 +1,11 @@
 //! Prometheus metrics in an explicit registry held by the app state.
 
-use prometheus_client::encoding::EncodeLabelSet;
-use prometheus_client::metrics::counter::Counter;
+use orgbase_db::Pool;
+use prometheus_client::collector::Collector;
+use prometheus_client::encoding::{DescriptorEncoder, EncodeLabelSet, EncodeMetric};
+use prometheus_client::metrics::counter::{ConstCounter, Counter};
 use prometheus_client::metrics::family::Family;
-use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::gauge::{ConstGauge, Gauge};
 use prometheus_client::metrics::histogram::Histogram;
 use prometheus_client::registry::Registry;
 
@@ -19,9 +21,6 @@ pub struct HttpLabels {
 pub struct Metrics {
     registry: Registry,
     pub http_duration: Family<HttpLabels, Histogram>,
-    pub pool_size: Gauge,
-    pub pool_available: Gauge,
-    pub pool_waiting: Gauge,
     pub access_log_dropped: Counter,
     pub audit_sealed: Counter,
     pub audit_seal_lag: Gauge<f64, std::sync::atomic::AtomicU64>,
@@ -36,7 +35,8 @@ fn latency_buckets() -> Histogram {
 }
 
 impl Metrics {
-    pub fn new() -> Self {
+    /// The registry, with the request `pool`'s figures read at each scrape.
+    pub fn new(pool: &Pool) -> Self {
         let mut registry = Registry::with_prefix("orgbase");
         let http_duration = Family::<HttpLabels, Histogram>::new_with_constructor(
             latency_buckets as fn() -> Histogram,
@@ -46,24 +46,7 @@ impl Metrics {
             "HTTP request latency by method, matched route and status",
             http_duration.clone(),
         );
-        let pool_size = Gauge::default();
-        registry.register(
-            "db_pool_connections",
-            "Connections open in the request pool",
-            pool_size.clone(),
-        );
-        let pool_available = Gauge::default();
-        registry.register(
-            "db_pool_idle_connections",
-            "Idle connections in the request pool",
-            pool_available.clone(),
-        );
-        let pool_waiting = Gauge::default();
-        registry.register(
-            "db_pool_waiting_requests",
-            "Requests waiting for a pool connection",
-            pool_waiting.clone(),
-        );
+        registry.register_collector(Box::new(PoolCollector(pool.clone())));
         let access_log_dropped = Counter::default();
         registry.register(
             "access_log_dropped",
@@ -97,9 +80,6 @@ impl Metrics {
         Self {
             registry,
             http_duration,
-            pool_size,
-            pool_available,
-            pool_waiting,
             access_log_dropped,
             audit_sealed,
             audit_seal_lag,
@@ -120,8 +100,56 @@ impl Metrics {
     }
 }
 
-impl Default for Metrics {
-    fn default() -> Self {
-        Self::new()
+/// The request pool (SPEC R24), read at each scrape: connections, waiters, refusals and the
+/// circuit breaker.
+#[derive(Debug)]
+struct PoolCollector(Pool);
+
+impl Collector for PoolCollector {
+    fn encode(&self, mut encoder: DescriptorEncoder) -> Result<(), std::fmt::Error> {
+        let status = self.0.status();
+        let gauges = [
+            (
+                "db_pool_connections",
+                "Connections open in the request pool",
+                status.size,
+            ),
+            (
+                "db_pool_idle_connections",
+                "Idle connections in the request pool",
+                status.available,
+            ),
+            (
+                "db_pool_waiting_requests",
+                "Requests waiting for a pool connection",
+                status.waiting,
+            ),
+            (
+                "db_circuit_open",
+                "1 while the circuit breaker refuses requests because PostgreSQL failed to give \
+                 connections",
+                usize::from(self.0.circuit_open()),
+            ),
+        ];
+        for (name, help, value) in gauges {
+            let gauge = ConstGauge::new(i64::try_from(value).unwrap_or(i64::MAX));
+            gauge.encode(encoder.encode_descriptor(name, help, None, gauge.metric_type())?)?;
+        }
+        let refused = self.0.refusals();
+        let mut family = encoder.encode_descriptor(
+            "db_pool_refused_requests",
+            "Requests refused before they started (503): reason queue_full (every connection \
+             busy and the wait queue full) or circuit_open",
+            None,
+            ConstCounter::new(0u64).metric_type(),
+        )?;
+        for (reason, n) in [
+            ("queue_full", refused.queue_full),
+            ("circuit_open", refused.circuit_open),
+        ] {
+            let labels = [("reason", reason)];
+            ConstCounter::new(n).encode(family.encode_family(&labels)?)?;
+        }
+        Ok(())
     }
 }

@@ -158,7 +158,12 @@ impl TestDb {
     }
 
     pub fn pool(&self) -> Pool {
-        self.target.runtime_pool(4).expect("pool")
+        self.pool_with(4, orgbase_db::pool::Limits::default())
+    }
+
+    /// A runtime pool of `max_size` connections behind `limits`.
+    pub fn pool_with(&self, max_size: usize, limits: orgbase_db::pool::Limits) -> Pool {
+        self.target.runtime_pool(max_size, limits).expect("pool")
     }
 
     /// Connection parameters as libpq environment variables, for pg_dump/psql.

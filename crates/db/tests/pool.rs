@@ -1,0 +1,172 @@
+//! The request pool's admission rules (SPEC R24) against a real PostgreSQL: the circuit breaker
+//! opens on connection failures and closes when the database answers again; a full wait queue
+//! refuses at once.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)] // tests fail loudly
+
+use std::time::{Duration, Instant};
+
+use deadpool_postgres::{Manager, ManagerConfig, RecyclingMethod, Runtime};
+use orgbase_db::Pool;
+use orgbase_db::pool::{GetError, Limits};
+use orgbase_testkit::TestDb;
+use tokio_postgres::NoTls;
+
+/// A pool for `config` behind `limits` (deadpool's own settings as the server's).
+fn pool_for(config: tokio_postgres::Config, limits: Limits) -> Pool {
+    let manager = Manager::from_config(
+        config,
+        NoTls,
+        ManagerConfig {
+            recycling_method: RecyclingMethod::Fast,
+        },
+    );
+    let inner = deadpool_postgres::Pool::builder(manager)
+        .max_size(2)
+        .runtime(Runtime::Tokio1)
+        .create_timeout(Some(Duration::from_secs(5)))
+        .wait_timeout(Some(Duration::from_secs(10)))
+        .build()
+        .unwrap();
+    Pool::new(inner, limits)
+}
+
+#[tokio::test]
+async fn the_breaker_opens_on_failed_connects_and_closes_when_the_database_answers() {
+    let db = TestDb::migrated().await;
+    let admin = db.admin().await;
+    // A role of this test's own that may not log in yet: every connect fails in PostgreSQL.
+    let role = format!("probe_{}", db.name);
+    admin
+        .batch_execute(&format!(
+            "CREATE ROLE {role} NOLOGIN PASSWORD 'probe-password';
+             GRANT CONNECT ON DATABASE {} TO {role};",
+            db.name
+        ))
+        .await
+        .unwrap();
+    let mut config = db.target.runtime_config().clone();
+    config.user(&role).password("probe-password");
+    let pool = pool_for(
+        config,
+        Limits {
+            breaker_failures: 3,
+            backoff_min: Duration::from_millis(300),
+            backoff_max: Duration::from_millis(1200),
+            ..Limits::default()
+        },
+    );
+
+    for i in 0..3 {
+        match pool.get().await {
+            Err(e @ GetError::Pool(_)) => assert!(e.to_string().contains(&role), "{e}"),
+            other => panic!("connect {i}: {other:?}"),
+        }
+        assert_eq!(pool.circuit_open(), i == 2, "open after the third failure");
+    }
+    // Open: refused at once, without asking PostgreSQL.
+    let t = Instant::now();
+    match pool.get().await {
+        Err(e @ GetError::CircuitOpen { .. }) => {
+            let wait = e.retry_after().unwrap();
+            assert!(wait <= Duration::from_millis(300), "{wait:?}");
+            assert!(e.to_string().contains("retrying in 1s"), "{e}");
+        }
+        other => panic!("{other:?}"),
+    }
+    assert!(t.elapsed() < Duration::from_millis(100));
+
+    // After the backoff one trial goes to PostgreSQL; it fails, and the breaker opens for twice
+    // as long.
+    tokio::time::sleep(Duration::from_millis(350)).await;
+    assert!(
+        matches!(pool.get().await, Err(GetError::Pool(_))),
+        "the trial"
+    );
+    match pool.get().await {
+        Err(GetError::CircuitOpen { retry_after }) => {
+            assert!(retry_after > Duration::from_millis(300), "{retry_after:?}")
+        }
+        other => panic!("{other:?}"),
+    }
+
+    // The database answers again: the next trial closes the breaker.
+    admin
+        .batch_execute(&format!("ALTER ROLE {role} LOGIN"))
+        .await
+        .unwrap();
+    tokio::time::sleep(Duration::from_millis(650)).await;
+    let client = pool
+        .get()
+        .await
+        .expect("the trial after the role may log in");
+    let who: String = client
+        .query_one("SELECT current_user::text", &[])
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(who, role);
+    assert!(!pool.circuit_open());
+    drop(client);
+    drop(pool.get().await.expect("closed: requests pass"));
+    let refused = pool.refusals();
+    assert_eq!((refused.circuit_open, refused.queue_full), (2, 0));
+
+    drop(pool);
+    admin
+        .batch_execute(&format!(
+            "REVOKE CONNECT ON DATABASE {} FROM {role}; DROP ROLE {role};",
+            db.name
+        ))
+        .await
+        .unwrap();
+}
+
+#[tokio::test]
+async fn a_full_wait_queue_refuses_at_once_and_frees_its_places() {
+    let db = TestDb::migrated().await;
+    let pool = db.pool_with(
+        1,
+        Limits {
+            wait_queue: 1,
+            ..Limits::default()
+        },
+    );
+    let held = pool.get().await.unwrap();
+    let waiter = tokio::spawn({
+        let pool = pool.clone();
+        async move { pool.get().await.map(drop) }
+    });
+    let t = Instant::now();
+    while pool.status().waiting < 1 {
+        assert!(
+            t.elapsed() < Duration::from_secs(5),
+            "the waiter never queued"
+        );
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    match pool.get().await {
+        Err(e @ GetError::QueueFull { queue: 1 }) => {
+            assert_eq!(e.retry_after(), Some(Duration::from_secs(1)));
+        }
+        other => panic!("{other:?}"),
+    }
+    assert_eq!(pool.refusals().queue_full, 1);
+    drop(held);
+    waiter
+        .await
+        .unwrap()
+        .expect("the waiter gets the connection");
+    // The places were given back: a request that has to wait is queued again, not refused.
+    let held = pool.get().await.unwrap();
+    let waiter = tokio::spawn({
+        let pool = pool.clone();
+        async move { pool.get().await.map(drop) }
+    });
+    tokio::time::sleep(Duration::from_millis(20)).await;
+    drop(held);
+    waiter.await.unwrap().unwrap();
+    assert!(
+        !pool.circuit_open(),
+        "a busy pool is not a failing database"
+    );
+}
