@@ -116,10 +116,25 @@ impl Pool {
 
     /// A connection, or at once a refusal when the breaker is open or the wait queue is full.
     pub async fn get(&self) -> Result<Object, GetError> {
+        self.get_with(true).await
+    }
+
+    /// A connection for the server's own background work (the access-log writer), which must
+    /// not lose its turn to a burst of requests: it waits however long the queue is. The
+    /// breaker refuses it like any request.
+    pub async fn get_background(&self) -> Result<Object, GetError> {
+        self.get_with(false).await
+    }
+
+    async fn get_with(&self, bounded: bool) -> Result<Object, GetError> {
         // Dropped unsettled (refused by the queue, cancelled, or no answer about the database),
         // the trial lets the next request try instead.
         let trial = self.gate.admit()?;
-        let waiting = Waiting::enter(&self.gate)?;
+        let waiting = if bounded {
+            Some(Waiting::enter(&self.gate)?)
+        } else {
+            None
+        };
         let got = self.inner.get().await;
         drop(waiting);
         match got {

@@ -151,11 +151,19 @@ async fn a_full_wait_queue_refuses_at_once_and_frees_its_places() {
         other => panic!("{other:?}"),
     }
     assert_eq!(pool.refusals().queue_full, 1);
+    // The server's own background work (the access-log writer) waits its turn instead.
+    let background = tokio::spawn({
+        let pool = pool.clone();
+        async move { pool.get_background().await.map(drop) }
+    });
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    assert!(!background.is_finished(), "queued, not refused");
     drop(held);
     waiter
         .await
         .unwrap()
         .expect("the waiter gets the connection");
+    background.await.unwrap().expect("then the background task");
     // The places were given back: a request that has to wait is queued again, not refused.
     let held = pool.get().await.unwrap();
     let waiter = tokio::spawn({

@@ -105,7 +105,7 @@ async fn writer(pool: Pool, mut rx: mpsc::Receiver<Line>, metrics: Arc<Metrics>)
 }
 
 async fn write(pool: &Pool, lines: &[Line]) -> Result<(), String> {
-    let client = pool.get().await.map_err(|e| e.to_string())?;
+    let client = pool.get_background().await.map_err(|e| e.to_string())?;
     let stmt = client
         .prepare_cached(
             "SELECT orgbase.log_access($1::timestamptz[], $2::uuid[], $3::uuid[], $4::text[], \
