@@ -4,7 +4,6 @@
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use deadpool_postgres::{Manager, ManagerConfig, RecyclingMethod, Runtime};
 use orgbase_core::{Config, Secret};
 use tokio_postgres::{Client, NoTls};
 
@@ -332,21 +331,7 @@ impl Target {
 
     /// The request pool, connected as the runtime role, behind its admission `limits`.
     pub fn runtime_pool(&self, max_size: usize, limits: Limits) -> Result<Pool, DbError> {
-        let manager = Manager::from_config(
-            self.runtime.clone(),
-            NoTls,
-            ManagerConfig {
-                recycling_method: RecyclingMethod::Fast,
-            },
-        );
-        let inner = deadpool_postgres::Pool::builder(manager)
-            .max_size(max_size)
-            .runtime(Runtime::Tokio1)
-            .create_timeout(Some(self.connect_timeout))
-            .wait_timeout(Some(Duration::from_secs(10)))
-            .build()
-            .map_err(|e| DbError::Pool(e.to_string()))?;
-        Ok(Pool::new(inner, limits))
+        Pool::build(self.runtime.clone(), max_size, self.connect_timeout, limits)
     }
 }
 

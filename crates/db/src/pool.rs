@@ -13,7 +13,14 @@ use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, AtomicUsize, Ordering}
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
-use deadpool_postgres::{Object, PoolError, Status, TimeoutType};
+use deadpool_postgres::{
+    Manager, ManagerConfig, PoolError, RecyclingMethod, Runtime, Status, TimeoutType,
+};
+use tokio_postgres::NoTls;
+
+use crate::DbError;
+
+pub use deadpool_postgres::Object;
 
 /// Admission limits of a [`Pool`].
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -107,6 +114,31 @@ pub struct Pool {
 }
 
 impl Pool {
+    /// Up to `max_size` connections of `config`, each given `connect_timeout` to connect; a
+    /// request waits at most 10 s for one (then 503 `unavailable`).
+    pub fn build(
+        config: tokio_postgres::Config,
+        max_size: usize,
+        connect_timeout: Duration,
+        limits: Limits,
+    ) -> Result<Self, DbError> {
+        let manager = Manager::from_config(
+            config,
+            NoTls,
+            ManagerConfig {
+                recycling_method: RecyclingMethod::Fast,
+            },
+        );
+        let inner = deadpool_postgres::Pool::builder(manager)
+            .max_size(max_size)
+            .runtime(Runtime::Tokio1)
+            .create_timeout(Some(connect_timeout))
+            .wait_timeout(Some(Duration::from_secs(10)))
+            .build()
+            .map_err(|e| DbError::Pool(e.to_string()))?;
+        Ok(Self::new(inner, limits))
+    }
+
     pub fn new(inner: deadpool_postgres::Pool, limits: Limits) -> Self {
         Self {
             inner,

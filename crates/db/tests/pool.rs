@@ -5,30 +5,9 @@
 
 use std::time::{Duration, Instant};
 
-use deadpool_postgres::{Manager, ManagerConfig, RecyclingMethod, Runtime};
 use orgbase_db::Pool;
 use orgbase_db::pool::{GetError, Limits};
-use orgbase_testkit::TestDb;
-use tokio_postgres::NoTls;
-
-/// A pool for `config` behind `limits` (deadpool's own settings as the server's).
-fn pool_for(config: tokio_postgres::Config, limits: Limits) -> Pool {
-    let manager = Manager::from_config(
-        config,
-        NoTls,
-        ManagerConfig {
-            recycling_method: RecyclingMethod::Fast,
-        },
-    );
-    let inner = deadpool_postgres::Pool::builder(manager)
-        .max_size(2)
-        .runtime(Runtime::Tokio1)
-        .create_timeout(Some(Duration::from_secs(5)))
-        .wait_timeout(Some(Duration::from_secs(10)))
-        .build()
-        .unwrap();
-    Pool::new(inner, limits)
-}
+use orgbase_testkit::{TestDb, occupy};
 
 #[tokio::test]
 async fn the_breaker_opens_on_failed_connects_and_closes_when_the_database_answers() {
@@ -46,15 +25,18 @@ async fn the_breaker_opens_on_failed_connects_and_closes_when_the_database_answe
         .unwrap();
     let mut config = db.target.runtime_config().clone();
     config.user(&role).password("probe-password");
-    let pool = pool_for(
+    let pool = Pool::build(
         config,
+        2,
+        Duration::from_secs(5),
         Limits {
             breaker_failures: 3,
             backoff_min: Duration::from_millis(300),
             backoff_max: Duration::from_millis(1200),
             ..Limits::default()
         },
-    );
+    )
+    .unwrap();
 
     for i in 0..3 {
         match pool.get().await {
@@ -131,19 +113,7 @@ async fn a_full_wait_queue_refuses_at_once_and_frees_its_places() {
             ..Limits::default()
         },
     );
-    let held = pool.get().await.unwrap();
-    let waiter = tokio::spawn({
-        let pool = pool.clone();
-        async move { pool.get().await.map(drop) }
-    });
-    let t = Instant::now();
-    while pool.status().waiting < 1 {
-        assert!(
-            t.elapsed() < Duration::from_secs(5),
-            "the waiter never queued"
-        );
-        tokio::time::sleep(Duration::from_millis(5)).await;
-    }
+    let (held, waiter) = occupy(&pool).await;
     match pool.get().await {
         Err(e @ GetError::QueueFull { queue: 1 }) => {
             assert_eq!(e.retry_after(), Some(Duration::from_secs(1)));

@@ -4,11 +4,10 @@
 
 use std::time::{Duration, Instant};
 
-use deadpool_postgres::{Manager, ManagerConfig, RecyclingMethod, Runtime};
 use orgbase_db::Pool;
 use orgbase_db::pool::Limits;
 use orgbase_http::{HttpSettings, Services, app};
-use orgbase_testkit::{Api, TestDb, spawn_app};
+use orgbase_testkit::{Api, TestDb, occupy, spawn_app};
 use reqwest::Method;
 use serde_json::{Value, json};
 
@@ -69,19 +68,7 @@ async fn a_full_wait_queue_refuses_a_write_at_once_and_nothing_is_written() {
     .await;
 
     // The one connection is busy and one request already waits for it.
-    let held = pool.get().await.unwrap();
-    let waiter = tokio::spawn({
-        let pool = pool.clone();
-        async move { pool.get().await.map(drop) }
-    });
-    let t = Instant::now();
-    while pool.status().waiting < 1 {
-        assert!(
-            t.elapsed() < Duration::from_secs(5),
-            "the waiter never queued"
-        );
-        tokio::time::sleep(Duration::from_millis(5)).await;
-    }
+    let (held, waiter) = occupy(&pool).await;
     let t = Instant::now();
     let resp = api
         .http
@@ -148,20 +135,8 @@ async fn an_unreachable_database_opens_the_breaker_and_requests_are_refused_at_o
         .user("orgbase_runtime")
         .password("unused")
         .dbname(&db.name);
-    let manager = Manager::from_config(
-        config,
-        tokio_postgres::NoTls,
-        ManagerConfig {
-            recycling_method: RecyclingMethod::Fast,
-        },
-    );
-    let inner = deadpool_postgres::Pool::builder(manager)
-        .max_size(4)
-        .runtime(Runtime::Tokio1)
-        .create_timeout(Some(Duration::from_secs(5)))
-        .build()
-        .unwrap();
-    let down = start(&db, Pool::new(inner, Limits::default())).await;
+    let pool = Pool::build(config, 4, Duration::from_secs(5), Limits::default()).unwrap();
+    let down = start(&db, pool).await;
 
     let note = || {
         down.http

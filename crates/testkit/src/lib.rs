@@ -172,6 +172,28 @@ impl TestDb {
     }
 }
 
+/// A request still waiting for a pool connection; it lets the connection go once it has one.
+pub type Queued = tokio::task::JoinHandle<Result<(), orgbase_db::pool::GetError>>;
+
+/// Fills a one-connection `pool`: holds its connection and queues one request behind it. Drop
+/// the connection to let the queued request through.
+pub async fn occupy(pool: &Pool) -> (orgbase_db::pool::Object, Queued) {
+    let held = pool.get().await.expect("the pool's connection");
+    let queued = tokio::spawn({
+        let pool = pool.clone();
+        async move { pool.get().await.map(drop) }
+    });
+    let t = std::time::Instant::now();
+    while pool.status().waiting < 1 {
+        assert!(
+            t.elapsed() < std::time::Duration::from_secs(5),
+            "the request never queued"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+    }
+    (held, queued)
+}
+
 /// Serve `app` on 127.0.0.1:0 in the background; returns the base URL.
 pub async fn spawn_app(app: axum::Router) -> String {
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
