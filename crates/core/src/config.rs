@@ -809,6 +809,16 @@ mod tests {
         .unwrap_err()
         .to_string();
         assert!(err.contains("database.pool_max_size"), "{err}");
+        let err = Config::load(Sources {
+            overrides: vec![("database.pool_wait_queue", "0".into())],
+            ..Default::default()
+        })
+        .unwrap_err()
+        .to_string();
+        assert!(
+            err.contains("database.pool_wait_queue") && err.contains("at least 1"),
+            "{err}"
+        );
         let f = file("[server]\nlisten = \"not an address\"\n");
         let err = Config::load(Sources {
             file: Some(&f.0),

@@ -191,7 +191,7 @@ impl Pool {
 
     /// Whether the breaker is refusing requests now.
     pub fn circuit_open(&self) -> bool {
-        self.gate.open_for().is_some()
+        self.gate.is_open()
     }
 
     pub fn refusals(&self) -> Refusals {
@@ -291,18 +291,13 @@ impl Gate {
         }
     }
 
-    /// Seconds the breaker stays open, if it is.
-    fn open_for(&self) -> Option<Duration> {
+    /// Refusing now: open, or half-open with its trial under way.
+    fn is_open(&self) -> bool {
         if !self.tripped.load(Ordering::Acquire) {
-            return None;
+            return false;
         }
         let b = self.breaker();
-        let now = Instant::now();
-        match b.open_until {
-            Some(until) if until > now => Some(until - now),
-            Some(_) if b.trial => Some(Duration::ZERO),
-            _ => None,
-        }
+        b.trial || b.open_until.is_some_and(|until| until > Instant::now())
     }
 
     fn succeeded(&self) {
@@ -413,9 +408,10 @@ mod tests {
             assert!(gate.admit().unwrap().is_none());
             gate.failed(false);
         }
-        assert!(gate.open_for().is_none(), "two failures: still closed");
+        assert!(!gate.is_open(), "two failures: still closed");
         gate.failed(false);
-        let open = gate.open_for().unwrap();
+        assert!(gate.is_open());
+        let open = gate.breaker().open_until.unwrap() - Instant::now();
         assert!(open > Duration::from_millis(900) && open <= Duration::from_secs(1));
         assert!(matches!(gate.admit(), Err(GetError::CircuitOpen { .. })));
         // Failed trials: 2 s, 4 s, then capped at 4 s.
@@ -438,7 +434,7 @@ mod tests {
         drop(gate.admit().unwrap().expect("trial"));
         assert!(Trial::settle(gate.admit().unwrap()), "the next trial");
         gate.succeeded();
-        assert!(gate.open_for().is_none());
+        assert!(!gate.is_open());
         assert!(gate.admit().unwrap().is_none());
         assert_eq!(gate.failures.load(Ordering::Relaxed), 0);
         assert_eq!(gate.refused_open.load(Ordering::Relaxed), 4);
@@ -453,9 +449,9 @@ mod tests {
         gate.failed(false);
         gate.succeeded();
         gate.failed(false);
-        assert!(gate.open_for().is_none());
+        assert!(!gate.is_open());
         gate.failed(false);
-        assert!(gate.open_for().is_some());
+        assert!(gate.is_open());
     }
 
     #[test]

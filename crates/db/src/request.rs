@@ -162,14 +162,10 @@ pub enum ReqError {
     Timeout,
     #[error("database unavailable: {0}")]
     Unavailable(String),
-    /// The pool refused at once (breaker open, or the wait queue full): try again after the
-    /// duration. `overloaded`: the queue was full, not the database down.
-    #[error("{message}")]
-    Refused {
-        message: String,
-        retry_after: std::time::Duration,
-        overloaded: bool,
-    },
+    /// No connection: refused at once (breaker open, wait queue full; then with a
+    /// `retry_after`), or the pool failed.
+    #[error("{0}")]
+    Pool(#[from] GetError),
     #[error("database error: {0}")]
     Db(tokio_postgres::Error),
     /// PHI columns need a session that passed multi-factor authentication.
@@ -281,14 +277,7 @@ struct Conn {
 
 impl Conn {
     async fn get(pool: &Pool) -> Result<Self, ReqError> {
-        let obj = pool.get().await.map_err(|e| match e.retry_after() {
-            Some(retry_after) => ReqError::Refused {
-                message: e.to_string(),
-                retry_after,
-                overloaded: matches!(e, GetError::QueueFull { .. }),
-            },
-            None => ReqError::Unavailable(e.to_string()),
-        })?;
+        let obj = pool.get().await?;
         Ok(Self {
             obj: Some(obj),
             clean: false,

@@ -314,14 +314,13 @@ impl From<orgbase_db::ReqError> for ApiError {
             }]),
             R::Timeout => ApiError::Timeout,
             R::Unavailable(m) => ApiError::Unavailable(m),
-            R::Refused {
-                message,
-                retry_after,
-                overloaded,
-            } => ApiError::Refused {
-                detail: message,
-                retry_after_secs: orgbase_db::pool::retry_after_secs(retry_after),
-                overloaded,
+            R::Pool(e) => match e.retry_after() {
+                Some(wait) => ApiError::Refused {
+                    detail: e.to_string(),
+                    retry_after_secs: orgbase_db::pool::retry_after_secs(wait),
+                    overloaded: matches!(e, orgbase_db::pool::GetError::QueueFull { .. }),
+                },
+                None => ApiError::Unavailable(e.to_string()),
             },
             R::Db(e) => ApiError::internal(e),
             R::PhiNeedsMfa => ApiError::PhiNeedsMfa,
@@ -373,8 +372,8 @@ impl IntoResponse for ApiError {
     }
 }
 
-/// Render a problem document; the request-id middleware fills in `request_id` on the way out.
-/// The problem as a response; `retry_after`: seconds for a `Retry-After` header.
+/// Render a problem document, with a `Retry-After` of `retry_after` seconds when given; the
+/// request-id middleware fills in `request_id` on the way out.
 pub fn problem_response(problem: &Problem, retry_after: Option<u64>) -> Response {
     let status = StatusCode::from_u16(problem.status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
     let body = serde_json::to_vec(problem).unwrap_or_default();
