@@ -175,7 +175,18 @@ impl ListQuery {
         }
         if let Some(c) = cursor {
             match decode_cursor(&c) {
-                Some((sort, value, id)) if sort == q.sort => q.after = Some((value, id)),
+                Some((sort, value, id)) if sort == q.sort => {
+                    // The value goes into SQL as the sort column's type: check it here, so that a
+                    // crafted cursor gets this answer and never the database's.
+                    if table
+                        .column(&sort)
+                        .is_some_and(|c| cursor_value_ok(c.kind, &value))
+                    {
+                        q.after = Some((value, id));
+                    } else {
+                        errors.push(field_err("cursor", "not a cursor this API issued"));
+                    }
+                }
                 Some(_) => errors.push(field_err(
                     "cursor",
                     "this cursor belongs to another sort order",
@@ -189,6 +200,15 @@ impl ListQuery {
             Err(errors)
         }
     }
+}
+
+/// Whether a cursor's sort value reads as the sort column's type: as the JSON of the row writes
+/// it, or, for a timestamp, as PostgreSQL's text (`2026-01-01 00:00:00.5+00`, the form of
+/// tables whose rows PostgreSQL renders).
+fn cursor_value_ok(kind: Kind, v: &str) -> bool {
+    check_scalar(kind, "cursor", v).is_ok()
+        || (kind == Kind::Timestamp
+            && chrono::DateTime::parse_from_str(v, "%Y-%m-%d %H:%M:%S%.f%#z").is_ok())
 }
 
 fn encode_cursor(sort: &str, value: &str, id: Uuid) -> String {

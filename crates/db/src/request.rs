@@ -213,6 +213,12 @@ pub fn classify(e: tokio_postgres::Error) -> ReqError {
             return ReqError::Conflict(db.message().to_string());
         }
         Some("orgbase_no_invitation") | Some("orgbase_not_found") => return ReqError::NotFound,
+        Some("orgbase_inactive_member") => {
+            return ReqError::Invalid(
+                db.column().map(str::to_string),
+                "is not an active member of this organization".into(),
+            );
+        }
         Some("orgbase_forbidden") => return ReqError::Forbidden(db.message().to_string()),
         Some("orgbase_bad_proof")
         | Some("orgbase_no_context")
@@ -244,8 +250,13 @@ pub fn classify(e: tokio_postgres::Error) -> ReqError {
     } else if *code == SqlState::NOT_NULL_VIOLATION {
         ReqError::Invalid(db.column().map(str::to_string), "is required".into())
     } else if code.code().starts_with("22") {
-        // data exceptions: bad uuid/date/number text, out of range, bad JSON
-        ReqError::Invalid(None, db.message().to_string())
+        // Data exceptions: bad uuid/date/number text, out of range, bad JSON. The server checks
+        // values before they reach SQL; what gets through is named without PostgreSQL's text,
+        // which would quote the input back and show how the statement was built.
+        ReqError::Invalid(
+            db.column().map(str::to_string),
+            "a value has the wrong type or is out of range".into(),
+        )
     } else if *code == SqlState::QUERY_CANCELED {
         ReqError::Timeout
     } else if *code == SqlState::T_R_SERIALIZATION_FAILURE

@@ -23,10 +23,16 @@ impl<S: Send + Sync> FromRequestParts<S> for Bearer {
     type Rejection = ApiError;
 
     async fn from_request_parts(parts: &mut Parts, _: &S) -> Result<Self, ApiError> {
-        let value = parts
-            .headers
-            .get(header::AUTHORIZATION)
+        let mut values = parts.headers.get_all(header::AUTHORIZATION).iter();
+        let value = values
+            .next()
             .ok_or_else(|| ApiError::Unauthorized("send Authorization: Bearer <token>".into()))?;
+        // Two credentials: which one counts would depend on who reads the headers.
+        if values.next().is_some() {
+            return Err(ApiError::BadRequest(
+                "send one Authorization header, not several".into(),
+            ));
+        }
         let token = value
             .to_str()
             .ok()

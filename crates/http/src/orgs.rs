@@ -258,15 +258,6 @@ pub async fn get_member(
     Ok(Json(one_member(&state, &first_json(&rows)?)?).into_response())
 }
 
-#[derive(Debug, Deserialize, utoipa::ToSchema)]
-#[serde(deny_unknown_fields)]
-pub struct NewMember {
-    /// An existing account's email (others: send an invitation).
-    pub email: String,
-    /// owner, admin, manager or member (only owners may add owners).
-    pub role: String,
-}
-
 fn check_org_role(role: &str) -> Result<(), ApiError> {
     if matches!(role, "owner" | "admin" | "manager" | "member") {
         Ok(())
@@ -278,47 +269,22 @@ fn check_org_role(role: &str) -> Result<(), ApiError> {
     }
 }
 
-/// Add an existing account to the organization (owners and admins).
-#[utoipa::path(post, path = "/v1/orgs/{org}/members", tag = "members", request_body = NewMember,
+/// Add someone to the organization (owners and admins): nobody joins without agreeing, so this
+/// sends an invitation, exactly as `POST /v1/orgs/{org}/invitations` does, whether or not an
+/// account with that email exists (the answer is the same either way). The person joins when
+/// they accept it.
+#[utoipa::path(post, path = "/v1/orgs/{org}/members", tag = "members", request_body = NewInvitation,
     params(("org" = String, Path)),
-    responses((status = 201, body = Object), (status = 403, body = Problem), (status = 409, body = Problem),
-              (status = 422, body = Problem)))]
+    responses((status = 202, description = "The invitation, with its token (shown once)", body = Object),
+              (status = 403, body = Problem), (status = 422, body = Problem)))]
 pub async fn add_member(
     State(state): State<AppState>,
     Bearer(caller): Bearer,
     Path(org): Path<String>,
-    JsonBody(body): JsonBody<NewMember>,
+    JsonBody(body): JsonBody<NewInvitation>,
 ) -> Result<Response, ApiError> {
-    check_org_role(&body.role)?;
-    let email_hash = state.fields.email_hash(&body.email)?;
-    let json = request::many(&state.pool, &caller, &org, async |c: &Client, ctx: &Context| {
-        admin_only(ctx)?;
-        let user: Option<Uuid> = c
-            .query_one("SELECT orgbase.user_id_by_email($1)", &[&email_hash])
-            .await?
-            .get(0);
-        let user = user.ok_or_else(|| {
-            ReqError::Invalid(
-                Some("email".into()),
-                "no account with this email: send an invitation instead".into(),
-            )
-        })?;
-        let rows = c
-            .query(
-                "INSERT INTO orgbase.members (org_id, user_id, role) VALUES (orgbase.ctx_org(), $1, $2) \
-                 ON CONFLICT (org_id, user_id) DO UPDATE SET role = EXCLUDED.role, deleted_at = NULL, \
-                 updated_at = now() WHERE members.deleted_at IS NOT NULL RETURNING user_id",
-                &[&user, &body.role],
-            )
-            .await?;
-        if rows.is_empty() {
-            return Err(ReqError::Conflict("already a member".into()));
-        }
-        let sql = format!("{MEMBER_JSON} WHERE d.user_id = $1");
-        first_json(&c.query(&sql, &[&user]).await?)
-    })
-    .await?;
-    Ok((StatusCode::CREATED, Json(one_member(&state, &json)?)).into_response())
+    let json = invite(&state, &caller, &org, &body).await?;
+    Ok(json_text(StatusCode::ACCEPTED, json))
 }
 
 #[derive(Debug, Deserialize, utoipa::ToSchema)]
@@ -505,6 +471,17 @@ pub async fn create_invitation(
     Path(org): Path<String>,
     JsonBody(body): JsonBody<NewInvitation>,
 ) -> Result<Response, ApiError> {
+    let json = invite(&state, &caller, &org, &body).await?;
+    Ok(json_text(StatusCode::CREATED, json))
+}
+
+/// Create an invitation; its JSON with the token.
+async fn invite(
+    state: &AppState,
+    caller: &orgbase_db::Caller,
+    org: &str,
+    body: &NewInvitation,
+) -> Result<String, ApiError> {
     if !matches!(body.role.as_str(), "admin" | "manager" | "member") {
         return Err(ApiError::field(
             "role",
@@ -523,10 +500,10 @@ pub async fn create_invitation(
     // The invitee's email is pii: stored under the invitation's own key, matched by blind index.
     let email_hash = state.fields.email_hash(&email)?;
     let id = Uuid::now_v7();
-    let json = request::many(
+    request::many(
         &state.pool,
-        &caller,
-        &org,
+        caller,
+        org,
         async |c: &Client, ctx: &Context| {
             admin_only(ctx)?;
             let sealed = state.fields.seal_invitation(ctx.org_id, id, &email)?;
@@ -542,8 +519,8 @@ pub async fn create_invitation(
             first_json(&rows)
         },
     )
-    .await?;
-    Ok(json_text(StatusCode::CREATED, json))
+    .await
+    .map_err(ApiError::from)
 }
 
 /// Pending and past invitations (owners and admins).
@@ -765,8 +742,11 @@ pub async fn remove_team_member(
 #[serde(deny_unknown_fields)]
 pub struct NewApiKey {
     pub name: String,
-    /// `<app>:read|write|admin`, `*:read|write|admin`, or `admin` (organization
-    /// administration). A key never has more rights than its creator.
+    /// `<app>:read|write|admin` (at most viewer, editor or admin in that app),
+    /// `*:read|write|admin` (the same in every app) or `admin` (organization administration
+    /// with the creator's role, and no app data by itself). An app no scope names is closed to
+    /// the key. A key never has more rights than its creator, and a key creates keys only with
+    /// scopes its own cover.
     pub scopes: Vec<String>,
     /// CIDRs the key may be used from; empty: anywhere.
     #[serde(default)]
@@ -830,13 +810,19 @@ pub async fn create_api_key(
         }
         cidrs.push(c.clone());
     }
-    if let Some(e) = &body.expires_at
-        && chrono::DateTime::parse_from_rfc3339(e).is_err()
-    {
-        return Err(ApiError::field(
-            "expires_at",
-            "must be an RFC 3339 timestamp",
-        ));
+    if let Some(e) = &body.expires_at {
+        match chrono::DateTime::parse_from_rfc3339(e) {
+            Err(_) => {
+                return Err(ApiError::field(
+                    "expires_at",
+                    "must be an RFC 3339 timestamp",
+                ));
+            }
+            Ok(t) if t <= chrono::Utc::now() => {
+                return Err(ApiError::field("expires_at", "must be in the future"));
+            }
+            Ok(_) => {}
+        }
     }
     let (key, hash) = auth::new_token(API_KEY_PREFIX)?;
     let prefix: String = key.chars().take(12).collect();

@@ -156,16 +156,10 @@ impl World {
 
     /// Adds `email` to `org` as a member with the notes editor role.
     async fn add_editor(&self, owner: &str, org: &str, email: &str) {
-        let m = self
-            .api
-            .ok(
-                Method::POST,
-                &format!("/v1/orgs/{org}/members"),
-                owner,
-                Some(json!({"email": email, "role": "member"})),
-            )
-            .await;
-        let uid = m["user_id"].as_str().unwrap();
+        let session = self.login(email).await;
+        let token = session["token"].as_str().unwrap();
+        self.api.join(org, owner, email, token, "member").await;
+        let uid = session["user_id"].as_str().unwrap();
         self.api
             .ok(
                 Method::PUT,
@@ -1218,16 +1212,9 @@ async fn account_email_and_name_are_encrypted_and_found_by_blind_index() {
     );
     w.org(&ada, "engines").await;
     for email in ["bob@babbage.example", "AARON@zuse.example"] {
-        let m = w
-            .api
-            .ok(
-                Method::POST,
-                "/v1/orgs/engines/members",
-                &ada,
-                Some(json!({"email": email, "role": "member"})),
-            )
-            .await;
-        assert_eq!(m["email"], email.to_lowercase());
+        let session = w.login(email).await;
+        let token = session["token"].as_str().unwrap();
+        w.api.join("engines", &ada, email, token, "member").await;
     }
     let list = w
         .api

@@ -47,11 +47,12 @@ async fn world() -> World {
         )
         .await;
     }
-    api.ok(
-        Method::POST,
-        "/v1/orgs/org-a/members",
+    api.join(
+        "org-a",
         &a_owner.1,
-        Some(json!({"email": "member@a.example", "role": "member"})),
+        "member@a.example",
+        &a_member.1,
+        "member",
     )
     .await;
     World {

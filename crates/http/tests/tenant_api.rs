@@ -61,21 +61,13 @@ async fn world() -> World {
             Some(json!({"name": "B", "slug": "org-b"})),
         )
         .await;
-    for (email, app_role) in [
-        ("editor@a.example", Some("editor")),
-        ("viewer@a.example", Some("viewer")),
-        ("member@a.example", None),
+    for ((uid, token), email, app_role) in [
+        (&a_editor, "editor@a.example", Some("editor")),
+        (&a_viewer, "viewer@a.example", Some("viewer")),
+        (&a_member, "member@a.example", None),
     ] {
-        let m = api
-            .ok(
-                Method::POST,
-                "/v1/orgs/org-a/members",
-                &a_owner.1,
-                Some(json!({"email": email, "role": "member"})),
-            )
-            .await;
+        api.join("org-a", &a_owner.1, email, token, "member").await;
         if let Some(r) = app_role {
-            let uid = m["user_id"].as_str().unwrap();
             api.ok(
                 Method::PUT,
                 &format!("/v1/orgs/org-a/members/{uid}/apps/notes"),
@@ -163,7 +155,7 @@ async fn another_orgs_data_is_unreachable_on_every_route() {
             (
                 Method::POST,
                 format!("/v1/orgs/{org}/members"),
-                Some(json!({"email": "owner@a.example", "role": "owner"})),
+                Some(json!({"email": "owner@a.example", "role": "admin"})),
             ),
             (
                 Method::GET,
@@ -818,16 +810,37 @@ async fn api_keys_are_scoped_to_org_scopes_and_addresses() {
         "unauthorized",
     )
     .await;
+    // A key cannot be created already expired; one that expires stops working.
+    let refused = api
+        .expect(
+            Method::POST,
+            "/v1/orgs/org-a/api-keys",
+            Some(owner),
+            Some(
+                json!({"name": "old", "scopes": ["*:read"], "expires_at": "2001-01-01T00:00:00Z"}),
+            ),
+            422,
+            "validation",
+        )
+        .await;
+    assert_eq!(refused["errors"][0]["field"], "expires_at", "{refused}");
+    let soon = (chrono::Utc::now() + chrono::Duration::hours(1)).to_rfc3339();
     let expired = api
         .ok(
             Method::POST,
             "/v1/orgs/org-a/api-keys",
             owner,
-            Some(
-                json!({"name": "old", "scopes": ["*:read"], "expires_at": "2020-01-01T00:00:00Z"}),
-            ),
+            Some(json!({"name": "old", "scopes": ["*:read"], "expires_at": soon})),
         )
         .await;
+    w.db.admin()
+        .await
+        .execute(
+            "UPDATE orgbase.api_keys SET expires_at = now() - interval '1 second' WHERE id = $1",
+            &[&uuid::Uuid::parse_str(expired["id"].as_str().unwrap()).unwrap()],
+        )
+        .await
+        .unwrap();
     api.expect(
         Method::GET,
         "/v1/orgs/org-a/notes",
@@ -1931,4 +1944,659 @@ async fn reads_answer_exactly_what_writes_answered() {
     .await;
     let labels = every_page(api, "/v1/orgs/org-a/readings?limit=1", t, "label").await;
     assert_eq!(labels, ["s", "r"]);
+}
+
+// API key scopes --------------------------------------------------------------------------------
+
+/// What one credential of the scope matrix may do with one app's rows.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Op {
+    List,
+    GetOwn,
+    GetOther,
+    Create,
+    UpdateOwn,
+    UpdateOther,
+    DeleteOwn,
+    DeleteOther,
+    RestoreOwn,
+    RestoreOther,
+}
+
+const OPS: [Op; 10] = [
+    Op::List,
+    Op::GetOwn,
+    Op::GetOther,
+    Op::Create,
+    Op::UpdateOwn,
+    Op::UpdateOther,
+    Op::DeleteOwn,
+    Op::DeleteOther,
+    Op::RestoreOwn,
+    Op::RestoreOther,
+];
+
+/// Every credential of the matrix: a person's own session (`None`) or an API key with one scope.
+/// `billing:write` names an app that does not exist (a key that names none of these apps).
+const CREDENTIALS: [Option<&str>; 12] = [
+    None,
+    Some("notes:read"),
+    Some("notes:write"),
+    Some("notes:admin"),
+    Some("projects:read"),
+    Some("projects:write"),
+    Some("projects:admin"),
+    Some("*:read"),
+    Some("*:write"),
+    Some("*:admin"),
+    Some("admin"),
+    Some("billing:write"),
+];
+
+/// (app, table, body of a new row, body of a change).
+const APPS: [(&str, &str, &str); 2] = [
+    ("notes", "notes", "title"),
+    ("projects", "projects", "name"),
+];
+
+/// The creators' levels in each app once the matrix is set up (0 none … 3 admin): owners and
+/// admins are admins of every app; the manager is a notes editor and a projects viewer, the
+/// member a notes viewer.
+fn creator_level(role: &str, app: &str) -> u8 {
+    match (role, app) {
+        ("owner" | "admin", _) => 3,
+        ("manager", "notes") => 2,
+        ("manager", "projects") | ("member", "notes") => 1,
+        _ => 0,
+    }
+}
+
+/// The scope grammar of docs/api.md, written again here as the test's model: `<app>:<level>`
+/// and `*:<level>` give at most that level; `admin` and other apps' scopes give none.
+fn scope_level(scope: &str, app: &str) -> u8 {
+    match scope.split_once(':') {
+        Some((a, level)) if a == app || a == "*" => match level {
+            "read" => 1,
+            "write" => 2,
+            "admin" => 3,
+            _ => 0,
+        },
+        _ => 0,
+    }
+}
+
+/// Whether the role matrix lets `cred` of a creator with `role` do `op` in `app`: a key's level
+/// is the lower of its creator's and its scope's, and its rights over its creator's own rows go
+/// as far as its scope (a session's go all the way).
+fn allowed(role: &str, cred: Option<&str>, app: &str, op: Op) -> bool {
+    let creator = creator_level(role, app);
+    let (level, own) = match cred {
+        None => (creator, 3),
+        Some(s) => (creator.min(scope_level(s, app)), scope_level(s, app)),
+    };
+    match op {
+        Op::List | Op::GetOwn => level >= 1 || own >= 1,
+        Op::GetOther => level >= 1,
+        Op::Create | Op::UpdateOther => level >= 2,
+        Op::UpdateOwn => level >= 2 || own >= 2,
+        Op::DeleteOwn | Op::RestoreOwn => level >= 3 || own >= 2,
+        Op::DeleteOther | Op::RestoreOther => level >= 3,
+    }
+}
+
+/// The rows one credential is tried on in one app: its creator's and another admin's, live and
+/// soft-deleted.
+struct Rows {
+    own_live: String,
+    own_dead: String,
+    other_live: String,
+    other_dead: String,
+}
+
+/// Every creator role × credential (session, each app × read/write/admin, `*`, org-level
+/// `admin`, another app's scope) × app × operation, compared with the table `allowed` computes
+/// from the scope grammar. Keys are made while their creators are admins; the manager and the
+/// member are then demoted, which narrows their keys too. A refused change must change nothing.
+#[tokio::test]
+async fn api_keys_do_only_what_their_scopes_allow() {
+    let w = world().await;
+    let api = &w.api;
+    let admin_db = w.db.admin().await;
+    let org = "scopes";
+    let owner = api.user("owner@scopes.example").await;
+    let people = [
+        ("admin", api.user("admin@scopes.example").await),
+        ("manager", api.user("manager@scopes.example").await),
+        ("member", api.user("member@scopes.example").await),
+    ];
+    let author = api.user("author@scopes.example").await;
+    api.ok(
+        Method::POST,
+        "/v1/orgs",
+        &owner.1,
+        Some(json!({"name": "Scopes", "slug": org})),
+    )
+    .await;
+    for (role, (_, token)) in &people {
+        api.join(
+            org,
+            &owner.1,
+            &format!("{role}@scopes.example"),
+            token,
+            "admin",
+        )
+        .await;
+    }
+    api.join(org, &owner.1, "author@scopes.example", &author.1, "admin")
+        .await;
+    let creators: Vec<(&str, &(String, String))> = std::iter::once(("owner", &owner))
+        .chain(people.iter().map(|(r, p)| (*r, p)))
+        .collect();
+
+    let new_row = async |token: &str, table: &str, field: &str, dead: bool| -> String {
+        let row = api
+            .ok(
+                Method::POST,
+                &format!("/v1/orgs/{org}/{table}"),
+                token,
+                Some(json!({ field: "row" })),
+            )
+            .await;
+        let id = row["id"].as_str().unwrap().to_string();
+        if dead {
+            api.ok(
+                Method::DELETE,
+                &format!("/v1/orgs/{org}/{table}/{id}"),
+                token,
+                None,
+            )
+            .await;
+        }
+        id
+    };
+    // (creator role, credential) → (token, rows per app)
+    let mut cases = Vec::new();
+    for (role, (_, session)) in &creators {
+        for cred in CREDENTIALS {
+            let token = match cred {
+                None => session.clone(),
+                Some(scope) => api
+                    .ok(
+                        Method::POST,
+                        &format!("/v1/orgs/{org}/api-keys"),
+                        session,
+                        Some(json!({"name": scope, "scopes": [scope]})),
+                    )
+                    .await["key"]
+                    .as_str()
+                    .unwrap()
+                    .to_string(),
+            };
+            let mut rows = Vec::new();
+            for (_, table, field) in APPS {
+                rows.push(Rows {
+                    own_live: new_row(session, table, field, false).await,
+                    own_dead: new_row(session, table, field, true).await,
+                    other_live: new_row(&author.1, table, field, false).await,
+                    other_dead: new_row(&author.1, table, field, true).await,
+                });
+            }
+            cases.push((*role, cred, token, rows));
+        }
+    }
+    // The final roles: the manager and the member demoted, with their app roles.
+    for (role, apps) in [
+        ("manager", vec![("notes", "editor"), ("projects", "viewer")]),
+        ("member", vec![("notes", "viewer")]),
+    ] {
+        let uid = &creators.iter().find(|(r, _)| *r == role).unwrap().1.0;
+        api.ok(
+            Method::PATCH,
+            &format!("/v1/orgs/{org}/members/{uid}"),
+            &owner.1,
+            Some(json!({ "role": role })),
+        )
+        .await;
+        for (app, app_role) in apps {
+            api.ok(
+                Method::PUT,
+                &format!("/v1/orgs/{org}/members/{uid}/apps/{app}"),
+                &owner.1,
+                Some(json!({ "role": app_role })),
+            )
+            .await;
+        }
+    }
+
+    let state = async |table: &str, id: &str| -> (String, Option<String>) {
+        let r = admin_db
+            .query_one(
+                &format!(
+                    "SELECT updated_at::text, deleted_at::text FROM orgbase.{table} WHERE id = $1"
+                ),
+                &[&uuid::Uuid::parse_str(id).unwrap()],
+            )
+            .await
+            .unwrap();
+        (r.get(0), r.get(1))
+    };
+    let mut wrong = Vec::new();
+    let mut tried = 0;
+    for (role, cred, token, rows) in &cases {
+        for ((app, table, field), rows) in APPS.iter().zip(rows) {
+            for op in OPS {
+                tried += 1;
+                let expect = allowed(role, *cred, app, op);
+                let base = format!("/v1/orgs/{org}/{table}");
+                let (method, path, body, row) = match op {
+                    Op::List => (Method::GET, format!("{base}?limit=100"), None, None),
+                    Op::GetOwn => (Method::GET, format!("{base}/{}", rows.own_live), None, None),
+                    Op::GetOther => (
+                        Method::GET,
+                        format!("{base}/{}", rows.other_live),
+                        None,
+                        None,
+                    ),
+                    Op::Create => (
+                        Method::POST,
+                        base.clone(),
+                        Some(json!({ *field: "new" })),
+                        None,
+                    ),
+                    Op::UpdateOwn | Op::UpdateOther => {
+                        let id = if op == Op::UpdateOwn {
+                            &rows.own_live
+                        } else {
+                            &rows.other_live
+                        };
+                        (
+                            Method::PATCH,
+                            format!("{base}/{id}"),
+                            Some(json!({ *field: "changed" })),
+                            Some(id),
+                        )
+                    }
+                    Op::DeleteOwn | Op::DeleteOther => {
+                        let id = if op == Op::DeleteOwn {
+                            &rows.own_live
+                        } else {
+                            &rows.other_live
+                        };
+                        (Method::DELETE, format!("{base}/{id}"), None, Some(id))
+                    }
+                    Op::RestoreOwn | Op::RestoreOther => {
+                        let id = if op == Op::RestoreOwn {
+                            &rows.own_dead
+                        } else {
+                            &rows.other_dead
+                        };
+                        (Method::POST, format!("{base}/{id}/restore"), None, Some(id))
+                    }
+                };
+                let before = match row {
+                    Some(id) => Some(state(table, id).await),
+                    None => None,
+                };
+                let got = if op == Op::List {
+                    // Listing is never refused; what it shows is the check.
+                    let seen = every_page(api, &path, token, "id").await;
+                    let own = seen.contains(&rows.own_live);
+                    let other = seen.contains(&rows.other_live);
+                    let model_other = allowed(role, *cred, app, Op::GetOther);
+                    if own != expect || other != model_other {
+                        wrong.push(format!(
+                            "{role} {cred:?} {app} list: own row shown {own}, other row shown {other}"
+                        ));
+                    }
+                    continue;
+                } else {
+                    api.call(method, &path, Some(token), body).await
+                };
+                let (status, answer) = got;
+                let ok = status.is_success();
+                let refused = matches!(status.as_u16(), 403 | 404);
+                let changed = match (row, before) {
+                    (Some(id), Some(b)) => Some(state(table, id).await != b),
+                    _ => None,
+                };
+                if ok != expect || (!ok && !refused) || changed.is_some_and(|c| c != expect) {
+                    wrong.push(format!(
+                        "{role} {cred:?} {app} {op:?}: expected {}, got {status} (row changed: {changed:?}) {answer}",
+                        if expect { "allowed" } else { "refused" }
+                    ));
+                }
+            }
+        }
+    }
+    assert_eq!(tried, 4 * 12 * 2 * 10);
+    assert!(
+        wrong.is_empty(),
+        "{} of {tried} wrong:\n{}",
+        wrong.len(),
+        wrong.join("\n")
+    );
+}
+
+/// A key may create keys only with scopes its own cover; without the `admin` scope it creates
+/// none, whoever made it.
+#[tokio::test]
+async fn a_key_cannot_create_a_key_with_more_rights() {
+    let w = world().await;
+    let api = &w.api;
+    let owner = &w.a_owner.1;
+    let key = async |token: &str, scopes: Value| -> (u16, Value) {
+        let (s, v) = api
+            .call(
+                Method::POST,
+                "/v1/orgs/org-a/api-keys",
+                Some(token),
+                Some(json!({"name": "k", "scopes": scopes})),
+            )
+            .await;
+        (s.as_u16(), v)
+    };
+    let (s, admin_key) = key(owner, json!(["admin", "notes:read"])).await;
+    assert_eq!(s, 201, "{admin_key}");
+    let admin_key = admin_key["key"].as_str().unwrap();
+    for (scopes, status) in [
+        (json!(["notes:read"]), 201),
+        (json!(["admin"]), 201),
+        (json!(["admin", "notes:read"]), 201),
+        (json!(["notes:write"]), 403),
+        (json!(["notes:admin"]), 403),
+        (json!(["projects:read"]), 403),
+        (json!(["*:read"]), 403),
+        (json!(["*:admin"]), 403),
+    ] {
+        let (s, v) = key(admin_key, scopes.clone()).await;
+        assert_eq!(s, status, "{scopes}: {v}");
+    }
+    // `*:write` covers every app's read and write, not `*:admin` or org administration.
+    let (_, wide) = key(owner, json!(["admin", "*:write"])).await;
+    let wide = wide["key"].as_str().unwrap();
+    for (scopes, status) in [
+        (json!(["projects:write", "notes:read"]), 201),
+        (json!(["*:read"]), 201),
+        (json!(["*:write"]), 201),
+        (json!(["notes:admin"]), 403),
+        (json!(["*:admin"]), 403),
+    ] {
+        let (s, v) = key(wide, scopes.clone()).await;
+        assert_eq!(s, status, "{scopes}: {v}");
+    }
+    // Without `admin` a key is an ordinary member: no keys, no members, no settings.
+    let (_, all_apps) = key(owner, json!(["*:admin"])).await;
+    let all_apps = all_apps["key"].as_str().unwrap();
+    let (s, v) = key(all_apps, json!(["notes:read"])).await;
+    assert_eq!(s, 403, "{v}");
+    api.expect(
+        Method::GET,
+        "/v1/orgs/org-a/api-keys",
+        Some(all_apps),
+        None,
+        403,
+        "forbidden",
+    )
+    .await;
+    api.expect(
+        Method::PATCH,
+        "/v1/orgs/org-a",
+        Some(all_apps),
+        Some(json!({"name": "renamed by a key"})),
+        403,
+        "forbidden",
+    )
+    .await;
+    // And `admin` alone reads no app data.
+    let (_, org_admin) = key(owner, json!(["admin"])).await;
+    let page = api
+        .ok(
+            Method::GET,
+            "/v1/orgs/org-a/notes",
+            org_admin["key"].as_str().unwrap(),
+            None,
+        )
+        .await;
+    assert_eq!(page["items"], json!([]), "{page}");
+}
+
+/// Nobody joins an organization without accepting: adding a person sends an invitation, with
+/// the same answer whether or not the address has an account, and the database refuses the
+/// runtime role any other way in (an insert, or an update bringing back a removed member).
+#[tokio::test]
+async fn joining_an_organization_takes_the_persons_consent() {
+    let w = world().await;
+    let api = &w.api;
+    let owner = &w.a_owner.1;
+    let members = async || {
+        api.ok(Method::GET, "/v1/orgs/org-a/members", owner, None)
+            .await["items"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|m| m["user_id"].as_str().unwrap().to_string())
+            .collect::<Vec<_>>()
+    };
+    let before = members().await;
+    let mut shapes = Vec::new();
+    let mut known_token = String::new();
+    for email in ["owner@b.example", "nobody@nowhere.example"] {
+        let (s, v) = api
+            .call(
+                Method::POST,
+                "/v1/orgs/org-a/members",
+                Some(owner),
+                Some(json!({"email": email, "role": "member"})),
+            )
+            .await;
+        assert_eq!(s, StatusCode::ACCEPTED, "{email}: {v}");
+        let mut keys: Vec<String> = v.as_object().unwrap().keys().cloned().collect();
+        keys.sort();
+        shapes.push(keys);
+        if email == "owner@b.example" {
+            known_token = v["token"].as_str().unwrap().to_string();
+        }
+    }
+    assert_eq!(
+        shapes[0], shapes[1],
+        "known and unknown addresses answer alike"
+    );
+    assert_eq!(members().await, before, "nobody was enrolled");
+    // The person agrees: now a member.
+    api.ok(
+        Method::POST,
+        &format!("/v1/invitations/{known_token}/accept"),
+        &w.b_owner.1,
+        None,
+    )
+    .await;
+    assert!(members().await.contains(&w.b_owner.0));
+
+    // In the database: the runtime role inserts no member and revives no removed one.
+    api.ok(
+        Method::DELETE,
+        &format!("/v1/orgs/org-a/members/{}", w.a_viewer.0),
+        owner,
+        None,
+    )
+    .await;
+    let pool = w.db.pool();
+    let caller = orgbase_db::Caller {
+        cred_hash: orgbase_db::auth::token_hash(owner),
+        ..Default::default()
+    };
+    let stranger = api.user("stranger@c.example").await.0;
+    for (sql, who) in [
+        (
+            "INSERT INTO orgbase.members (org_id, user_id, role) VALUES (orgbase.ctx_org(), $1, 'member')",
+            &stranger,
+        ),
+        (
+            "UPDATE orgbase.members SET deleted_at = NULL WHERE org_id = orgbase.ctx_org() AND user_id = $1",
+            &w.a_viewer.0,
+        ),
+    ] {
+        let who = uuid::Uuid::parse_str(who).unwrap();
+        let r = orgbase_db::request::many(
+            &pool,
+            &caller,
+            "org-a",
+            async |c: &tokio_postgres::Client, _: &orgbase_db::Context| {
+                Ok(c.execute(sql, &[&who]).await?)
+            },
+        )
+        .await;
+        assert!(
+            matches!(r, Err(orgbase_db::ReqError::Forbidden(_))),
+            "{sql}: {r:?}"
+        );
+    }
+    let now = members().await;
+    assert!(
+        !now.contains(&stranger) && !now.contains(&w.a_viewer.0),
+        "{now:?}"
+    );
+}
+
+/// A removed member keeps the rows they made, but nothing new is assigned to them.
+#[tokio::test]
+async fn tasks_are_assigned_to_active_members_only() {
+    let w = world().await;
+    let api = &w.api;
+    let owner = &w.a_owner.1;
+    let project = api
+        .ok(
+            Method::POST,
+            "/v1/orgs/org-a/projects",
+            owner,
+            Some(json!({"name": "P"})),
+        )
+        .await;
+    let pid = project["id"].as_str().unwrap();
+    let task = api
+        .ok(
+            Method::POST,
+            "/v1/orgs/org-a/tasks",
+            owner,
+            Some(json!({"project_id": pid, "title": "T", "assignee_id": w.a_editor.0})),
+        )
+        .await;
+    let tid = task["id"].as_str().unwrap();
+    api.ok(
+        Method::DELETE,
+        &format!("/v1/orgs/org-a/members/{}", w.a_viewer.0),
+        owner,
+        None,
+    )
+    .await;
+    for (method, path, body) in [
+        (
+            Method::PATCH,
+            format!("/v1/orgs/org-a/tasks/{tid}"),
+            json!({"assignee_id": w.a_viewer.0}),
+        ),
+        (
+            Method::POST,
+            "/v1/orgs/org-a/tasks".to_string(),
+            json!({"project_id": pid, "title": "U", "assignee_id": w.a_viewer.0}),
+        ),
+    ] {
+        let v = api
+            .expect(method, &path, Some(owner), Some(body), 422, "validation")
+            .await;
+        assert_eq!(v["errors"][0]["field"], "assignee_id", "{v}");
+        assert_eq!(
+            v["errors"][0]["message"],
+            "is not an active member of this organization"
+        );
+    }
+    let task = api
+        .ok(
+            Method::GET,
+            &format!("/v1/orgs/org-a/tasks/{tid}"),
+            owner,
+            None,
+        )
+        .await;
+    assert_eq!(task["assignee_id"], w.a_editor.0.as_str());
+    // Other changes to a task whose assignee left still work.
+    api.ok(
+        Method::DELETE,
+        &format!("/v1/orgs/org-a/members/{}", w.a_editor.0),
+        owner,
+        None,
+    )
+    .await;
+    api.ok(
+        Method::PATCH,
+        &format!("/v1/orgs/org-a/tasks/{tid}"),
+        owner,
+        Some(json!({"title": "renamed"})),
+    )
+    .await;
+}
+
+/// A crafted cursor is refused by name before it reaches SQL, and two credentials are refused.
+#[tokio::test]
+async fn crafted_cursors_and_doubled_credentials_are_refused() {
+    use base64::Engine;
+    let w = world().await;
+    let api = &w.api;
+    let owner = &w.a_owner.1;
+    let b64 = |v: Value| base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(v.to_string());
+    for cursor in [
+        b64(json!([
+            "created_at",
+            "not a time",
+            "00000000-0000-0000-0000-000000000000"
+        ])),
+        b64(json!([
+            "created_at",
+            "2026-13-45T99:00:00Z",
+            "00000000-0000-0000-0000-000000000000"
+        ])),
+        b64(json!([
+            "created_at",
+            "'); DROP TABLE x; --",
+            "00000000-0000-0000-0000-000000000000"
+        ])),
+    ] {
+        let v = api
+            .expect(
+                Method::GET,
+                &format!("/v1/orgs/org-a/notes?cursor={cursor}"),
+                Some(owner),
+                None,
+                422,
+                "validation",
+            )
+            .await;
+        assert_eq!(v["errors"][0]["field"], "cursor", "{v}");
+        assert!(!v.to_string().contains("syntax"), "{v}");
+    }
+    // A cursor the API issued still pages.
+    let page = api
+        .ok(Method::GET, "/v1/orgs/org-a/notes?limit=1", owner, None)
+        .await;
+    if let Some(c) = page["next_cursor"].as_str() {
+        api.ok(
+            Method::GET,
+            &format!("/v1/orgs/org-a/notes?limit=1&cursor={c}"),
+            owner,
+            None,
+        )
+        .await;
+    }
+
+    let resp = api
+        .http
+        .get(format!("{}/v1/orgs/org-a/notes", api.base))
+        .header("authorization", format!("Bearer {owner}"))
+        .header("authorization", format!("Bearer {}", w.b_owner.1))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), StatusCode::BAD_REQUEST);
+    let v: Value = resp.json().await.unwrap();
+    assert_eq!(v["type"], "urn:orgbase:problem:bad-request", "{v}");
 }

@@ -288,6 +288,27 @@ impl Api {
         v
     }
 
+    /// How a person joins an organization: `admin` (a session of one of its owners or admins)
+    /// invites `email` as `role`, and `member` (that person's session) accepts.
+    pub async fn join(&self, org: &str, admin: &str, email: &str, member: &str, role: &str) {
+        let inv = self
+            .ok(
+                reqwest::Method::POST,
+                &format!("/v1/orgs/{org}/invitations"),
+                admin,
+                Some(serde_json::json!({"email": email, "role": role})),
+            )
+            .await;
+        let token = inv["token"].as_str().unwrap();
+        self.ok(
+            reqwest::Method::POST,
+            &format!("/v1/invitations/{token}/accept"),
+            member,
+            None,
+        )
+        .await;
+    }
+
     /// Sign up and log in: (user id, session token).
     pub async fn user(&self, email: &str) -> (String, String) {
         let (s, v) = self
