@@ -181,6 +181,11 @@ pub(crate) struct Opened {
 }
 
 impl Opened {
+    /// The embedded cluster, for `serve` to supervise (and stop) itself.
+    pub(crate) fn take_cluster(&mut self) -> Option<RunningCluster> {
+        self.cluster.take()
+    }
+
     pub(crate) async fn close(self) -> anyhow::Result<()> {
         if let Some(c) = self.cluster {
             tokio::task::spawn_blocking(move || c.stop())
@@ -270,7 +275,11 @@ fn shutdown_signal() -> impl std::future::Future<Output = ()> {
 const BACKFILL_BATCH: i64 = 500;
 
 async fn serve(config: Config, _args: ServeArgs) -> anyhow::Result<ExitCode> {
-    let opened = open(&config, false).await?;
+    if config.embedded() {
+        // So that a postmaster that dies is reaped here, with its exit status.
+        orgbase_db::cluster::adopt_postmasters();
+    }
+    let mut opened = open(&config, false).await?;
     let migrator = Migrator::embedded(applied_by());
     let mut target = opened.target.clone();
     if config.database.migrate_on_start {
@@ -311,6 +320,24 @@ async fn serve(config: Config, _args: ServeArgs) -> anyhow::Result<ExitCode> {
         Some(m) => backup_metrics.register(m.registry_mut()),
         None => tracing::warn!("backup metrics not registered: the metrics registry is shared"),
     }
+    let supervision = crate::supervise::SupervisionMetrics::default();
+    match std::sync::Arc::get_mut(&mut services.metrics) {
+        Some(m) => supervision.register(m.registry_mut()),
+        None => tracing::warn!(
+            "PostgreSQL restart metrics not registered: the metrics registry is shared"
+        ),
+    }
+    let mut supervisor = opened.take_cluster().map(|cluster| {
+        crate::supervise::Supervisor::start(
+            cluster,
+            pool.clone(),
+            supervision,
+            crate::supervise::RestartLimit {
+                limit: config.embedded.restart_limit,
+                window: std::time::Duration::from_secs(config.embedded.restart_window_secs),
+            },
+        )
+    });
     crate::backup::start_metrics(&config, &backup_metrics).await;
     let backup_schedule = crate::backup::spawn_scheduler(&config, &target, backup_metrics);
     let privacy_worker = services
@@ -359,9 +386,25 @@ async fn serve(config: Config, _args: ServeArgs) -> anyhow::Result<ExitCode> {
     say(format!("  api:       http://{addr}/v1/openapi.json"));
     say(format!("  metrics:   http://{addr}/metrics"));
     say("Press Ctrl-C to stop.".into());
-    orgbase_http::serve(listener, app, stop, config.server.shutdown_grace())
-        .await
-        .context("serving HTTP")?;
+    let gave_up = tokio::select! {
+        served = orgbase_http::serve(listener, app, stop, config.server.shutdown_grace()) => {
+            served.context("serving HTTP")?;
+            None
+        }
+        e = async {
+            match supervisor.as_mut() {
+                Some(s) => s.failed().await,
+                None => std::future::pending().await,
+            }
+        } => Some(e),
+    };
+    if let Some(e) = gave_up {
+        // PostgreSQL is down for good: stop at once, non-zero, for the service manager to act.
+        for task in [backup_schedule, privacy_worker].into_iter().flatten() {
+            task.abort();
+        }
+        return Err(e);
+    }
     // The last requests' access-log lines are written before the pool closes.
     if !access_drain.wait(std::time::Duration::from_secs(10)).await {
         tracing::warn!("access log: lines still queued after 10 s were not written");
@@ -376,6 +419,9 @@ async fn serve(config: Config, _args: ServeArgs) -> anyhow::Result<ExitCode> {
         jobs.stop(&target).await;
     }
     pool.close();
+    if let Some(s) = supervisor {
+        s.stop().await.context("stopping PostgreSQL")?;
+    }
     opened.close().await?;
     say("orgbase stopped".into());
     Ok(ExitCode::SUCCESS)

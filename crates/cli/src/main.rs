@@ -6,6 +6,7 @@ mod commands;
 mod keys;
 mod privacy;
 mod retention;
+mod supervise;
 mod tools;
 
 use std::process::ExitCode;

@@ -192,6 +192,10 @@ pub struct EmbeddedConfig {
     pub tcp_address: Option<IpAddr>,
     pub shared_buffers: String,
     pub max_connections: u32,
+    /// `serve` restarts a PostgreSQL that died at most this many times within
+    /// `restart_window_secs`; one more and it exits non-zero for its supervisor to act.
+    pub restart_limit: u32,
+    pub restart_window_secs: u64,
 }
 
 /// Encrypted backups and point-in-time recovery (SPEC R21, R22).
@@ -381,6 +385,8 @@ impl Default for EmbeddedConfig {
             tcp_address: None,
             shared_buffers: "128MB".into(),
             max_connections: 100,
+            restart_limit: 5,
+            restart_window_secs: 600,
         }
     }
 }
@@ -541,6 +547,9 @@ impl Config {
         }
         if self.embedded.max_connections < 10 {
             return field("embedded.max_connections", "must be at least 10");
+        }
+        if self.embedded.restart_window_secs == 0 {
+            return field("embedded.restart_window_secs", "must be at least 1");
         }
         if self.embedded.port == 0 {
             return field("embedded.port", "must not be 0");

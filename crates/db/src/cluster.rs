@@ -416,6 +416,19 @@ impl Cluster {
             );
             self.pg_ctl_stop()?;
         }
+        self.launch()?;
+        let watchdog = self.spawn_watchdog();
+        tracing::info!(socket = %self.layout.socket_dir.display(), "embedded PostgreSQL started");
+        Ok(RunningCluster {
+            cluster: self,
+            watchdog,
+            stopped: false,
+        })
+    }
+
+    /// `pg_ctl start`, waiting until PostgreSQL accepts connections (after crash recovery, if
+    /// it needs one).
+    fn launch(&self) -> Result<(), ClusterError> {
         let started = self.run(
             "pg_ctl start",
             self.command("pg_ctl")
@@ -436,13 +449,7 @@ impl Cluster {
                 ),
             });
         }
-        let watchdog = self.spawn_watchdog();
-        tracing::info!(socket = %self.layout.socket_dir.display(), "embedded PostgreSQL started");
-        Ok(RunningCluster {
-            cluster: self,
-            watchdog,
-            stopped: false,
-        })
+        Ok(())
     }
 
     fn pg_ctl_status_running(&self) -> bool {
@@ -473,10 +480,7 @@ impl Cluster {
     /// without stopping it (kill -9, abort, a test process ending). It signals only the
     /// postmaster this process started, and is killed when orgbase stops PostgreSQL itself.
     fn spawn_watchdog(&self) -> Option<Child> {
-        let postmaster = fs::read_to_string(self.layout.pgdata.join("postmaster.pid"))
-            .ok()
-            .and_then(|t| t.lines().next().map(|l| l.trim().to_string()))
-            .filter(|p| p.parse::<u32>().is_ok())?;
+        let postmaster = postmaster_pid(&self.layout.pgdata)?.to_string();
         let script = r#"
             trap 'exit 0' TERM
             while kill -0 "$1" 2>/dev/null; do sleep 1; done
@@ -567,6 +571,21 @@ impl RunningCluster {
         &self.cluster
     }
 
+    /// The postmaster's process id, from `postmaster.pid`.
+    pub fn postmaster_pid(&self) -> Option<i32> {
+        postmaster_pid(&self.cluster.layout.pgdata)
+    }
+
+    /// Start PostgreSQL again after its postmaster died: crash recovery replays the WAL, so
+    /// every committed transaction is there. Waits until it accepts connections.
+    pub fn restart(&mut self) -> Result<(), ClusterError> {
+        self.dismiss_watchdog();
+        self.cluster.launch()?;
+        self.watchdog = self.cluster.spawn_watchdog();
+        tracing::info!("embedded PostgreSQL restarted");
+        Ok(())
+    }
+
     /// Stop PostgreSQL (fast shutdown: open transactions roll back, everything committed stays).
     pub fn stop(mut self) -> Result<(), ClusterError> {
         self.stopped = true;
@@ -574,6 +593,95 @@ impl RunningCluster {
         self.cluster.pg_ctl_stop()?;
         tracing::info!("embedded PostgreSQL stopped");
         Ok(())
+    }
+}
+
+/// The first line of `postmaster.pid`: the postmaster's process id.
+fn postmaster_pid(pgdata: &Path) -> Option<i32> {
+    fs::read_to_string(pgdata.join("postmaster.pid"))
+        .ok()?
+        .lines()
+        .next()?
+        .trim()
+        .parse()
+        .ok()
+}
+
+/// How a postmaster ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PostmasterExit {
+    /// It exited with this status.
+    Exited(i32),
+    /// A signal killed it (9: `kill -9`, the kernel's OOM killer).
+    Signaled(i32),
+    /// It is gone, but it was not this process's child, so how it ended is not known.
+    Unknown,
+}
+
+impl PostmasterExit {
+    /// As a shell reports it: the status, or 128 + the signal; -1 when unknown.
+    pub fn code(self) -> i64 {
+        match self {
+            PostmasterExit::Exited(c) => i64::from(c),
+            PostmasterExit::Signaled(s) => 128 + i64::from(s),
+            PostmasterExit::Unknown => -1,
+        }
+    }
+}
+
+impl std::fmt::Display for PostmasterExit {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            PostmasterExit::Exited(c) => write!(f, "exited with status {c}"),
+            PostmasterExit::Signaled(s) => {
+                let name = nix::sys::signal::Signal::try_from(*s)
+                    .map(|n| format!(" ({n})"))
+                    .unwrap_or_default();
+                write!(f, "was killed by signal {s}{name}")
+            }
+            PostmasterExit::Unknown => write!(f, "exited (status unknown)"),
+        }
+    }
+}
+
+/// Make this process the parent of the postmasters it starts (`pg_ctl` leaves them to be adopted):
+/// then [`wait_for_exit`] learns how one ended. Linux only; elsewhere the status stays unknown.
+pub fn adopt_postmasters() {
+    #[cfg(target_os = "linux")]
+    if let Err(e) = nix::sys::prctl::set_child_subreaper(true) {
+        tracing::warn!(error = %e, "cannot adopt the PostgreSQL postmaster; its exit status will be unknown");
+    }
+}
+
+/// Block until process `pid` (a postmaster) has ended, and say how. A child of this process
+/// ([`adopt_postmasters`]) is reaped with its status; another is watched until it is gone.
+pub fn wait_for_exit(pid: i32) -> PostmasterExit {
+    use nix::sys::wait::{WaitStatus, waitpid};
+    let target = nix::unistd::Pid::from_raw(pid);
+    loop {
+        match waitpid(target, None) {
+            Ok(WaitStatus::Exited(_, code)) => return PostmasterExit::Exited(code),
+            Ok(WaitStatus::Signaled(_, sig, _)) => return PostmasterExit::Signaled(sig as i32),
+            Ok(_) | Err(nix::errno::Errno::EINTR) => continue,
+            Err(_) => break,
+        }
+    }
+    // Not our child: poll until it is gone (a zombie left to another parent counts as gone).
+    loop {
+        let state = fs::read_to_string(format!("/proc/{pid}/stat")).ok();
+        let alive = match state {
+            Some(stat) => stat
+                .rsplit_once(')')
+                .and_then(|(_, rest)| rest.split_whitespace().next())
+                .is_some_and(|st| st != "Z" && st != "X"),
+            None => {
+                nix::sys::signal::kill(target, None).is_ok() && !Path::new("/proc/self").exists()
+            }
+        };
+        if !alive {
+            return PostmasterExit::Unknown;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(200));
     }
 }
 

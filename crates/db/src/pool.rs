@@ -59,6 +59,10 @@ pub enum GetError {
     /// The wait queue is full: the server is at capacity.
     #[error("all database connections are busy and {queue} requests are already waiting")]
     QueueFull { queue: usize },
+    /// The server is known to be down (the embedded PostgreSQL exited and is being restarted):
+    /// refused without trying to connect.
+    #[error("{cause}")]
+    Down { cause: String },
     /// The pool itself failed: a connect error or timeout, a wait timeout, or a closed pool.
     #[error("{}", describe(.0))]
     Pool(#[from] PoolError),
@@ -69,7 +73,7 @@ impl GetError {
     pub fn retry_after(&self) -> Option<Duration> {
         match self {
             GetError::CircuitOpen { retry_after } => Some(*retry_after),
-            GetError::QueueFull { .. } => Some(Duration::from_secs(1)),
+            GetError::QueueFull { .. } | GetError::Down { .. } => Some(Duration::from_secs(1)),
             GetError::Pool(_) => None,
         }
     }
@@ -159,6 +163,11 @@ impl Pool {
     }
 
     async fn get_with(&self, bounded: bool) -> Result<Object, GetError> {
+        if self.gate.down.load(Ordering::Acquire) {
+            return Err(GetError::Down {
+                cause: self.down_cause().unwrap_or_default(),
+            });
+        }
         // Dropped unsettled (refused by the queue, cancelled, or no answer about the database),
         // the trial lets the next request try instead.
         let trial = self.gate.admit()?;
@@ -205,6 +214,33 @@ impl Pool {
     pub fn close(&self) {
         self.inner.close();
     }
+
+    /// The server went away (`cause` says how): refuse every `get` at once with
+    /// [`GetError::Down`] until [`Pool::set_up`], and drop the idle connections, which belong to
+    /// the dead server. Connections in use fail on their own and are not returned.
+    pub fn set_down(&self, cause: impl Into<String>) {
+        *self.gate.cause() = Some(cause.into());
+        self.gate.down.store(true, Ordering::Release);
+        self.inner.retain(|_, _| false);
+    }
+
+    /// The server is back: admit requests again, with the breaker closed and its count reset
+    /// (the failures it counted were the outage's). Idle connections made before are dropped.
+    pub fn set_up(&self) {
+        self.inner.retain(|_, _| false);
+        self.gate.succeeded();
+        *self.gate.cause() = None;
+        self.gate.down.store(false, Ordering::Release);
+    }
+
+    /// Why the pool refuses requests now, when [`Pool::set_down`] said so.
+    pub fn down_cause(&self) -> Option<String> {
+        if self.gate.down.load(Ordering::Acquire) {
+            self.gate.cause().clone()
+        } else {
+            None
+        }
+    }
 }
 
 /// A connect error or timeout: PostgreSQL did not give a connection. Waiting for a busy pool,
@@ -228,6 +264,9 @@ struct Gate {
     /// Set while the breaker is open or half-open; the fast path only reads this.
     tripped: AtomicBool,
     breaker: Mutex<Breaker>,
+    /// Set by [`Pool::set_down`]; the fast path only reads this.
+    down: AtomicBool,
+    down_cause: Mutex<Option<String>>,
     refused_open: AtomicU64,
     refused_queue: AtomicU64,
 }
@@ -250,6 +289,8 @@ impl Gate {
             failures: AtomicU32::new(0),
             tripped: AtomicBool::new(false),
             breaker: Mutex::new(Breaker::default()),
+            down: AtomicBool::new(false),
+            down_cause: Mutex::new(None),
             refused_open: AtomicU64::new(0),
             refused_queue: AtomicU64::new(0),
         }
@@ -258,6 +299,10 @@ impl Gate {
     fn breaker(&self) -> MutexGuard<'_, Breaker> {
         // The state stays consistent at every await-free step, so a poisoned lock is usable.
         self.breaker.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn cause(&self) -> MutexGuard<'_, Option<String>> {
+        self.down_cause.lock().unwrap_or_else(|p| p.into_inner())
     }
 
     /// Ok(Some): this caller is the half-open trial.

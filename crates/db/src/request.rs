@@ -162,6 +162,9 @@ pub enum ReqError {
     Timeout,
     #[error("database unavailable: {0}")]
     Unavailable(String),
+    /// The database's disk is full: nothing was written; reads go on.
+    #[error("the database's disk is full; nothing was written")]
+    StorageFull,
     /// No connection: refused at once (breaker open, wait queue full; then with a
     /// `retry_after`), or the pool failed.
     #[error("{0}")]
@@ -195,12 +198,24 @@ impl From<tokio_postgres::Error> for ReqError {
 /// wrong in the HINT; constraint violations name the constraint or column.
 pub fn classify(e: tokio_postgres::Error) -> ReqError {
     let Some(db) = e.as_db_error() else {
-        return if e.is_closed() {
-            ReqError::Unavailable("connection closed".into())
+        // The connection broke (the server died or restarted under the request): the database
+        // went away, which the client hears as 503, never as a server error.
+        let io = std::error::Error::source(&e).is_some_and(|c| c.is::<std::io::Error>());
+        return if e.is_closed() || io {
+            ReqError::Unavailable("the connection to the database was lost".into())
         } else {
             ReqError::Db(e)
         };
     };
+    let class = &db.code().code()[..2];
+    if class == "08" || class == "57" && *db.code() != SqlState::QUERY_CANCELED {
+        // Connection exceptions and operator intervention: the server is shutting down, crashed
+        // and is recovering, or is starting up.
+        return ReqError::Unavailable(format!("the database is not available: {}", db.message()));
+    }
+    if *db.code() == SqlState::DISK_FULL {
+        return ReqError::StorageFull;
+    }
     match db.hint() {
         Some("orgbase_unauthenticated") => return ReqError::Unauthenticated,
         Some("orgbase_not_member") => return ReqError::NotMember,

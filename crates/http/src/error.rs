@@ -75,6 +75,9 @@ pub enum ApiError {
     Timeout,
     #[error("service unavailable: {0}")]
     Unavailable(String),
+    /// The database's disk is full: writes are refused until space is freed.
+    #[error("insufficient storage")]
+    InsufficientStorage,
     /// The request was refused before it started (SPEC R24): every database connection busy
     /// and the wait queue full (`overloaded`), or the database unreachable and the circuit
     /// breaker open. `Retry-After` says when to try again.
@@ -173,6 +176,11 @@ impl ApiError {
                 "unavailable",
                 "Service unavailable",
             ),
+            ApiError::InsufficientStorage => (
+                StatusCode::INSUFFICIENT_STORAGE,
+                "insufficient-storage",
+                "Insufficient storage",
+            ),
             ApiError::Refused {
                 overloaded: true, ..
             } => (
@@ -228,6 +236,10 @@ impl ApiError {
                 Some("the request body exceeds the configured limit".into())
             }
             ApiError::Timeout => Some("the server did not finish the request in time".into()),
+            ApiError::InsufficientStorage => Some(
+                "the database's disk is full: nothing was written; reads go on, and writes                  resume once space is freed"
+                    .into(),
+            ),
             _ => None,
         }
     }
@@ -314,6 +326,7 @@ impl From<orgbase_db::ReqError> for ApiError {
             }]),
             R::Timeout => ApiError::Timeout,
             R::Unavailable(m) => ApiError::Unavailable(m),
+            R::StorageFull => ApiError::InsufficientStorage,
             R::Pool(e) => match e.retry_after() {
                 Some(wait) => ApiError::Refused {
                     detail: e.to_string(),
