@@ -819,3 +819,142 @@ fn crash_drills_lose_no_acknowledged_write() {
     drop(rt);
     std::fs::remove_dir_all(dir).unwrap();
 }
+
+/// A full disk: serve's data directory on a small tmpfs filled up with a ballast file. Writes
+/// answer 507 problem+json and change nothing, reads go on, and writes resume by themselves
+/// once the ballast is removed; every acknowledged write is stored and the audit chains verify.
+/// Mounting needs root (CAP_SYS_ADMIN): without it the test says so and passes.
+#[test]
+fn a_full_disk_refuses_writes_and_recovers_when_space_is_freed() {
+    use nix::sys::signal::Signal;
+    let dir = temp_dir("orgbase-diskfull-");
+    let mnt = dir.join("mnt");
+    std::fs::create_dir(&mnt).unwrap();
+    let mounted = Command::new("mount")
+        .args(["-t", "tmpfs", "-o", "size=160m,mode=0777", "tmpfs"])
+        .arg(&mnt)
+        .stderr(Stdio::null())
+        .status()
+        .is_ok_and(|s| s.success());
+    if !mounted {
+        eprintln!(
+            "skipped: cannot mount a tmpfs here (needs root); the full-disk drill did not run"
+        );
+        std::fs::remove_dir_all(dir).unwrap();
+        return;
+    }
+    struct Unmount(std::path::PathBuf);
+    impl Drop for Unmount {
+        fn drop(&mut self) {
+            let _ = Command::new("umount").arg("-l").arg(&self.0).status();
+        }
+    }
+    let _unmount = Unmount(mnt.clone());
+    let data = mnt.join("data");
+    let mut s = start_serve(&data);
+    assert!(ready(&s.base));
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let api = orgbase_testkit::Api::new(s.base.clone());
+    let token = rt.block_on(async {
+        let (_, token) = api.user("full@example.com").await;
+        api.ok(
+            ::reqwest::Method::POST,
+            "/v1/orgs",
+            &token,
+            Some(serde_json::json!({"name": "Full", "slug": "full"})),
+        )
+        .await;
+        token
+    });
+    // A fresh WAL segment first (the checkpoint writes into it, so its file exists), so that
+    // the writes below fill the data files, not the WAL: a WAL segment that cannot be created
+    // stops PostgreSQL itself (docs/operations.md, "A full disk").
+    psql(&data, "SELECT pg_switch_wal()");
+    psql(&data, "CHECKPOINT");
+    let free = nix::sys::statvfs::statvfs(&mnt).unwrap();
+    let avail = free.blocks_available() as u64 * free.fragment_size() as u64;
+    let ballast = mnt.join("ballast");
+    let f = std::fs::File::create(&ballast).unwrap();
+    f.set_len(0).unwrap();
+    {
+        use std::io::Write;
+        let mut w = std::io::BufWriter::new(f);
+        let chunk = vec![0u8; 1 << 20];
+        for _ in 0..(avail.saturating_sub(3 << 20) >> 20) {
+            w.write_all(&chunk).unwrap();
+        }
+        w.flush().unwrap();
+    }
+    let body = "x".repeat(3000);
+    let (mut acked, mut full) = (Vec::new(), 0);
+    rt.block_on(async {
+        for _ in 0..2000 {
+            let (status, v) = api
+                .call(
+                    ::reqwest::Method::POST,
+                    "/v1/orgs/full/notes",
+                    Some(&token),
+                    Some(serde_json::json!({"title": "t", "body": body})),
+                )
+                .await;
+            match status.as_u16() {
+                201 => acked.push(v["id"].as_str().unwrap().to_string()),
+                507 => {
+                    assert_eq!(v["type"], "urn:orgbase:problem:insufficient-storage", "{v}");
+                    full += 1;
+                    if full >= 20 {
+                        break;
+                    }
+                }
+                other => {
+                    let log = std::fs::read_to_string(data.join("log/postgresql.log"))
+                        .unwrap_or_default();
+                    let tail: Vec<&str> = log.lines().rev().take(30).collect();
+                    panic!(
+                        "a write on a full disk answered {other}: {v}\n{}",
+                        tail.join("\n")
+                    )
+                }
+            }
+        }
+        assert!(full >= 20, "the disk never filled ({} writes)", acked.len());
+        let page = api
+            .ok(
+                ::reqwest::Method::GET,
+                "/v1/orgs/full/notes?limit=5",
+                &token,
+                None,
+            )
+            .await;
+        assert_eq!(page["items"].as_array().unwrap().len(), 5, "reads go on");
+    });
+    std::fs::remove_file(&ballast).unwrap();
+    rt.block_on(async {
+        let v = api
+            .ok(
+                ::reqwest::Method::POST,
+                "/v1/orgs/full/notes",
+                &token,
+                Some(serde_json::json!({"title": "after"})),
+            )
+            .await;
+        acked.push(v["id"].as_str().unwrap().to_string());
+    });
+    let stored: std::collections::HashSet<String> = psql(&data, "SELECT id FROM orgbase.notes")
+        .into_iter()
+        .collect();
+    assert!(
+        acked.iter().all(|id| stored.contains(id)),
+        "an acknowledged write was lost"
+    );
+    let (ok, out, err) = run(orgbase().args(["audit", "verify", "--data-dir"]).arg(&data));
+    assert!(ok, "audit verify: {out}{err}");
+    signal(&s.child, Signal::SIGTERM);
+    assert!(s.child.wait().unwrap().success());
+    wait_until("PostgreSQL to stop", || !postmaster_running(&data));
+    drop(_unmount);
+    std::fs::remove_dir_all(dir).unwrap();
+}

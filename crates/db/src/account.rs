@@ -46,7 +46,7 @@ pub fn account_key(user: Uuid) -> KeyId {
 }
 
 fn keys_error(e: CipherError) -> ReqError {
-    ReqError::Keys(e.to_string())
+    crate::fields::keys_failed(e)
 }
 
 impl Fields {

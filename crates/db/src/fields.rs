@@ -23,6 +23,19 @@ use crate::catalog::{Catalog, Column, Kind, Table, quote_ident};
 use crate::json::write_str;
 use crate::request::ReqError;
 
+/// The key store failed while sealing: a full disk is said as such (the store lives in the
+/// data directory), anything else is the key store being unavailable.
+pub(crate) fn keys_failed(e: CipherError) -> ReqError {
+    match &e {
+        CipherError::Key(KeyError::Io { source, .. })
+            if source.kind() == std::io::ErrorKind::StorageFull =>
+        {
+            ReqError::StorageFull
+        }
+        _ => ReqError::Keys(e.to_string()),
+    }
+}
+
 /// The data key of person `user` in organization `org`: one key per (organization, person), so
 /// that an organization can erase a member without touching their data elsewhere, and a
 /// person's own erasure destroys the keys of every organization they belonged to.
@@ -150,9 +163,7 @@ impl Fields {
                 column: &c.name,
                 row: &row,
             };
-            let sealed = cipher
-                .encrypt(&plain, &place, key)
-                .map_err(|e| ReqError::Keys(e.to_string()))?;
+            let sealed = cipher.encrypt(&plain, &place, key).map_err(keys_failed)?;
             *v = Value::String(sealed);
         }
         Ok(())

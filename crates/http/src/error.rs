@@ -237,7 +237,8 @@ impl ApiError {
             }
             ApiError::Timeout => Some("the server did not finish the request in time".into()),
             ApiError::InsufficientStorage => Some(
-                "the database's disk is full: nothing was written; reads go on, and writes                  resume once space is freed"
+                "the database's disk is full: nothing was written; reads go on, and writes resume \
+                 once space is freed"
                     .into(),
             ),
             _ => None,
