@@ -64,8 +64,12 @@ pub struct Column {
     /// Second column of an index that starts with org_id (or the id): may be filtered and
     /// sorted on.
     pub indexed: bool,
-    /// Classification (SPEC R14): public, internal (the default), confidential, pii or phi.
+    /// Classification: public, internal (the default), confidential, pii or phi.
     pub class: String,
+    /// Declared length limits in characters (`orgbase.classify`), checked by the server on the
+    /// plaintext: an encrypted column's own CHECKs see only ciphertext.
+    pub min_length: Option<i32>,
+    pub max_length: Option<i32>,
 }
 
 #[derive(Debug, Clone)]
@@ -137,10 +141,10 @@ impl Catalog {
                                                               WHERE attrelid = a.attrelid AND attname = 'org_id')
                                              AND i.indkey[1] = a.attnum)
                                             OR a.attname IN ('id', 'created_at'))),
-                            coalesce((SELECT cc.class FROM orgbase.column_classes cc
-                                       WHERE cc.table_name = a.attrelid::regclass
-                                         AND cc.column_name = a.attname), 'internal')
+                            coalesce(cc.class, 'internal'), cc.min_length, cc.max_length
                        FROM pg_attribute a
+                       LEFT JOIN orgbase.column_classes cc
+                         ON cc.table_name = a.attrelid::regclass AND cc.column_name = a.attname
                       WHERE a.attrelid = $1 AND a.attnum > 0 AND NOT a.attisdropped
                       ORDER BY a.attnum",
                     &[&oid],
@@ -158,6 +162,8 @@ impl Catalog {
                         has_default: c.get(3),
                         indexed: c.get(4),
                         class: c.get(5),
+                        min_length: c.get(6),
+                        max_length: c.get(7),
                     }
                 })
                 .collect::<Vec<_>>();

@@ -608,6 +608,22 @@ fn check_value(table: &Table, field: &str, v: &Value) -> Result<(), FieldError> 
         Kind::TextArray => v.as_array().is_some_and(|a| a.iter().all(Value::is_string)),
         Kind::Json | Kind::Other => true,
     };
+    if let (true, Some(text)) = (ok, v.as_str()) {
+        let chars = text.chars().count();
+        let short = c.min_length.is_some_and(|m| chars < m as usize);
+        let long = c.max_length.is_some_and(|m| chars > m as usize);
+        if short || long {
+            return Err(field_err(
+                field,
+                match (c.min_length, c.max_length) {
+                    (Some(lo), Some(hi)) => format!("must be {lo} to {hi} characters long"),
+                    (Some(lo), None) => format!("must be at least {lo} characters long"),
+                    (_, Some(hi)) => format!("must be at most {hi} characters long"),
+                    (None, None) => unreachable!("no limit, no finding"),
+                },
+            ));
+        }
+    }
     if ok {
         Ok(())
     } else {

@@ -1081,3 +1081,59 @@ async fn request_tickets_cannot_be_forged_moved_or_outlive_a_revocation() {
         .unwrap_err();
     assert_eq!(db_error(&e).1, "orgbase_context_twice");
 }
+
+/// A product's own table declares length limits with the classification; the catalog carries
+/// them and the server's validation refuses plaintext outside them (an encrypted column's CHECK
+/// sees only ciphertext). An unknown key in a declaration is refused when the table is made.
+#[tokio::test]
+async fn declared_length_limits_of_classified_columns_are_checked_on_the_plaintext() {
+    let db = TestDb::migrated().await;
+    let admin = db.admin().await;
+    admin
+        .batch_execute(
+            "CREATE SCHEMA clinic AUTHORIZATION orgbase_owner;
+             SET ROLE orgbase_owner;
+             CREATE TABLE clinic.visits (diagnosis text NOT NULL, phone text);
+             SELECT orgbase.make_tenant_table('clinic.visits', 'clinic', classes =>
+                 '{\"diagnosis\": {\"class\": \"phi\", \"min_length\": 2, \"max_length\": 20}, \"phone\": \"pii\"}');
+             RESET ROLE;",
+        )
+        .await
+        .unwrap();
+    let bad = admin
+        .batch_execute(
+            "SET ROLE orgbase_owner;
+             CREATE TABLE clinic.other (note text);
+             SELECT orgbase.make_tenant_table('clinic.other', 'clinic', classes =>
+                 '{\"note\": {\"class\": \"pii\", \"max_len\": 5}}');",
+        )
+        .await
+        .unwrap_err();
+    assert!(
+        bad.to_string().contains("max_len") || format!("{bad:?}").contains("max_len"),
+        "{bad:?}"
+    );
+    admin.batch_execute("ROLLBACK; RESET ROLE").await.ok();
+    let catalog = orgbase_db::catalog::Catalog::load(&admin).await.unwrap();
+    let visits = catalog.get("visits").unwrap();
+    let d = visits.column("diagnosis").unwrap();
+    assert_eq!(
+        (d.class.as_str(), d.min_length, d.max_length),
+        ("phi", Some(2), Some(20))
+    );
+    let p = visits.column("phone").unwrap();
+    assert_eq!((p.class.as_str(), p.max_length), ("pii", None));
+    let body = |v: &str| {
+        serde_json::json!({ "diagnosis": v })
+            .as_object()
+            .unwrap()
+            .clone()
+    };
+    // Characters, not bytes: twenty of them in 40 bytes pass.
+    assert!(orgbase_db::records::validate(&visits, &body(&"é".repeat(20)), true).is_ok());
+    for v in ["x".to_string(), "x".repeat(21)] {
+        let errors = orgbase_db::records::validate(&visits, &body(&v), true).unwrap_err();
+        assert_eq!(errors[0].field, "diagnosis");
+        assert_eq!(errors[0].message, "must be 2 to 20 characters long");
+    }
+}

@@ -2600,3 +2600,60 @@ async fn crafted_cursors_and_doubled_credentials_are_refused() {
     let v: Value = resp.json().await.unwrap();
     assert_eq!(v["type"], "urn:orgbase:problem:bad-request", "{v}");
 }
+
+/// An encrypted column's declared limits hold for the plaintext: PostgreSQL sees only
+/// ciphertext, so the server checks them before it encrypts, on create and on change.
+#[tokio::test]
+async fn limits_of_encrypted_columns_are_enforced_on_the_plaintext() {
+    let w = world().await;
+    let api = &w.api;
+    let owner = &w.a_owner.1;
+    for title in [String::new(), "t".repeat(501)] {
+        let v = api
+            .expect(
+                Method::POST,
+                "/v1/orgs/org-a/notes",
+                Some(owner),
+                Some(json!({ "title": title })),
+                422,
+                "validation",
+            )
+            .await;
+        assert_eq!(v["errors"][0]["field"], "title", "{v}");
+        assert_eq!(
+            v["errors"][0]["message"],
+            "must be 1 to 500 characters long"
+        );
+        let v = api
+            .expect(
+                Method::PATCH,
+                &format!("/v1/orgs/org-a/notes/{}", w.a_note),
+                Some(owner),
+                Some(json!({ "title": title })),
+                422,
+                "validation",
+            )
+            .await;
+        assert_eq!(v["errors"][0]["field"], "title", "{v}");
+    }
+    // 500 characters of two bytes each are 500 characters.
+    api.ok(
+        Method::POST,
+        "/v1/orgs/org-a/notes",
+        owner,
+        Some(json!({ "title": "é".repeat(500) })),
+    )
+    .await;
+    let stored: i64 = w
+        .db
+        .admin()
+        .await
+        .query_one(
+            "SELECT count(*) FROM orgbase.notes WHERE org_id = (SELECT id FROM orgbase.organizations WHERE slug = 'org-a')",
+            &[],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(stored, 2, "only the note within the limits was written");
+}
