@@ -167,8 +167,9 @@ impl<S: Send + Sync, T: DeserializeOwned> FromRequest<S> for JsonBody<T> {
                 ApiError::BadRequest(e.body_text())
             }
         })?;
-        let value: serde_json::Value =
-            serde_json::from_slice(&bytes).map_err(|e| ApiError::InvalidJson(e.to_string()))?;
+        let value = serde_json::from_slice::<UniqueKeys>(&bytes)
+            .map_err(|e| ApiError::InvalidJson(e.to_string()))?
+            .0;
         let parsed = serde_json::from_value(value).map_err(|e| {
             let msg = e.to_string();
             let field = msg
@@ -266,5 +267,103 @@ mod tests {
             client_ip(Some(ip("::ffff:127.0.0.1")), &h, &trusted),
             Some(ip("198.51.100.4"))
         );
+    }
+}
+
+/// A JSON document parsed as serde_json's `Value`, except that an object with the same key twice
+/// is an error: parsers disagree on which of the two counts (serde_json keeps the last, others
+/// the first), and a check that read one while the write used the other is how filters are
+/// bypassed.
+struct UniqueKeys(serde_json::Value);
+
+impl<'de> serde::Deserialize<'de> for UniqueKeys {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        d.deserialize_any(UniqueKeysVisitor).map(UniqueKeys)
+    }
+}
+
+struct UniqueKeysVisitor;
+
+impl<'de> serde::de::Visitor<'de> for UniqueKeysVisitor {
+    type Value = serde_json::Value;
+
+    fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("a JSON value")
+    }
+
+    fn visit_bool<E>(self, v: bool) -> Result<Self::Value, E> {
+        Ok(v.into())
+    }
+
+    fn visit_i64<E>(self, v: i64) -> Result<Self::Value, E> {
+        Ok(v.into())
+    }
+
+    fn visit_u64<E>(self, v: u64) -> Result<Self::Value, E> {
+        Ok(v.into())
+    }
+
+    fn visit_f64<E>(self, v: f64) -> Result<Self::Value, E> {
+        Ok(serde_json::Number::from_f64(v).map_or(serde_json::Value::Null, Into::into))
+    }
+
+    fn visit_str<E>(self, v: &str) -> Result<Self::Value, E> {
+        Ok(v.into())
+    }
+
+    fn visit_string<E>(self, v: String) -> Result<Self::Value, E> {
+        Ok(v.into())
+    }
+
+    fn visit_unit<E>(self) -> Result<Self::Value, E> {
+        Ok(serde_json::Value::Null)
+    }
+
+    fn visit_seq<A: serde::de::SeqAccess<'de>>(self, mut seq: A) -> Result<Self::Value, A::Error> {
+        let mut items = Vec::with_capacity(seq.size_hint().unwrap_or(0).min(1024));
+        while let Some(UniqueKeys(v)) = seq.next_element()? {
+            items.push(v);
+        }
+        Ok(serde_json::Value::Array(items))
+    }
+
+    fn visit_map<A: serde::de::MapAccess<'de>>(self, mut map: A) -> Result<Self::Value, A::Error> {
+        let mut out = serde_json::Map::new();
+        while let Some(key) = map.next_key::<String>()? {
+            if out.contains_key(&key) {
+                return Err(serde::de::Error::custom(format!(
+                    "the key {key:?} appears twice in one object"
+                )));
+            }
+            let UniqueKeys(v) = map.next_value()?;
+            out.insert(key, v);
+        }
+        Ok(serde_json::Value::Object(out))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::UniqueKeys;
+
+    #[test]
+    fn duplicate_keys_are_refused_at_any_depth_and_the_rest_parses_as_serde_json_does() {
+        for doc in [
+            r#"{"title":"a","title":"b"}"#,
+            r#"{"a":{"x":1,"x":2}}"#,
+            r#"[{"k":1},{"k":1,"k":1}]"#,
+        ] {
+            let e = serde_json::from_slice::<UniqueKeys>(doc.as_bytes())
+                .err()
+                .map(|e| e.to_string())
+                .unwrap_or_default();
+            assert!(e.contains("appears twice"), "{doc}: {e}");
+        }
+        let doc = r#"{"a":[1,-2,3.5,true,null,"s"],"b":{"c":{}},"n":18446744073709551615}"#;
+        let ours = serde_json::from_slice::<UniqueKeys>(doc.as_bytes())
+            .ok()
+            .map(|u| u.0);
+        let theirs = serde_json::from_str::<serde_json::Value>(doc).ok();
+        assert_eq!(ours, theirs);
     }
 }

@@ -66,12 +66,14 @@ pub struct Refresh {
     pub refresh_token: String,
 }
 
-fn normalize_email(email: &str) -> Result<String, ApiError> {
+/// The address in lower case, when it looks like one: no spaces or control characters (a NUL
+/// would cut it short in C code reading it), one `@`, a dotted domain.
+pub(crate) fn normalize_email(email: &str) -> Result<String, ApiError> {
     let e = email.trim().to_lowercase();
     let valid = e.len() <= 320
         && e.split_once('@')
             .is_some_and(|(l, d)| !l.is_empty() && d.contains('.') && !d.starts_with('.'))
-        && !e.chars().any(char::is_whitespace);
+        && !e.chars().any(|c| c.is_whitespace() || c.is_control());
     if valid {
         Ok(e)
     } else {

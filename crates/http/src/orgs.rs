@@ -83,9 +83,36 @@ pub struct NewOrg {
     /// Compliance flags: gdpr, hipaa, soc2, iso27001, pci.
     #[serde(default)]
     pub compliance: Vec<String>,
-    /// Free-form settings; `{"require_mfa": true}` makes members pass MFA.
+    /// The organization's settings (`ORG_SETTINGS`): `{"require_mfa": true}` makes members
+    /// pass multi-factor authentication. Unknown or ill-typed settings are refused.
     #[serde(default)]
     pub settings: Option<serde_json::Map<String, serde_json::Value>>,
+}
+
+/// The settings an organization has, with the JSON type each must have; a setting left out
+/// takes its default.
+const ORG_SETTINGS: &[(&str, &str)] = &[("require_mfa", "true or false (default false)")];
+
+/// Refuse settings that are unknown or of the wrong type (422 naming `settings.<name>`): a
+/// security setting must never be stored in a form that could read as "off".
+fn check_settings(settings: &serde_json::Map<String, serde_json::Value>) -> Result<(), ApiError> {
+    for (name, value) in settings {
+        let field = format!("settings.{name}");
+        match ORG_SETTINGS.iter().find(|(known, _)| known == name) {
+            Some(("require_mfa", want)) if !value.is_boolean() => {
+                return Err(ApiError::field(&field, format!("must be {want}")));
+            }
+            Some(_) => {}
+            None => {
+                let known: Vec<&str> = ORG_SETTINGS.iter().map(|(n, _)| *n).collect();
+                return Err(ApiError::field(
+                    &field,
+                    format!("unknown setting; the settings are: {}", known.join(", ")),
+                ));
+            }
+        }
+    }
+    Ok(())
 }
 
 /// Create an organization; the caller becomes its owner.
@@ -104,7 +131,9 @@ pub async fn create_org(
     if !valid_slug(&body.slug) {
         return Err(ApiError::field("slug", SLUG_RULE));
     }
-    let settings = serde_json::Value::Object(body.settings.unwrap_or_default());
+    let settings = body.settings.unwrap_or_default();
+    check_settings(&settings)?;
+    let settings = serde_json::Value::Object(settings);
     let region = body.region.unwrap_or_else(|| "us-east".into());
     let rows = plain(
         &state.pool,
@@ -164,6 +193,7 @@ pub async fn get_org(
 #[serde(deny_unknown_fields)]
 pub struct OrgChange {
     pub name: Option<String>,
+    /// Replaces the settings as a whole; the same rules as on creation.
     pub settings: Option<serde_json::Map<String, serde_json::Value>>,
     pub compliance: Option<Vec<String>>,
 }
@@ -182,6 +212,9 @@ pub async fn update_org(
         && (n.trim().is_empty() || n.chars().count() > 200)
     {
         return Err(ApiError::field("name", "must be 1 to 200 characters"));
+    }
+    if let Some(s) = &body.settings {
+        check_settings(s)?;
     }
     let settings = body.settings.map(serde_json::Value::Object);
     let json = request::many(&state.pool, &caller, &org, async |c: &Client, ctx: &Context| {
@@ -492,10 +525,7 @@ async fn invite(
     if !(1..=30).contains(&days) {
         return Err(ApiError::field("expires_in_days", "must be 1 to 30"));
     }
-    let email = body.email.trim().to_lowercase();
-    if !email.contains('@') || email.len() > 320 {
-        return Err(ApiError::field("email", "not a valid email address"));
-    }
+    let email = crate::identity::normalize_email(&body.email)?;
     let (token, hash) = auth::new_token(INVITATION_PREFIX)?;
     // The invitee's email is pii: stored under the invitation's own key, matched by blind index.
     let email_hash = state.fields.email_hash(&email)?;

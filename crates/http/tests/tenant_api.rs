@@ -2657,3 +2657,124 @@ async fn limits_of_encrypted_columns_are_enforced_on_the_plaintext() {
         .get(0);
     assert_eq!(stored, 2, "only the note within the limits was written");
 }
+
+/// Input that two readers could read differently, or that a security check could read as "off",
+/// is refused and stored nowhere: duplicate keys, ill-typed or unknown organization settings, an
+/// address with a NUL in it.
+#[tokio::test]
+async fn ambiguous_input_is_refused() {
+    let w = world().await;
+    let api = &w.api;
+    let owner = &w.a_owner.1;
+    let raw = async |path: &str, body: &str| {
+        let r = api
+            .http
+            .post(format!("{}{path}", api.base))
+            .bearer_auth(owner)
+            .header("content-type", "application/json")
+            .body(body.to_string())
+            .send()
+            .await
+            .unwrap();
+        let status = r.status().as_u16();
+        (status, r.json::<Value>().await.unwrap())
+    };
+    let (s, v) = raw(
+        "/v1/orgs/org-a/notes",
+        r#"{"title":"shown","title":"stored"}"#,
+    )
+    .await;
+    assert_eq!(
+        (s, v["type"].as_str()),
+        (400, Some("urn:orgbase:problem:invalid-json")),
+        "{v}"
+    );
+    let (s, v) = raw(
+        "/v1/orgs",
+        r#"{"name":"X","slug":"dupes","settings":{"require_mfa":true,"require_mfa":false}}"#,
+    )
+    .await;
+    assert_eq!(s, 400, "{v}");
+
+    for bad in [
+        json!("yes"),
+        json!(1),
+        json!([]),
+        json!({"a": 1}),
+        json!("maybe"),
+        json!(null),
+    ] {
+        let v = api
+            .expect(
+                Method::PATCH,
+                "/v1/orgs/org-a",
+                Some(owner),
+                Some(json!({"settings": {"require_mfa": bad}})),
+                422,
+                "validation",
+            )
+            .await;
+        assert_eq!(v["errors"][0]["field"], "settings.require_mfa", "{v}");
+    }
+    let v = api
+        .expect(
+            Method::PATCH,
+            "/v1/orgs/org-a",
+            Some(owner),
+            Some(json!({"settings": {"requre_mfa": true}})),
+            422,
+            "validation",
+        )
+        .await;
+    assert_eq!(v["errors"][0]["field"], "settings.requre_mfa", "{v}");
+    api.expect(
+        Method::POST,
+        "/v1/orgs",
+        Some(owner),
+        Some(json!({"name": "Y", "slug": "typed", "settings": {"require_mfa": "no"}})),
+        422,
+        "validation",
+    )
+    .await;
+    let org = api.ok(Method::GET, "/v1/orgs/org-a", owner, None).await;
+    assert_eq!(org["settings"], json!({}), "nothing was stored: {org}");
+    // The database holds the type too, whoever writes.
+    let refused = w
+        .db
+        .admin()
+        .await
+        .execute(
+            "UPDATE orgbase.organizations SET settings = '{\"require_mfa\": \"false\"}' WHERE slug = 'org-a'",
+            &[],
+        )
+        .await;
+    assert!(refused.is_err(), "an ill-typed setting reached the table");
+    api.ok(
+        Method::PATCH,
+        "/v1/orgs/org-a",
+        owner,
+        Some(json!({"settings": {"require_mfa": false}})),
+    )
+    .await;
+
+    let v = api
+        .expect(
+            Method::POST,
+            "/v1/auth/signup",
+            None,
+            Some(json!({"email": "nul\u{0}@a.example", "password": "password-1234"})),
+            422,
+            "validation",
+        )
+        .await;
+    assert_eq!(v["errors"][0]["field"], "email", "{v}");
+    api.expect(
+        Method::POST,
+        "/v1/orgs/org-a/invitations",
+        Some(owner),
+        Some(json!({"email": "nul\u{0}@a.example", "role": "member"})),
+        422,
+        "validation",
+    )
+    .await;
+}
