@@ -194,82 +194,6 @@ pub fn json_text(status: StatusCode, body: String) -> Response {
     resp
 }
 
-#[cfg(test)]
-mod tests {
-    #![allow(clippy::unwrap_used)]
-
-    use super::*;
-
-    fn ip(s: &str) -> IpAddr {
-        s.parse().unwrap()
-    }
-
-    fn headers(values: &[&str]) -> HeaderMap {
-        let mut h = HeaderMap::new();
-        for v in values {
-            h.append(X_FORWARDED_FOR, HeaderValue::from_str(v).unwrap());
-        }
-        h
-    }
-
-    fn nets(list: &[&str]) -> Vec<IpNet> {
-        list.iter().map(|n| n.parse().unwrap()).collect()
-    }
-
-    #[test]
-    fn the_header_is_ignored_unless_the_peer_is_a_trusted_proxy() {
-        let forged = headers(&["10.1.2.3"]);
-        assert_eq!(
-            client_ip(Some(ip("192.0.2.7")), &forged, &[]),
-            Some(ip("192.0.2.7"))
-        );
-        let trusted = nets(&["127.0.0.1/32"]);
-        assert_eq!(
-            client_ip(Some(ip("192.0.2.7")), &forged, &trusted),
-            Some(ip("192.0.2.7"))
-        );
-        assert_eq!(client_ip(None, &forged, &trusted), None);
-    }
-
-    #[test]
-    fn behind_proxies_the_client_is_the_right_most_untrusted_entry() {
-        let trusted = nets(&["127.0.0.1/32", "10.0.0.0/8"]);
-        let peer = Some(ip("127.0.0.1"));
-        // The client sent a made-up entry; the first proxy appended the real address, the
-        // second the first proxy's.
-        let h = headers(&["203.0.113.9, 198.51.100.4", "10.0.0.5"]);
-        assert_eq!(client_ip(peer, &h, &trusted), Some(ip("198.51.100.4")));
-        // Ports and brackets as some proxies write them.
-        let h = headers(&["[2001:db8::1]:443, 10.0.0.5:8080"]);
-        assert_eq!(client_ip(peer, &h, &trusted), Some(ip("2001:db8::1")));
-        // Every entry a trusted proxy: the left-most.
-        let h = headers(&["10.0.0.9, 10.0.0.5"]);
-        assert_eq!(client_ip(peer, &h, &trusted), Some(ip("10.0.0.9")));
-        // No header: the proxy itself.
-        assert_eq!(client_ip(peer, &HeaderMap::new(), &trusted), peer);
-    }
-
-    #[test]
-    fn a_garbled_entry_stops_at_the_proxy_that_forwarded_it() {
-        let trusted = nets(&["127.0.0.1/32", "10.0.0.0/8"]);
-        let peer = Some(ip("127.0.0.1"));
-        let h = headers(&["198.51.100.4, unknown, 10.0.0.5"]);
-        assert_eq!(client_ip(peer, &h, &trusted), Some(ip("10.0.0.5")));
-        let h = headers(&["nonsense"]);
-        assert_eq!(client_ip(peer, &h, &trusted), peer);
-    }
-
-    #[test]
-    fn ipv4_mapped_addresses_compare_as_ipv4() {
-        let trusted = nets(&["127.0.0.1/32"]);
-        let h = headers(&["::ffff:198.51.100.4"]);
-        assert_eq!(
-            client_ip(Some(ip("::ffff:127.0.0.1")), &h, &trusted),
-            Some(ip("198.51.100.4"))
-        );
-    }
-}
-
 /// A JSON document parsed as serde_json's `Value`, except that an object with the same key twice
 /// is an error: parsers disagree on which of the two counts (serde_json keeps the last, others
 /// the first), and a check that read one while the write used the other is how filters are
@@ -344,7 +268,9 @@ impl<'de> serde::de::Visitor<'de> for UniqueKeysVisitor {
 
 #[cfg(test)]
 mod tests {
-    use super::UniqueKeys;
+    #![allow(clippy::unwrap_used)]
+
+    use super::*;
 
     #[test]
     fn duplicate_keys_are_refused_at_any_depth_and_the_rest_parses_as_serde_json_does() {
@@ -365,5 +291,74 @@ mod tests {
             .map(|u| u.0);
         let theirs = serde_json::from_str::<serde_json::Value>(doc).ok();
         assert_eq!(ours, theirs);
+    }
+
+    fn ip(s: &str) -> IpAddr {
+        s.parse().unwrap()
+    }
+
+    fn headers(values: &[&str]) -> HeaderMap {
+        let mut h = HeaderMap::new();
+        for v in values {
+            h.append(X_FORWARDED_FOR, HeaderValue::from_str(v).unwrap());
+        }
+        h
+    }
+
+    fn nets(list: &[&str]) -> Vec<IpNet> {
+        list.iter().map(|n| n.parse().unwrap()).collect()
+    }
+
+    #[test]
+    fn the_header_is_ignored_unless_the_peer_is_a_trusted_proxy() {
+        let forged = headers(&["10.1.2.3"]);
+        assert_eq!(
+            client_ip(Some(ip("192.0.2.7")), &forged, &[]),
+            Some(ip("192.0.2.7"))
+        );
+        let trusted = nets(&["127.0.0.1/32"]);
+        assert_eq!(
+            client_ip(Some(ip("192.0.2.7")), &forged, &trusted),
+            Some(ip("192.0.2.7"))
+        );
+        assert_eq!(client_ip(None, &forged, &trusted), None);
+    }
+
+    #[test]
+    fn behind_proxies_the_client_is_the_right_most_untrusted_entry() {
+        let trusted = nets(&["127.0.0.1/32", "10.0.0.0/8"]);
+        let peer = Some(ip("127.0.0.1"));
+        // The client sent a made-up entry; the first proxy appended the real address, the
+        // second the first proxy's.
+        let h = headers(&["203.0.113.9, 198.51.100.4", "10.0.0.5"]);
+        assert_eq!(client_ip(peer, &h, &trusted), Some(ip("198.51.100.4")));
+        // Ports and brackets as some proxies write them.
+        let h = headers(&["[2001:db8::1]:443, 10.0.0.5:8080"]);
+        assert_eq!(client_ip(peer, &h, &trusted), Some(ip("2001:db8::1")));
+        // Every entry a trusted proxy: the left-most.
+        let h = headers(&["10.0.0.9, 10.0.0.5"]);
+        assert_eq!(client_ip(peer, &h, &trusted), Some(ip("10.0.0.9")));
+        // No header: the proxy itself.
+        assert_eq!(client_ip(peer, &HeaderMap::new(), &trusted), peer);
+    }
+
+    #[test]
+    fn a_garbled_entry_stops_at_the_proxy_that_forwarded_it() {
+        let trusted = nets(&["127.0.0.1/32", "10.0.0.0/8"]);
+        let peer = Some(ip("127.0.0.1"));
+        let h = headers(&["198.51.100.4, unknown, 10.0.0.5"]);
+        assert_eq!(client_ip(peer, &h, &trusted), Some(ip("10.0.0.5")));
+        let h = headers(&["nonsense"]);
+        assert_eq!(client_ip(peer, &h, &trusted), peer);
+    }
+
+    #[test]
+    fn ipv4_mapped_addresses_compare_as_ipv4() {
+        let trusted = nets(&["127.0.0.1/32"]);
+        let h = headers(&["::ffff:198.51.100.4"]);
+        assert_eq!(
+            client_ip(Some(ip("::ffff:127.0.0.1")), &h, &trusted),
+            Some(ip("198.51.100.4"))
+        );
     }
 }
