@@ -1,6 +1,6 @@
-//! Encrypted, verified backups (SPEC R21) and point-in-time recovery for the embedded cluster
-//! (R22): logical dumps and base backups stream through zstd and AES-256-GCM segments into a
-//! store, with a JSON manifest per backup; WAL segments are archived the same way.
+//! Encrypted, verified backups and point-in-time recovery for the embedded cluster: logical
+//! dumps and base backups stream through zstd and AES-256-GCM segments into a store, with a
+//! JSON manifest per backup; WAL segments are archived the same way.
 
 pub mod dump;
 pub mod format;

@@ -1,5 +1,5 @@
 //! Backup metrics for `/metrics` (last success time, duration, size, failures, by kind) and the
-//! warnings R21 asks for: size growth over 20 % and duration over 30 minutes.
+//! warnings about a finished backup: size growth over 20 % and duration over 30 minutes.
 
 use std::sync::atomic::AtomicU64;
 
@@ -94,7 +94,7 @@ impl BackupMetrics {
     }
 }
 
-/// The R21 alerts for a finished backup, logged at warn level.
+/// The alerts for a finished backup (size growth, duration), logged at warn level.
 pub fn warnings(m: &Manifest, previous: Option<&Manifest>) -> Vec<String> {
     let out = alerts(m, previous);
     for w in &out {

@@ -79,7 +79,7 @@ pub enum Command {
     /// Configuration helpers.
     #[command(subcommand)]
     Config(ConfigCommand),
-    /// Inspect the database for tenant tables that break the isolation rules (SPEC R6).
+    /// Inspect the database for tenant tables that break the isolation rules.
     ///
     /// Reports, one line per finding, every tenant table (registered, or any table with an org_id
     /// column) without forced row-level security, without a policy for a command, with org_id
@@ -94,7 +94,7 @@ pub enum Command {
     /// Hard-delete rows soft-deleted longer ago than the grace period, in every tenant table
     /// (rows under a legal hold are kept).
     Purge(PurgeArgs),
-    /// Retention policies (SPEC R20): run them now, or see what a run would delete
+    /// Retention policies: run them now, or see what a run would delete
     /// (docs/retention.md).
     #[command(subcommand)]
     Retention(retention::RetentionCommand),

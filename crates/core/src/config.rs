@@ -174,7 +174,7 @@ pub struct DatabaseConfig {
     pub runtime_url: Option<Secret>,
     pub pool_max_size: usize,
     /// Requests that may wait for a connection when all are busy; beyond them a request is
-    /// refused at once with 503 and `Retry-After` (SPEC R24).
+    /// refused at once with 503 and `Retry-After`.
     pub pool_wait_queue: usize,
     pub connect_timeout_secs: u64,
     pub statement_timeout_ms: u64,
@@ -198,7 +198,7 @@ pub struct EmbeddedConfig {
     pub restart_window_secs: u64,
 }
 
-/// Encrypted backups and point-in-time recovery (SPEC R21, R22).
+/// Encrypted backups and point-in-time recovery.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields, default)]
 pub struct BackupConfig {

@@ -1,6 +1,6 @@
-//! Retention and consent domain types (SPEC R19, R20): the data types a retention policy
-//! covers, keep periods as the API writes them (`24h`, `90d`, `1y`), and consent purposes and
-//! sources. Parsing happens here, once; the database checks the same rules again.
+//! Retention and consent domain types: the data types a retention policy covers, keep periods as
+//! the API writes them (`24h`, `90d`, `1y`), and consent purposes and sources. Parsing happens
+//! here, once; the database checks the same rules again.
 
 use std::fmt;
 
@@ -44,7 +44,7 @@ impl DataType {
         Self::ALL.into_iter().find(|t| t.as_str() == s)
     }
 
-    /// The default keep period (seed 000's retention table; SPEC R10, R13).
+    /// The default keep period (seed 000's retention table).
     pub fn default_keep(self, hipaa: bool) -> Keep {
         match self {
             DataType::Sessions => Keep::new(24, Unit::Hours),

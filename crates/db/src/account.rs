@@ -1,10 +1,10 @@
-//! The personal data of the built-in identity tables (SPEC R14, docs/keys.md): an account's
-//! `email` and `name` (`orgbase.users`) and an invitation's `email` (`orgbase.invitations`) are
-//! pii. They reach PostgreSQL encrypted — the account's under the person's own **account key**
-//! ([`account_key`]), an invitation's under a key of its own ([`invitation_key`]) — and accounts
-//! are found by the email's **blind index** (`email_hash`, [`orgbase_keys::BlindIndex`]), never
-//! by the email. Erasing the person destroys the account key and the keys of the invitations
-//! sent to them, so their email and name in old backups and audit entries become noise.
+//! The personal data of the built-in identity tables (docs/keys.md): an account's `email` and
+//! `name` (`orgbase.users`) and an invitation's `email` (`orgbase.invitations`) are pii. They reach
+//! PostgreSQL encrypted — the account's under the person's own **account key** ([`account_key`]),
+//! an invitation's under a key of its own ([`invitation_key`]) — and accounts are found by the
+//! email's **blind index** (`email_hash`, [`orgbase_keys::BlindIndex`]), never by the email.
+//! Erasing the person destroys the account key and the keys of the invitations sent to them, so
+//! their email and name in old backups and audit entries become noise.
 //!
 //! With field encryption off the values are stored in clear, as before; the blind index is used
 //! all the same. [`backfill`] brings rows written before migration 0008 (or while encryption was

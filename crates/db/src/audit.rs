@@ -1,6 +1,6 @@
-//! The audit trail's hash chains (SPEC R12, docs/audit.md): sealing entries into one chain per
-//! organization, verifying the chains, and Ed25519-signed checkpoints of the chain heads kept
-//! outside the database.
+//! The audit trail's hash chains (docs/audit.md): sealing entries into one chain per organization,
+//! verifying the chains, and Ed25519-signed checkpoints of the chain heads kept outside the
+//! database.
 //!
 //! Entries are written unsealed by the `orgbase.audit_row` trigger in the transaction of the
 //! write. The sealer (`seal`, run by the server every second) takes committed unsealed entries in

@@ -1,4 +1,4 @@
-//! `orgbase check` (SPEC R6): inspect a database's catalog for broken tenant-isolation rules.
+//! `orgbase check`: inspect a database's catalog for broken tenant-isolation rules.
 //!
 //! A *tenant table* is every table registered in `orgbase.tenant_tables` plus every ordinary or
 //! partitioned table in a non-system schema that has an `org_id` column, other than orgbase's

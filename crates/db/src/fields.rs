@@ -1,6 +1,6 @@
-//! Field encryption in the record API (SPEC R14, docs/keys.md): values of columns classified
-//! `confidential`, `pii` or `phi` are encrypted before they reach PostgreSQL and decrypted for
-//! authorized callers on the way out.
+//! Field encryption in the record API (docs/keys.md): values of columns classified `confidential`,
+//! `pii` or `phi` are encrypted before they reach PostgreSQL and decrypted for authorized callers
+//! on the way out.
 //!
 //! Which key: a row's values are encrypted under the data key of its **subject** — the person
 //! who created it (`created_by`) — in that organization ([`subject_key`]); rows without a

@@ -1,7 +1,6 @@
-//! GDPR requests (SPEC R16–R18, docs/erasure.md): the worker that turns the rows of
-//! `orgbase.gdpr_requests` into export archives and erasures. It runs as administrator (tenant
-//! row-level security does not apply), from `orgbase erase run` / `orgbase export run` and from
-//! the server.
+//! GDPR requests (docs/erasure.md): the worker that turns the rows of `orgbase.gdpr_requests` into
+//! export archives and erasures. It runs as administrator (tenant row-level security does not
+//! apply), from `orgbase erase run` / `orgbase export run` and from the server.
 //!
 //! Erasure of a person, in one organization (an admin's request) or in all of theirs (their own):
 //! 1. at once: their rows soft-deleted, their membership (or, for their own request, their

@@ -1,4 +1,4 @@
-//! Versioned SQL migrations (SPEC R23), embedded in the binary from `migrations/`.
+//! Versioned SQL migrations, embedded in the binary from `migrations/`.
 //!
 //! A small runner of our own rather than refinery or sqlx: refinery has no down migrations,
 //! sqlx's runner would bring a second PostgreSQL driver, and neither records who applied a

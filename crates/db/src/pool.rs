@@ -1,7 +1,6 @@
-//! The request pool with its admission rules (SPEC R24): a bounded wait queue, beyond which a
-//! request is refused at once instead of waiting, and a circuit breaker that stops asking
-//! PostgreSQL for connections after consecutive failures and refuses requests until its backoff
-//! has passed.
+//! The request pool with its admission rules: a bounded wait queue, beyond which a request is
+//! refused at once instead of waiting, and a circuit breaker that stops asking PostgreSQL for
+//! connections after consecutive failures and refuses requests until its backoff has passed.
 //!
 //! The breaker opens after [`Limits::breaker_failures`] consecutive connection failures (a
 //! connect that fails or times out; a request that merely waits too long for a busy pool is not
@@ -36,7 +35,7 @@ pub struct Limits {
 }
 
 impl Default for Limits {
-    /// SPEC R24: a queue of 100, open after 10 failures, backoff 1 s → 16 s.
+    /// The defaults: a queue of 100, open after 10 failures, backoff 1 s → 16 s.
     fn default() -> Self {
         Self {
             wait_queue: 100,

@@ -1,5 +1,5 @@
-//! Retention (SPEC R20, docs/retention.md): what each organization's policies make due, deleted
-//! unless a legal hold covers it, with an audit entry per organization and data type. Shared by
+//! Retention (docs/retention.md): what each organization's policies make due, deleted unless a
+//! legal hold covers it, with an audit entry per organization and data type. Shared by
 //! `orgbase retention run`, `orgbase purge` and the server's daily job. Runs as administrator
 //! (not subject to row-level security), like migrations.
 //!
@@ -532,7 +532,9 @@ pub async fn run(
     }
 
     progress("audit, exports, backups");
-    // Hook for exports: when the GDPR export store exists (migration 0006 on main), delete
+    // Exports are files, not rows: `gdpr::prune_exports` removes archives older than
+    // `privacy.export_keep_days`, called by `orgbase erase run` and the server's privacy worker.
+    // Organizations' `exports` policies are not applied. Applying them would mean deleting
     // exports older than `retention_keep(org, 'exports')` here, per organization, skipping
     // subjects under hold (`held("e.org_id", "e.subject_id")`), like `accounts` above.
     for (t, note) in [
@@ -542,7 +544,7 @@ pub async fn run(
         ),
         (
             DataType::Exports,
-            "nothing to do: no export store in this schema yet",
+            "not per organization: export archives expire after privacy.export_keep_days",
         ),
         (
             DataType::Backups,

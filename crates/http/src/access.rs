@@ -1,4 +1,4 @@
-//! The HTTP access log (SPEC R13): one row per request in `orgbase.access_log` (method, matched
+//! The HTTP access log: one row per request in `orgbase.access_log` (method, matched
 //! route, status, latency, actor, organization), written in batches by a background task so a
 //! request never waits for its log line. A full queue drops lines and counts them
 //! (`orgbase_access_log_dropped_total`) rather than slowing requests down. At shutdown the

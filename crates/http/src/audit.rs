@@ -90,7 +90,7 @@ impl Filters {
 /// (`insert`, `update`, `delete`, `soft_delete`, `restore`), `from` / `to` (RFC 3339, `to`
 /// exclusive), `limit` (1–200, default 50), `cursor` (from `next_cursor`). Each entry carries
 /// its chain position (`seq`, null until sealed, within about a second).
-#[utoipa::path(get, path = "/v1/orgs/{org}/audit", tag = "audit",
+#[utoipa::path(get, operation_id = "list_audit_entries", path = "/v1/orgs/{org}/audit", tag = "audit",
     params(("org" = String, Path, description = "Organization id or slug"),
            ("actor" = Option<Uuid>, Query), ("table" = Option<String>, Query),
            ("record" = Option<String>, Query), ("action" = Option<String>, Query),

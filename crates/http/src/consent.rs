@@ -1,6 +1,6 @@
-//! Consent records, retention policies and legal holds over HTTP (SPEC R19, R20;
-//! docs/retention.md). Every statement runs in the request transaction; row-level security on
-//! the tables (migration 0007) limits what each role can read and write, whatever SQL runs.
+//! Consent records, retention policies and legal holds over HTTP (docs/retention.md). Every
+//! statement runs in the request transaction; row-level security on the tables (migration 0007)
+//! limits what each role can read and write, whatever SQL runs.
 
 use std::collections::BTreeMap;
 

@@ -78,7 +78,7 @@ pub enum ApiError {
     /// The database's disk is full: writes are refused until space is freed.
     #[error("insufficient storage")]
     InsufficientStorage,
-    /// The request was refused before it started (SPEC R24): every database connection busy
+    /// The request was refused before it started: every database connection busy
     /// and the wait queue full (`overloaded`), or the database unreachable and the circuit
     /// breaker open. `Retry-After` says when to try again.
     #[error("refused: {detail}")]

@@ -4,6 +4,7 @@
 pub mod access;
 pub mod audit;
 pub mod consent;
+pub mod contract;
 pub mod error;
 pub mod extract;
 pub mod health;
@@ -285,11 +286,18 @@ fn routes() -> OpenApiRouter<AppState> {
         .routes(routes!(tables::restore))
 }
 
-/// The OpenAPI document of this binary.
-pub fn openapi() -> utoipa::openapi::OpenApi {
-    let (_, mut doc) = routes().split_for_parts();
+/// The OpenAPI document of this binary for the tenant tables of `catalog` (what
+/// `/v1/openapi.json` serves).
+pub fn openapi(catalog: &Catalog) -> serde_json::Value {
+    let (_, doc) = routes().split_for_parts();
+    document(doc, catalog)
+}
+
+fn document(mut doc: utoipa::openapi::OpenApi, catalog: &Catalog) -> serde_json::Value {
     doc.info.version = orgbase_core::VERSION.to_string();
-    doc
+    let mut json = serde_json::to_value(&doc).unwrap_or_default();
+    contract::finish(&mut json, catalog);
+    json
 }
 
 /// Settings the router needs from the configuration.
@@ -317,8 +325,8 @@ impl From<&Config> for HttpSettings {
 /// Build the application. Background jobs (sealer, backups) report through
 /// `services.metrics`, which `/metrics` serves.
 pub fn app(services: Services, latest_migration: i64, settings: &HttpSettings) -> Router {
-    let (router, mut doc) = routes().split_for_parts();
-    doc.info.version = orgbase_core::VERSION.to_string();
+    let (router, doc) = routes().split_for_parts();
+    let doc = document(doc, &services.catalog);
     let access = (settings.access_log && services.key.is_some()).then(|| {
         access::AccessLog::start(
             services.pool.clone(),
@@ -336,7 +344,7 @@ pub fn app(services: Services, latest_migration: i64, settings: &HttpSettings) -
         metrics: services.metrics,
         latest_migration,
         catalog: Arc::new(RwLock::new((Arc::new(services.catalog), None))),
-        openapi: Arc::new(doc.to_json().unwrap_or_else(|_| "{}".into())),
+        openapi: Arc::new(doc.to_string()),
         trusted_proxies: settings.trusted_proxies.clone(),
     }));
     router

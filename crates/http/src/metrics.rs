@@ -100,7 +100,7 @@ impl Metrics {
     }
 }
 
-/// The request pool (SPEC R24), read at each scrape: connections, waiters, refusals and the
+/// The request pool, read at each scrape: connections, waiters, refusals and the
 /// circuit breaker.
 #[derive(Debug)]
 struct PoolCollector(Pool);

@@ -77,7 +77,7 @@ pub struct NewOrg {
     pub name: String,
     /// URL name, unique: lowercase letters, digits and '-'.
     pub slug: String,
-    /// Data residency region (SPEC R28), default `us-east`.
+    /// Data residency region, default `us-east`.
     #[serde(default)]
     pub region: Option<String>,
     /// Compliance flags: gdpr, hipaa, soc2, iso27001, pci.

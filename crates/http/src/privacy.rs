@@ -1,4 +1,4 @@
-//! GDPR requests over HTTP (SPEC R17, R18; docs/erasure.md): a person asks for an export or
+//! GDPR requests over HTTP (docs/erasure.md): a person asks for an export or
 //! the erasure of their own data (every organization), an organization's owners and admins ask
 //! for a member's (that organization only). The server's worker carries them out; the request
 //! is tracked in `orgbase.gdpr_requests` and its archive downloaded here.
@@ -249,7 +249,7 @@ pub async fn list_org(
 }
 
 /// One of the organization's GDPR requests (owners and admins).
-#[utoipa::path(get, path = "/v1/orgs/{org}/gdpr-requests/{id}", tag = "privacy",
+#[utoipa::path(get, operation_id = "get_org_gdpr_request", path = "/v1/orgs/{org}/gdpr-requests/{id}", tag = "privacy",
     params(("org" = String, Path, description = "Organization id or slug"), ("id" = Uuid, Path)),
     responses((status = 200, body = Object), (status = 403, body = Problem), (status = 404, body = Problem)))]
 pub async fn get_org(

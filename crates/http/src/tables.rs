@@ -59,7 +59,7 @@ fn query_pairs(raw: Option<String>) -> Result<Vec<(String, String)>, ApiError> {
 /// Query: `limit` (1–200, default 50), `sort` (`col` or `-col`, indexed non-null columns),
 /// `cursor` (from `next_cursor`), filters `col=value` or `col.lt|lte|gt|gte=value` on indexed
 /// columns. Soft-deleted rows are not listed.
-#[utoipa::path(get, path = "/v1/orgs/{org}/{table}", tag = "records",
+#[utoipa::path(get, operation_id = "list_rows", path = "/v1/orgs/{org}/{table}", tag = "records",
     params(("org" = String, Path, description = "Organization id or slug"),
            ("table" = String, Path, description = "Tenant table, e.g. notes, projects, tasks")),
     responses((status = 200, description = "`{\"items\": [...], \"next_cursor\": ...}`", body = Object),
@@ -85,7 +85,7 @@ pub async fn list(
 }
 
 /// One row by id. The `ETag` header is its version, for `If-Match` on PATCH.
-#[utoipa::path(get, path = "/v1/orgs/{org}/{table}/{id}", tag = "records",
+#[utoipa::path(get, operation_id = "get_row", path = "/v1/orgs/{org}/{table}/{id}", tag = "records",
     params(("org" = String, Path), ("table" = String, Path), ("id" = Uuid, Path)),
     responses((status = 200, body = Object), (status = 400, body = Problem), (status = 404, body = Problem)))]
 pub async fn get(
@@ -101,7 +101,7 @@ pub async fn get(
 
 /// Create a row. The body holds the table's own columns (unknown fields are refused; org,
 /// timestamps and authorship are set by the server); `id` is optional. Answers the row.
-#[utoipa::path(post, path = "/v1/orgs/{org}/{table}", tag = "records", request_body = Object,
+#[utoipa::path(post, operation_id = "create_row", path = "/v1/orgs/{org}/{table}", tag = "records", request_body = Object,
     params(("org" = String, Path), ("table" = String, Path)),
     responses((status = 201, body = Object), (status = 400, body = Problem), (status = 403, body = Problem),
               (status = 404, body = Problem), (status = 409, body = Problem), (status = 415, body = Problem),
@@ -128,7 +128,7 @@ fn object(v: Value) -> Result<Map<String, Value>, ApiError> {
 
 /// Change some columns of a row. With `If-Match: <ETag>` the change applies only if the row is
 /// unchanged since it was read (else 412).
-#[utoipa::path(patch, path = "/v1/orgs/{org}/{table}/{id}", tag = "records", request_body = Object,
+#[utoipa::path(patch, operation_id = "update_row", path = "/v1/orgs/{org}/{table}/{id}", tag = "records", request_body = Object,
     params(("org" = String, Path), ("table" = String, Path), ("id" = Uuid, Path)),
     responses((status = 200, body = Object), (status = 403, body = Problem), (status = 404, body = Problem),
               (status = 412, description = "Changed since read", body = Problem), (status = 422, body = Problem)))]
@@ -162,7 +162,7 @@ pub async fn update(
 
 /// Soft-delete a row (own rows, or app admins). `orgbase purge` removes it after the grace
 /// period; until then `POST …/{id}/restore` brings it back.
-#[utoipa::path(delete, path = "/v1/orgs/{org}/{table}/{id}", tag = "records",
+#[utoipa::path(delete, operation_id = "delete_row", path = "/v1/orgs/{org}/{table}/{id}", tag = "records",
     params(("org" = String, Path), ("table" = String, Path), ("id" = Uuid, Path)),
     responses((status = 204), (status = 403, body = Problem), (status = 404, body = Problem)))]
 pub async fn delete(
@@ -177,7 +177,7 @@ pub async fn delete(
 }
 
 /// Undo a soft delete.
-#[utoipa::path(post, path = "/v1/orgs/{org}/{table}/{id}/restore", tag = "records",
+#[utoipa::path(post, operation_id = "restore_row", path = "/v1/orgs/{org}/{table}/{id}/restore", tag = "records",
     params(("org" = String, Path), ("table" = String, Path), ("id" = Uuid, Path)),
     responses((status = 200, body = Object), (status = 404, body = Problem)))]
 pub async fn restore(
