@@ -275,6 +275,10 @@ fn shutdown_signal() -> impl std::future::Future<Output = ()> {
 const BACKFILL_BATCH: i64 = 500;
 
 async fn serve(config: Config, _args: ServeArgs) -> anyhow::Result<ExitCode> {
+    // The address first: a port in use is said before any PostgreSQL work starts.
+    let listener = tokio::net::TcpListener::bind(config.server.listen)
+        .await
+        .with_context(|| format!("listening on {}", config.server.listen))?;
     if config.embedded() {
         // So that a postmaster that dies is reaped here, with its exit status.
         orgbase_db::cluster::adopt_postmasters();
@@ -356,9 +360,6 @@ async fn serve(config: Config, _args: ServeArgs) -> anyhow::Result<ExitCode> {
         migrator.latest(),
         &orgbase_http::HttpSettings::from(&config),
     );
-    let listener = tokio::net::TcpListener::bind(config.server.listen)
-        .await
-        .with_context(|| format!("listening on {}", config.server.listen))?;
     let addr = listener.local_addr()?;
     let stop = shutdown_signal();
     let data = std::fs::canonicalize(&config.data_dir).unwrap_or(config.data_dir.clone());

@@ -127,8 +127,9 @@ pub enum Command {
 
 #[derive(Debug, Args)]
 pub struct PurgeArgs {
-    /// Grace period in days: rows deleted longer ago than this are removed for good.
-    #[arg(long, default_value_t = 30, value_name = "DAYS")]
+    /// Grace period in days: rows deleted longer ago than this are removed for good (the same
+    /// 90 days as the retention policies' default for soft-deleted rows).
+    #[arg(long, default_value_t = 90, value_name = "DAYS")]
     pub older_than_days: u32,
     /// Only report what would be removed.
     #[arg(long)]

@@ -116,6 +116,15 @@ async fn run(
         dir: &dir,
     };
     let mut client = target.admin().await?;
+    if let Some(id) = args.request {
+        let known = client
+            .query_opt("SELECT 1 FROM orgbase.gdpr_requests WHERE id = $1", &[&id])
+            .await?
+            .is_some();
+        if !known {
+            anyhow::bail!("no GDPR request has the id {id} (`--request`)");
+        }
+    }
     let outcomes = gdpr::run(&mut client, &worker, args.now, args.request).await?;
     let mut failed = false;
     for o in &outcomes {

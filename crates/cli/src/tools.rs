@@ -118,6 +118,9 @@ async fn upsert_user(
     Ok((id, token))
 }
 
+/// The demo's organizations: (slug, name).
+const DEMO_ORGS: [(&str, &str); 2] = [("demo-acme", "Acme Corp"), ("demo-globex", "Globex Inc")];
+
 pub async fn demo(target: &Target, config: &Config, fields: &Fields) -> anyhow::Result<ExitCode> {
     let mut client = target.admin().await?;
     let catalog = Catalog::load(&client).await?;
@@ -125,8 +128,27 @@ pub async fn demo(target: &Target, config: &Config, fields: &Fields) -> anyhow::
     let password = format!("demo-{}", &hex::encode(auth::random_bytes::<6>()?));
     let hash = auth::hash_password(password.clone()).await?;
     let tx = client.transaction().await?;
+    // The demo never changes data it did not make: its organizations have their own slugs, and
+    // when they exist already it stops before writing anything.
+    let taken: Vec<String> = tx
+        .query(
+            "SELECT slug FROM orgbase.organizations WHERE slug = ANY ($1) ORDER BY slug",
+            &[&DEMO_ORGS.map(|(slug, _)| slug).to_vec()],
+        )
+        .await?
+        .iter()
+        .map(|r| r.get(0))
+        .collect();
+    if !taken.is_empty() {
+        anyhow::bail!(
+            "the demo organizations exist already ({}): the demo never changes existing data. \
+             Their credentials were printed when they were made; for a fresh demo use another \
+             --data-dir",
+            taken.join(", ")
+        );
+    }
     let mut tokens = Vec::new();
-    for (slug, name) in [("acme", "Acme Corp"), ("globex", "Globex Inc")] {
+    for (slug, name) in DEMO_ORGS {
         let mut people = Vec::new();
         for (who, org_role, apps) in [
             ("admin", "admin", vec![]),
@@ -150,8 +172,7 @@ pub async fn demo(target: &Target, config: &Config, fields: &Fields) -> anyhow::
         let org: Uuid = tx
             .query_one(
                 "INSERT INTO orgbase.organizations (id, name, slug, owner_id, compliance) \
-                 VALUES ($1, $2, $3, $4, '{gdpr}') ON CONFLICT (slug) DO UPDATE SET name = EXCLUDED.name \
-                 RETURNING id",
+                 VALUES ($1, $2, $3, $4, '{gdpr}') RETURNING id",
                 &[&Uuid::now_v7(), &name, &slug, &owner],
             )
             .await?
@@ -262,15 +283,15 @@ pub async fn demo(target: &Target, config: &Config, fields: &Fields) -> anyhow::
     writeln!(
         out,
         "  curl -s -X POST {base}/v1/auth/login -H 'content-type: application/json' \
-         -d '{{\"email\":\"employee@acme.example\",\"password\":\"{password}\"}}'"
+         -d '{{\"email\":\"employee@demo-acme.example\",\"password\":\"{password}\"}}'"
     )?;
     writeln!(
         out,
-        "  curl -s -H 'Authorization: Bearer {acme_employee}' '{base}/v1/orgs/acme/notes?limit=5'"
+        "  curl -s -H 'Authorization: Bearer {acme_employee}' '{base}/v1/orgs/demo-acme/notes?limit=5'"
     )?;
     writeln!(
         out,
-        "  curl -s -H 'Authorization: Bearer {acme_admin}' {base}/v1/orgs/globex/notes   # another org: 404"
+        "  curl -s -H 'Authorization: Bearer {acme_admin}' {base}/v1/orgs/demo-globex/notes   # another org: 404"
     )?;
     Ok(ExitCode::SUCCESS)
 }

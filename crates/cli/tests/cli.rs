@@ -381,21 +381,34 @@ fn check_bench_seed_demo_and_purge() {
             .unwrap();
     assert_eq!(status, 404);
 
-    // demo prints credentials and working tokens; running it twice is fine.
-    for _ in 0..2 {
-        let (ok, out, err) = run(&mut with_data(&["demo"]));
-        assert!(ok, "{err}");
-        assert!(out.contains("password: demo-"), "{out}");
-        let token = out
-            .split("Bearer ")
-            .nth(1)
-            .and_then(|r| r.split('\'').next())
-            .unwrap();
+    // demo prints credentials and working tokens; a second run changes nothing and says why.
+    let (ok, out, err) = run(&mut with_data(&["demo"]));
+    assert!(ok, "{err}");
+    assert!(out.contains("password: demo-"), "{out}");
+    let token = out
+        .split("Bearer ")
+        .nth(1)
+        .and_then(|r| r.split('\'').next())
+        .unwrap()
+        .to_string();
+    let notes = || {
         let (status, body) =
-            reqwest::blocking_get_with(&format!("{}/v1/orgs/acme/notes", s.base), token).unwrap();
+            reqwest::blocking_get_with(&format!("{}/v1/orgs/demo-acme/notes", s.base), &token)
+                .unwrap();
         assert_eq!(status, 200, "{body}");
-        assert_eq!(body.matches("\"title\"").count(), 3, "{body}");
-    }
+        body.matches("\"title\"").count()
+    };
+    assert_eq!(notes(), 3);
+    let (ok, _, err) = run(&mut with_data(&["demo"]));
+    assert!(
+        !ok && err.contains("exist already (demo-acme, demo-globex)"),
+        "{err}"
+    );
+    assert_eq!(
+        notes(),
+        3,
+        "the second run changed nothing (the token still works)"
+    );
     let (ok, out, err) = run(&mut with_data(&["purge", "--dry-run"]));
     assert!(ok, "{err}");
     assert!(out.contains("0 row(s) to remove"), "{out}");
@@ -404,7 +417,7 @@ fn check_bench_seed_demo_and_purge() {
     assert!(ok, "{err}");
     assert!(out.contains("dry run: nothing changed"), "{out}");
     assert!(out.contains("chain anchoring not built"), "{out}");
-    let (ok, out, err) = run(&mut with_data(&["retention", "run", "--org", "acme"]));
+    let (ok, out, err) = run(&mut with_data(&["retention", "run", "--org", "demo-acme"]));
     assert!(ok, "{err}");
     assert!(out.contains("deleted;"), "{out}");
     let (ok, _, err) = run(&mut with_data(&["retention", "run", "--org", "nope"]));

@@ -104,6 +104,16 @@ fn check_scalar(kind: Kind, field: &str, v: &str) -> Result<(), FieldError> {
 }
 
 impl ListQuery {
+    /// The sort as a cursor records it: the column, `-` first when descending. A cursor
+    /// continues only the order it came from.
+    fn sort_key(&self) -> String {
+        if self.descending {
+            format!("-{}", self.sort)
+        } else {
+            self.sort.clone()
+        }
+    }
+
     /// Parse `limit`, `sort` (`col` or `-col`), `cursor`, and filters `col=v`, `col.gte=v`
     /// (`lt`, `lte`, `gt`, `gte`) on indexed columns.
     pub fn parse(table: &Table, pairs: &[(String, String)]) -> Result<Self, Vec<FieldError>> {
@@ -175,11 +185,11 @@ impl ListQuery {
         }
         if let Some(c) = cursor {
             match decode_cursor(&c) {
-                Some((sort, value, id)) if sort == q.sort => {
+                Some((sort, value, id)) if sort == q.sort_key() => {
                     // The value goes into SQL as the sort column's type: check it here, so that a
                     // crafted cursor gets this answer and never the database's.
                     if table
-                        .column(&sort)
+                        .column(&q.sort)
                         .is_some_and(|c| cursor_value_ok(c.kind, &value))
                     {
                         q.after = Some((value, id));
@@ -487,7 +497,7 @@ pub async fn list(
                 Some(i) => cursor_value(r, i)?,
                 None => r.get(w),
             };
-            Some(encode_cursor(&q.sort, &value, shape.id(r)))
+            Some(encode_cursor(&q.sort_key(), &value, shape.id(r)))
         }
         _ => None,
     };

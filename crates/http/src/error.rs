@@ -58,6 +58,9 @@ pub enum ApiError {
     Forbidden(String),
     #[error("multi-factor authentication required")]
     MfaRequired,
+    /// Login of an account with TOTP: the current code is missing or wrong.
+    #[error("the account's current TOTP code is needed")]
+    TotpCodeNeeded,
     #[error("multi-factor authentication required for health data")]
     PhiNeedsMfa,
     /// A stored value did not decrypt for its row (moved, altered, or its key version gone).
@@ -140,7 +143,7 @@ impl ApiError {
                 "mfa-required",
                 "Multi-factor authentication required",
             ),
-            ApiError::PhiNeedsMfa => (
+            ApiError::PhiNeedsMfa | ApiError::TotpCodeNeeded => (
                 StatusCode::FORBIDDEN,
                 "mfa-required",
                 "Multi-factor authentication required",
@@ -223,6 +226,11 @@ impl ApiError {
             ApiError::MfaRequired => Some(
                 "this organization requires multi-factor authentication: verify a TOTP code \
                  (POST /v1/auth/mfa/totp/verify) or log in with one"
+                    .into(),
+            ),
+            ApiError::TotpCodeNeeded => Some(
+                "this account uses multi-factor authentication: log in again with the current \
+                 code of its authenticator app as `totp`, beside the email and password"
                     .into(),
             ),
             ApiError::PhiNeedsMfa => Some(

@@ -208,11 +208,11 @@ pub async fn login(
     let mut mfa_passed = false;
     if totp_enabled {
         let secret: Option<Vec<u8>> = row.get(4);
-        let code = body.totp.ok_or(ApiError::MfaRequired)?;
+        let code = body.totp.ok_or(ApiError::TotpCodeNeeded)?;
         let totp = auth::totp(&secret.unwrap_or_default(), &email)?;
         if !totp.check_current(code.trim()).unwrap_or(false) {
             login_failed(&state, &email_hash, ip, &ua, "totp").await;
-            return Err(ApiError::MfaRequired);
+            return Err(ApiError::TotpCodeNeeded);
         }
         mfa_passed = true;
     }

@@ -2574,19 +2574,39 @@ async fn crafted_cursors_and_doubled_credentials_are_refused() {
         assert_eq!(v["errors"][0]["field"], "cursor", "{v}");
         assert!(!v.to_string().contains("syntax"), "{v}");
     }
-    // A cursor the API issued still pages.
+    // A cursor the API issued pages on in its own order only.
+    api.ok(
+        Method::POST,
+        "/v1/orgs/org-a/notes",
+        owner,
+        Some(json!({"title": "second"})),
+    )
+    .await;
     let page = api
         .ok(Method::GET, "/v1/orgs/org-a/notes?limit=1", owner, None)
         .await;
-    if let Some(c) = page["next_cursor"].as_str() {
-        api.ok(
+    let c = page["next_cursor"].as_str().unwrap();
+    api.ok(
+        Method::GET,
+        &format!("/v1/orgs/org-a/notes?limit=1&cursor={c}"),
+        owner,
+        None,
+    )
+    .await;
+    let v = api
+        .expect(
             Method::GET,
-            &format!("/v1/orgs/org-a/notes?limit=1&cursor={c}"),
-            owner,
+            &format!("/v1/orgs/org-a/notes?limit=1&sort=created_at&cursor={c}"),
+            Some(owner),
             None,
+            422,
+            "validation",
         )
         .await;
-    }
+    assert_eq!(
+        v["errors"][0]["message"],
+        "this cursor belongs to another sort order"
+    );
 
     let resp = api
         .http
