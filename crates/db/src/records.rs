@@ -127,6 +127,11 @@ impl ListQuery {
         };
         let mut cursor = None;
         for (k, v) in pairs {
+            // PostgreSQL text holds no NUL: say so here rather than fail in SQL.
+            if k.contains('\0') || v.contains('\0') {
+                errors.push(field_err(k, "must not contain a NUL character"));
+                continue;
+            }
             match k.as_str() {
                 "limit" => match v.parse::<i64>() {
                     Ok(n) if (1..=MAX_LIMIT).contains(&n) => q.limit = n,

@@ -41,6 +41,12 @@ impl Filters {
     fn parse(raw: Option<String>) -> Result<Self, ApiError> {
         let pairs: Vec<(String, String)> = serde_urlencoded::from_str(&raw.unwrap_or_default())
             .map_err(|e| ApiError::BadRequest(format!("query string: {e}")))?;
+        if let Some((k, _)) = pairs
+            .iter()
+            .find(|(k, v)| k.contains('\0') || v.contains('\0'))
+        {
+            return Err(bad(k, "must not contain a NUL character"));
+        }
         let mut f = Filters {
             limit: 50,
             ..Default::default()

@@ -49,6 +49,12 @@ impl ConsentQuery {
     fn parse(raw: Option<String>) -> Result<Self, ApiError> {
         let pairs: Vec<(String, String)> = serde_urlencoded::from_str(&raw.unwrap_or_default())
             .map_err(|e| ApiError::BadRequest(format!("query string: {e}")))?;
+        if let Some((k, _)) = pairs
+            .iter()
+            .find(|(k, v)| k.contains('\0') || v.contains('\0'))
+        {
+            return Err(bad(k, "must not contain a NUL character"));
+        }
         let mut q = ConsentQuery {
             subject: Subject::Me,
             purpose: None,

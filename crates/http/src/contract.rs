@@ -100,6 +100,12 @@ fn finish_operation(method: &str, path: &str, op: &mut Map<String, Value>) {
             "A field is missing, unknown, of the wrong type or out of range",
         );
     }
+    if matches!(method, "post" | "put" | "patch") && !public {
+        add(
+            "409",
+            "A row with these values exists already, or the change conflicts with another",
+        );
+    }
     if path.contains('{') {
         add("400", "A path parameter is malformed");
         add(

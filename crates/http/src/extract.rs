@@ -195,7 +195,7 @@ pub fn json_text(status: StatusCode, body: String) -> Response {
 }
 
 /// A JSON document parsed as serde_json's `Value`, except that an object with the same key twice
-/// is an error: parsers disagree on which of the two counts (serde_json keeps the last, others
+/// (and a string with a NUL character) is an error: parsers disagree on which of the two counts (serde_json keeps the last, others
 /// the first), and a check that read one while the write used the other is how filters are
 /// bypassed.
 struct UniqueKeys(serde_json::Value);
@@ -207,6 +207,16 @@ impl<'de> serde::Deserialize<'de> for UniqueKeys {
 }
 
 struct UniqueKeysVisitor;
+
+/// PostgreSQL's text and jsonb hold no NUL character (`\u0000`): a body with one could not be
+/// stored, whatever field it is in.
+fn no_nul<E: serde::de::Error>(s: &str) -> Result<(), E> {
+    if s.contains('\0') {
+        Err(E::custom("a string contains a NUL character (\\u0000)"))
+    } else {
+        Ok(())
+    }
+}
 
 impl<'de> serde::de::Visitor<'de> for UniqueKeysVisitor {
     type Value = serde_json::Value;
@@ -231,11 +241,13 @@ impl<'de> serde::de::Visitor<'de> for UniqueKeysVisitor {
         Ok(serde_json::Number::from_f64(v).map_or(serde_json::Value::Null, Into::into))
     }
 
-    fn visit_str<E>(self, v: &str) -> Result<Self::Value, E> {
+    fn visit_str<E: serde::de::Error>(self, v: &str) -> Result<Self::Value, E> {
+        no_nul(v)?;
         Ok(v.into())
     }
 
-    fn visit_string<E>(self, v: String) -> Result<Self::Value, E> {
+    fn visit_string<E: serde::de::Error>(self, v: String) -> Result<Self::Value, E> {
+        no_nul(&v)?;
         Ok(v.into())
     }
 
@@ -254,6 +266,7 @@ impl<'de> serde::de::Visitor<'de> for UniqueKeysVisitor {
     fn visit_map<A: serde::de::MapAccess<'de>>(self, mut map: A) -> Result<Self::Value, A::Error> {
         let mut out = serde_json::Map::new();
         while let Some(key) = map.next_key::<String>()? {
+            no_nul(&key)?;
             if out.contains_key(&key) {
                 return Err(serde::de::Error::custom(format!(
                     "the key {key:?} appears twice in one object"
