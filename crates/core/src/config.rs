@@ -163,6 +163,10 @@ pub struct ServerConfig {
     /// Empty (the default): the client is the peer of the TCP connection, and the header is
     /// ignored.
     pub trusted_proxies: Vec<String>,
+    /// Origins (`https://app.example.com`) whose browser pages may call the API (CORS). Empty
+    /// (the default): no cross-origin browser access; clients that are not browsers are not
+    /// affected either way.
+    pub cors_origins: Vec<String>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
@@ -358,6 +362,7 @@ impl Default for ServerConfig {
             body_limit_bytes: 1024 * 1024,
             shutdown_grace_secs: 30,
             trusted_proxies: Vec::new(),
+            cors_origins: Vec::new(),
         }
     }
 }
@@ -414,6 +419,23 @@ impl ServerConfig {
             .filter_map(|p| parse_net(p))
             .collect()
     }
+}
+
+/// `https://host[:port]` or `http://host[:port]`: what a browser sends as `Origin`.
+fn is_origin(s: &str) -> bool {
+    let Some((scheme, rest)) = s.split_once("://") else {
+        return false;
+    };
+    let (host, port) = match rest.rsplit_once(':') {
+        Some((h, p)) if !h.ends_with(']') || rest.starts_with('[') => (h, Some(p)),
+        _ => (rest, None),
+    };
+    matches!(scheme, "http" | "https")
+        && !host.is_empty()
+        && host
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '-' | '[' | ']' | ':'))
+        && port.is_none_or(|p| p.parse::<u16>().is_ok_and(|n| n > 0))
 }
 
 /// `10.0.0.0/8`, `fd00::/8`, or a single address (`127.0.0.1`, `::1`) as its /32 or /128.
@@ -486,6 +508,7 @@ impl Config {
                 // ORGBASE_SERVER__TRUSTED_PROXIES="10.0.0.0/8,192.168.1.5"
                 .list_separator(",")
                 .with_list_parse_key("server.trusted_proxies")
+                .with_list_parse_key("server.cors_origins")
                 .source(Some(env)),
         );
         for (key, value) in sources.overrides {
@@ -530,6 +553,15 @@ impl Config {
                 key: "server.trusted_proxies",
                 message: format!(
                     "`{bad}` is not an IP address or CIDR block (e.g. \"10.0.0.0/8\", \"127.0.0.1\")"
+                ),
+            });
+        }
+        if let Some(bad) = self.server.cors_origins.iter().find(|o| !is_origin(o)) {
+            return Err(ConfigError::Field {
+                key: "server.cors_origins",
+                message: format!(
+                    "`{bad}` is not an origin: scheme, host and optional port, no path \
+                     (e.g. \"https://app.example.com\", \"http://localhost:3000\")"
                 ),
             });
         }
@@ -767,6 +799,31 @@ mod tests {
         .unwrap_err()
         .to_string();
         assert!(err.contains("ORGBASE_LISEN"), "{err}");
+    }
+
+    #[test]
+    fn cors_origins_are_origins() {
+        for good in [
+            "https://app.example.com",
+            "http://localhost:3000",
+            "http://[::1]:8080",
+        ] {
+            assert!(is_origin(good), "{good}");
+        }
+        for bad in [
+            "app.example.com",
+            "https://app.example.com/",
+            "ftp://x",
+            "https://",
+            "http://x:0",
+            "https://a b",
+        ] {
+            assert!(!is_origin(bad), "{bad}");
+        }
+        let mut c = Config::default();
+        c.server.cors_origins = vec!["https://app.example.com/path".into()];
+        let e = c.validate().unwrap_err().to_string();
+        assert!(e.contains("server.cors_origins"), "{e}");
     }
 
     #[test]

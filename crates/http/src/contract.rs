@@ -113,6 +113,12 @@ fn finish_operation(method: &str, path: &str, op: &mut Map<String, Value>) {
             "No such organization (or not a member), or no such row",
         );
     }
+    if (method, path) == ("post", "/v1/auth/login") {
+        add(
+            "429",
+            "Too many failed logins for the account from this address, or from this address; `Retry-After` says when to try again",
+        );
+    }
     if !NO_DATABASE.contains(&(method, path)) {
         add(
             "503",

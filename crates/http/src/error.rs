@@ -74,6 +74,10 @@ pub enum ApiError {
     PreconditionFailed(String),
     #[error("too many requests")]
     TooManyRequests,
+    /// Too many failed logins for this account from this address, or from this address: try
+    /// again after the wait.
+    #[error("too many failed logins")]
+    Throttled { retry_after_secs: u64 },
     #[error("request timed out")]
     Timeout,
     #[error("service unavailable: {0}")]
@@ -164,7 +168,7 @@ impl ApiError {
                 "precondition-failed",
                 "Precondition failed",
             ),
-            ApiError::TooManyRequests => (
+            ApiError::TooManyRequests | ApiError::Throttled { .. } => (
                 StatusCode::TOO_MANY_REQUESTS,
                 "too-many-requests",
                 "Too many requests",
@@ -244,6 +248,10 @@ impl ApiError {
                 Some("the request body exceeds the configured limit".into())
             }
             ApiError::Timeout => Some("the server did not finish the request in time".into()),
+            ApiError::Throttled { retry_after_secs } => Some(format!(
+                "too many failed logins for this account from this address (or from this \
+                 address): try again in {retry_after_secs} s"
+            )),
             ApiError::InsufficientStorage => Some(
                 "the database's disk is full: nothing was written; reads go on, and writes resume \
                  once space is freed"
@@ -380,7 +388,8 @@ impl IntoResponse for ApiError {
             ApiError::Timeout | ApiError::Unavailable(_) => Some(1),
             ApiError::Refused {
                 retry_after_secs, ..
-            } => Some(*retry_after_secs),
+            }
+            | ApiError::Throttled { retry_after_secs } => Some(*retry_after_secs),
             _ => None,
         };
         let mut resp = problem_response(&problem, retry_after);

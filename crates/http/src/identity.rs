@@ -182,6 +182,13 @@ pub async fn login(
 ) -> Result<Json<Session>, ApiError> {
     let email = body.email.trim().to_lowercase();
     let email_hash = state.fields.email_hash(&email)?;
+    let (ip, ua) = client_meta(&headers, client);
+    let now = std::time::Instant::now();
+    if let Err(wait) = state.login_throttle.check(&email_hash, ip, now) {
+        return Err(ApiError::Throttled {
+            retry_after_secs: orgbase_db::pool::retry_after_secs(wait),
+        });
+    }
     let (issued_at, proof) = state.key()?.proof("login", &hex::encode(&email_hash));
     let rows = plain(
         &state.pool,
@@ -193,7 +200,6 @@ pub async fn login(
     let row = rows.first();
     let hash: Option<String> = row.and_then(|r| r.get(1));
     let ok = auth::verify_password(body.password, hash).await?;
-    let (ip, ua) = client_meta(&headers, client);
     let Some(row) = row.filter(|_| ok) else {
         login_failed(&state, &email_hash, ip, &ua, "password").await;
         return Err(ApiError::Unauthorized("wrong email or password".into()));
@@ -216,6 +222,7 @@ pub async fn login(
         }
         mfa_passed = true;
     }
+    state.login_throttle.succeeded(&email_hash, ip);
     Ok(Json(
         new_session(&state, user_id, mfa_passed, ip, ua).await?,
     ))
@@ -231,6 +238,9 @@ async fn login_failed(
     ua: &Option<String>,
     reason: &str,
 ) {
+    state
+        .login_throttle
+        .failed(email_hash, ip, std::time::Instant::now());
     let Ok(key) = state.key() else { return };
     let (issued_at, proof) = key.proof("login-failed", &hex::encode(email_hash));
     if let Err(e) = plain(

@@ -14,6 +14,7 @@ pub mod middleware;
 pub mod orgs;
 pub mod privacy;
 pub mod tables;
+pub mod throttle;
 
 use std::future::Future;
 use std::net::SocketAddr;
@@ -144,6 +145,8 @@ pub struct Shared {
     pub privacy: Arc<Privacy>,
     /// `server.trusted_proxies`: peers whose X-Forwarded-For is believed.
     trusted_proxies: Vec<ipnet::IpNet>,
+    /// Failed logins by account and address, and by address.
+    pub login_throttle: throttle::LoginThrottle,
 }
 
 impl AppState {
@@ -309,6 +312,8 @@ pub struct HttpSettings {
     pub access_log: bool,
     /// Reverse proxies whose X-Forwarded-For names the client ([`extract::client_ip`]).
     pub trusted_proxies: Vec<ipnet::IpNet>,
+    /// Origins whose browser pages may call the API (`server.cors_origins`); empty: none.
+    pub cors_origins: Vec<String>,
 }
 
 impl From<&Config> for HttpSettings {
@@ -318,6 +323,7 @@ impl From<&Config> for HttpSettings {
             body_limit_bytes: c.server.body_limit_bytes,
             access_log: c.audit.access_log,
             trusted_proxies: c.server.trusted_proxies(),
+            cors_origins: c.server.cors_origins.clone(),
         }
     }
 }
@@ -346,8 +352,9 @@ pub fn app(services: Services, latest_migration: i64, settings: &HttpSettings) -
         catalog: Arc::new(RwLock::new((Arc::new(services.catalog), None))),
         openapi: Arc::new(doc.to_string()),
         trusted_proxies: settings.trusted_proxies.clone(),
+        login_throttle: throttle::LoginThrottle::default(),
     }));
-    router
+    let router = router
         .route_layer(axum::middleware::from_fn(middleware::matched_route))
         .fallback(|| async { ApiError::NotFound })
         .layer(axum::middleware::from_fn_with_state(
@@ -360,7 +367,46 @@ pub fn app(services: Services, latest_migration: i64, settings: &HttpSettings) -
             state.clone(),
             middleware::observe,
         ))
-        .with_state(state)
+        .with_state(state);
+    match cors(&settings.cors_origins) {
+        Some(layer) => router.layer(layer),
+        None => router,
+    }
+}
+
+/// Browser pages of these origins may call the API: a preflight (`OPTIONS`) answers with the
+/// methods and headers the API uses, and responses expose `ETag`, `Retry-After` and the
+/// request id. No origins: no CORS headers at all (the browser refuses cross-origin calls).
+fn cors(origins: &[String]) -> Option<tower_http::cors::CorsLayer> {
+    use axum::http::{HeaderName, HeaderValue, Method, header};
+    use tower_http::cors::{AllowOrigin, CorsLayer};
+    let origins: Vec<HeaderValue> = origins
+        .iter()
+        .filter_map(|o| HeaderValue::from_str(o).ok())
+        .collect();
+    if origins.is_empty() {
+        return None;
+    }
+    let request_id = HeaderName::from_static("x-request-id");
+    Some(
+        CorsLayer::new()
+            .allow_origin(AllowOrigin::list(origins))
+            .allow_methods([
+                Method::GET,
+                Method::POST,
+                Method::PUT,
+                Method::PATCH,
+                Method::DELETE,
+            ])
+            .allow_headers([
+                header::AUTHORIZATION,
+                header::CONTENT_TYPE,
+                header::IF_MATCH,
+                request_id.clone(),
+            ])
+            .expose_headers([header::ETAG, header::RETRY_AFTER, request_id])
+            .max_age(Duration::from_secs(600)),
+    )
 }
 
 /// Serve until `shutdown` resolves, then stop accepting, give in-flight requests `grace` to

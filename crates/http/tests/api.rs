@@ -14,6 +14,7 @@ fn settings() -> HttpSettings {
         body_limit_bytes: 64 * 1024,
         access_log: true,
         trusted_proxies: Vec::new(),
+        cors_origins: Vec::new(),
     }
 }
 
@@ -453,4 +454,73 @@ async fn access_log_lines_of_the_last_requests_survive_a_shutdown() {
         .unwrap()
         .get(0);
     assert_eq!(n, 3);
+}
+
+/// Browsers of the configured origins may call the API (a preflight answers, responses carry
+/// the allow-origin header); other origins get no CORS headers; with none configured, none.
+#[tokio::test]
+async fn cors_allows_only_the_configured_origins() {
+    let db = TestDb::migrated().await;
+    let latest = orgbase_db::Migrator::embedded("t").latest();
+    let admin = db.admin().await;
+    let services = orgbase_http::Services::load(db.pool(), &admin)
+        .await
+        .unwrap();
+    let mut with_cors = settings();
+    with_cors.cors_origins = vec!["https://app.example.com".into()];
+    let base = spawn_app(app(services, latest, &with_cors)).await;
+    let c = reqwest::Client::new();
+    let preflight = |origin: &'static str| {
+        c.request(reqwest::Method::OPTIONS, format!("{base}/v1/orgs"))
+            .header("origin", origin)
+            .header("access-control-request-method", "POST")
+            .header(
+                "access-control-request-headers",
+                "authorization, content-type",
+            )
+            .send()
+    };
+    let r = preflight("https://app.example.com").await.unwrap();
+    assert!(r.status().is_success(), "{}", r.status());
+    assert_eq!(
+        r.headers()["access-control-allow-origin"],
+        "https://app.example.com"
+    );
+    let methods = r.headers()["access-control-allow-methods"]
+        .to_str()
+        .unwrap()
+        .to_string();
+    assert!(
+        methods.contains("POST") && methods.contains("PATCH"),
+        "{methods}"
+    );
+    let r = preflight("https://evil.example").await.unwrap();
+    assert!(r.headers().get("access-control-allow-origin").is_none());
+    let r = c
+        .get(format!("{base}/healthz"))
+        .header("origin", "https://app.example.com")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(
+        r.headers()["access-control-allow-origin"],
+        "https://app.example.com"
+    );
+    let expose = r.headers()["access-control-expose-headers"]
+        .to_str()
+        .unwrap()
+        .to_lowercase();
+    assert!(
+        expose.contains("etag") && expose.contains("x-request-id"),
+        "{expose}"
+    );
+    // Without configured origins there are no CORS headers.
+    let plain = start(&db).await;
+    let r = c
+        .get(format!("{plain}/healthz"))
+        .header("origin", "https://app.example.com")
+        .send()
+        .await
+        .unwrap();
+    assert!(r.headers().get("access-control-allow-origin").is_none());
 }

@@ -19,6 +19,7 @@ async fn start(db: &TestDb, pool: Pool) -> Api {
         body_limit_bytes: 64 * 1024,
         access_log: false,
         trusted_proxies: Vec::new(),
+        cors_origins: Vec::new(),
     };
     let latest = orgbase_db::Migrator::embedded("t").latest();
     Api::new(spawn_app(app(services, latest, &settings)).await)

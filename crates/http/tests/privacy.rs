@@ -62,6 +62,7 @@ impl World {
             body_limit_bytes: 256 * 1024,
             access_log: false,
             trusted_proxies: Vec::new(),
+            cors_origins: Vec::new(),
         };
         let base = spawn_app(app(
             services,

@@ -27,6 +27,7 @@ async fn world() -> World {
         body_limit_bytes: 64 * 1024,
         access_log: false,
         trusted_proxies: Vec::new(),
+        cors_origins: Vec::new(),
     };
     let base = spawn_app(app(
         services,

@@ -33,6 +33,7 @@ async fn world() -> World {
         body_limit_bytes: 64 * 1024,
         access_log: true,
         trusted_proxies: Vec::new(),
+        cors_origins: Vec::new(),
     };
     let base = spawn_app(app(
         services,
@@ -652,10 +653,52 @@ async fn credentials_are_checked_by_the_database() {
         "unauthorized",
     )
     .await;
+    // Reusing the spent refresh token above revoked the whole family: the session it was
+    // rotated into is gone too, and so is that session's own refresh token. Other logins of the
+    // same person are other families and keep working; the reuse is audited.
     let new_tok = fresh["token"].as_str().unwrap();
-    api.ok(Method::GET, "/v1/orgs/org-a/notes", new_tok, None)
+    api.expect(
+        Method::GET,
+        "/v1/orgs/org-a/notes",
+        Some(new_tok),
+        None,
+        401,
+        "unauthorized",
+    )
+    .await;
+    api.expect(
+        Method::POST,
+        "/v1/auth/refresh",
+        None,
+        Some(json!({"refresh_token": fresh["refresh_token"]})),
+        401,
+        "unauthorized",
+    )
+    .await;
+    api.ok(Method::GET, "/v1/orgs/org-a/notes", &w.a_editor.1, None)
         .await;
+    let reuses: i64 =
+        w.db.admin()
+            .await
+            .query_one(
+                "SELECT count(*) FROM orgbase.audit_log WHERE action = 'session.refresh_reuse' \
+             AND (new ->> 'revoked')::int = 1",
+                &[],
+            )
+            .await
+            .unwrap()
+            .get(0);
+    assert_eq!(reuses, 1);
     // logout revokes
+    let login = api
+        .ok(
+            Method::POST,
+            "/v1/auth/login",
+            "",
+            Some(json!({"email": "editor@a.example", "password": "password-1234"})),
+        )
+        .await;
+    let new_tok = login["token"].as_str().unwrap();
     api.ok(Method::POST, "/v1/auth/logout", new_tok, None).await;
     api.expect(
         Method::GET,
@@ -900,6 +943,7 @@ async fn forwarded_addresses_count_only_from_trusted_proxies() {
             body_limit_bytes: 64 * 1024,
             access_log: true,
             trusted_proxies: vec!["127.0.0.1/32".parse().unwrap()],
+            cors_origins: Vec::new(),
         },
     ))
     .await;
@@ -2812,4 +2856,41 @@ async fn ambiguous_input_is_refused() {
         assert!(matches!(s.as_u16(), 400 | 422), "{path}: {s} {v}");
         assert!(v.to_string().contains("NUL"), "{path}: {v}");
     }
+}
+
+/// Password guessing is slowed: after five failures in a row for one account from one address
+/// the next try waits (429 with `Retry-After`, before any password is checked), and the wait is
+/// short, so the person gets back in.
+#[tokio::test]
+async fn failed_logins_are_throttled_briefly() {
+    let w = world().await;
+    let api = &w.api;
+    let login = async |password: &str| {
+        let r = api
+            .http
+            .post(format!("{}/v1/auth/login", api.base))
+            .json(&json!({"email": "viewer@a.example", "password": password}))
+            .send()
+            .await
+            .unwrap();
+        let retry = r
+            .headers()
+            .get("retry-after")
+            .map(|v| v.to_str().unwrap().to_string());
+        (r.status().as_u16(), retry)
+    };
+    for _ in 0..5 {
+        assert_eq!(login("wrong password").await.0, 401);
+    }
+    assert_eq!(login("password-1234").await, (429, Some("1".to_string())));
+    // Another account from the same address is not affected.
+    api.ok(
+        Method::POST,
+        "/v1/auth/login",
+        "",
+        Some(json!({"email": "editor@a.example", "password": "password-1234"})),
+    )
+    .await;
+    tokio::time::sleep(Duration::from_millis(1100)).await;
+    assert_eq!(login("password-1234").await.0, 200);
 }
