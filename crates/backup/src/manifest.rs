@@ -17,6 +17,16 @@ pub enum Kind {
     Base,
 }
 
+/// `dump` or `base`, as the manifest and the metrics' labels spell it.
+impl std::fmt::Display for Kind {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.pad(match self {
+            Kind::Dump => "dump",
+            Kind::Base => "base",
+        })
+    }
+}
+
 impl Kind {
     pub fn prefix(self) -> &'static str {
         match self {

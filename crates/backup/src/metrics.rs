@@ -69,7 +69,7 @@ impl BackupMetrics {
 
     fn record(&self, m: &Manifest) {
         let l = KindLabel {
-            kind: format!("{:?}", m.kind).to_lowercase(),
+            kind: m.kind.to_string(),
         };
         self.last_success
             .get_or_create(&l)

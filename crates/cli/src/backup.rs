@@ -49,6 +49,8 @@ pub enum BackupCommand {
     Verify {
         /// The backup id (from `orgbase backup list`).
         id: String,
+        /// Also restore it into a scratch embedded cluster, run `orgbase check` there and
+        /// compare row counts with the manifest (takes as long as a restore).
         #[arg(long)]
         restore: bool,
         #[command(flatten)]
@@ -145,7 +147,7 @@ fn mb(n: u64) -> String {
 
 fn print_manifest(m: &Manifest) {
     println!(
-        "backup {} ({:?}, tier {}): {} raw, {} compressed, {} stored in {:.1} s; sha256 {}; key {} v{}",
+        "backup {} ({}, tier {}): {} raw, {} compressed, {} stored in {:.1} s; sha256 {}; key {} v{}",
         m.id,
         m.kind,
         m.tier,
@@ -206,7 +208,7 @@ pub async fn backup(config: Config, cmd: BackupCommand) -> anyhow::Result<ExitCo
                 println!(
                     "{:<24}  {:<4}  {:<7}  {:<20}  {:>10.1}  {:>10.1}  {:>8.1}  {:<6}  {} v{}",
                     m.id,
-                    format!("{:?}", m.kind).to_lowercase(),
+                    m.kind,
                     m.tier,
                     m.finished_at.format("%Y-%m-%d %H:%M:%S"),
                     m.raw_bytes as f64 / 1e6,
@@ -444,7 +446,7 @@ async fn prune(config: &Config, b: &Backups, dry_run: bool) -> anyhow::Result<us
     let mut n = 0;
     for m in &plan.backups {
         println!(
-            "{} {:?} backup {} (tier {}, {})",
+            "{} {} backup {} (tier {}, {})",
             if dry_run { "would delete" } else { "deleting" },
             m.kind,
             m.id,

@@ -151,8 +151,11 @@ fn load_config(cli: &Cli) -> anyhow::Result<Config> {
 fn init_tracing(config: &Config, flag: Option<&str>) -> anyhow::Result<()> {
     let filter = tracing_subscriber::EnvFilter::try_new(flag.unwrap_or(&config.log.level))
         .with_context(|| format!("log filter `{}`", flag.unwrap_or(&config.log.level)))?;
+    // Colours only for a person at a terminal, never into a file or a log collector.
+    let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr());
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
+        .with_ansi(ansi)
         .with_writer(std::io::stderr);
     match config.log.format {
         LogFormat::Text => builder.try_init(),

@@ -70,6 +70,27 @@ pub struct Column {
     /// plaintext: an encrypted column's own CHECKs see only ciphertext.
     pub min_length: Option<i32>,
     pub max_length: Option<i32>,
+    /// The values a CHECK of the form `col IN ('a', 'b', …)` allows, so that a value outside
+    /// them is refused by name before SQL (and the OpenAPI document lists them).
+    pub allowed: Option<Vec<String>>,
+}
+
+/// The values of `CHECK ((col = ANY (ARRAY['a'::text, 'b'::text])))`, PostgreSQL's rendering of
+/// `col IN ('a', 'b')`; `None` for any other constraint.
+fn allowed_values(def: &str, column: &str) -> Option<Vec<String>> {
+    let quoted = quote_ident(column);
+    let inner = def.strip_prefix("CHECK ((")?.strip_suffix(")))")?;
+    let list = inner
+        .strip_prefix(&format!("{column} = ANY (ARRAY["))
+        .or_else(|| inner.strip_prefix(&format!("{quoted} = ANY (ARRAY[")))?
+        .strip_suffix(']')?;
+    list.split(", ")
+        .map(|item| {
+            let text = item.strip_suffix("::text").unwrap_or(item);
+            let v = text.strip_prefix('\'')?.strip_suffix('\'')?;
+            (!v.contains('\'')).then(|| v.to_string())
+        })
+        .collect()
 }
 
 #[derive(Debug, Clone)]
@@ -150,12 +171,29 @@ impl Catalog {
                     &[&oid],
                 )
                 .await?;
+            let checks = client
+                .query(
+                    "SELECT a.attname::text, pg_get_constraintdef(c.oid)
+                       FROM pg_constraint c
+                       JOIN pg_attribute a ON a.attrelid = c.conrelid AND a.attnum = c.conkey[1]
+                      WHERE c.conrelid = $1 AND c.contype = 'c' AND cardinality(c.conkey) = 1",
+                    &[&oid],
+                )
+                .await?;
+            let allowed = |name: &str| {
+                checks
+                    .iter()
+                    .filter(|r| r.get::<_, String>(0) == name)
+                    .find_map(|r| allowed_values(&r.get::<_, String>(1), name))
+            };
             let columns = cols
                 .iter()
                 .map(|c| {
                     let sql_type: String = c.get(1);
+                    let name: String = c.get(0);
                     Column {
-                        name: c.get(0),
+                        allowed: allowed(&name),
+                        name,
                         kind: Kind::of(&sql_type),
                         sql_type,
                         not_null: c.get(2),
@@ -191,5 +229,31 @@ impl Catalog {
 
     pub fn get(&self, name: &str) -> Option<Arc<Table>> {
         self.tables.get(name).cloned()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::allowed_values;
+
+    #[test]
+    fn the_values_of_an_in_list_check_are_read_and_nothing_else() {
+        let def = "CHECK ((status = ANY (ARRAY['todo'::text, 'in_progress'::text, 'done'::text])))";
+        assert_eq!(
+            allowed_values(def, "status"),
+            Some(vec!["todo".into(), "in_progress".into(), "done".into()])
+        );
+        assert_eq!(allowed_values(def, "priority"), None);
+        assert_eq!(
+            allowed_values("CHECK ((length(title) <= 500))", "title"),
+            None
+        );
+        assert_eq!(
+            allowed_values(
+                "CHECK ((status = ANY (ARRAY['a'::text, upper('b'::text)])))",
+                "status"
+            ),
+            None
+        );
     }
 }

@@ -489,6 +489,9 @@ async fn run_script(
     tx: &tokio_postgres::Transaction<'_>,
     script: &str,
 ) -> Result<(), tokio_postgres::Error> {
+    // `IF EXISTS … skipping` and the like are notices, not news: a first start printed dozens.
+    tx.batch_execute("SET LOCAL client_min_messages = warning")
+        .await?;
     if !Migration::runs_as_admin(script) {
         tx.batch_execute("SET LOCAL ROLE orgbase_owner").await?;
     }

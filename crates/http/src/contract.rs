@@ -317,6 +317,9 @@ fn scalar_schema(c: &Column) -> Value {
         Kind::Json | Kind::Other => json!({}),
     };
     if let Some(m) = s.as_object_mut() {
+        if let Some(values) = &c.allowed {
+            m.insert("enum".into(), json!(values));
+        }
         if let Some(lo) = c.min_length {
             m.insert("minLength".into(), lo.into());
         }
@@ -334,6 +337,9 @@ fn value_schema(c: &Column, nullable: bool) -> Value {
         (true, Some(t)) => {
             let mut s = s.clone();
             s["type"] = json!([t, "null"]);
+            if let Some(values) = s.get_mut("enum").and_then(Value::as_array_mut) {
+                values.push(Value::Null);
+            }
             s
         }
         _ => s,

@@ -28,6 +28,10 @@ pub struct Problem {
     pub errors: Vec<FieldProblem>,
 }
 
+/// The `field` of a problem with the body as a whole (not JSON, not an object, nothing to
+/// change): a name no column can have, so that it never reads as a column called `body`.
+pub const WHOLE_BODY: &str = "(body)";
+
 /// One invalid input field.
 #[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
 pub struct FieldProblem {
@@ -338,7 +342,7 @@ impl From<orgbase_db::ReqError> for ApiError {
             R::Conflict(m) => ApiError::Conflict(m),
             R::PreconditionFailed(m) => ApiError::PreconditionFailed(m),
             R::Invalid(field, message) => ApiError::Validation(vec![FieldProblem {
-                field: field.unwrap_or_else(|| "body".into()),
+                field: field.unwrap_or_else(|| WHOLE_BODY.into()),
                 message,
             }]),
             R::Timeout => ApiError::Timeout,

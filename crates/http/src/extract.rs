@@ -176,7 +176,7 @@ impl<S: Send + Sync, T: DeserializeOwned> FromRequest<S> for JsonBody<T> {
                 .split('`')
                 .nth(1)
                 .filter(|_| msg.contains("field"))
-                .unwrap_or("body")
+                .unwrap_or(crate::error::WHOLE_BODY)
                 .to_string();
             ApiError::field(&field, msg)
         })?;

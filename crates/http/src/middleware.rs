@@ -84,7 +84,7 @@ pub async fn observe(State(state): State<AppState>, mut req: Request, next: Next
             status: status.as_u16(),
         })
         .observe(elapsed.as_secs_f64());
-    tracing::info!(parent: &span, status = status.as_u16(), latency_ms = elapsed.as_secs_f64() * 1000.0, "request");
+    tracing::info!(parent: &span, status = status.as_u16(), latency_ms = %format_args!("{:.3}", elapsed.as_secs_f64() * 1000.0), "request");
     if let Some(log) = &state.access {
         log.record(crate::access::Line {
             at,

@@ -122,7 +122,10 @@ pub async fn create(
 fn object(v: Value) -> Result<Map<String, Value>, ApiError> {
     match v {
         Value::Object(m) => Ok(m),
-        _ => Err(ApiError::field("body", "must be a JSON object")),
+        _ => Err(ApiError::field(
+            crate::error::WHOLE_BODY,
+            "must be a JSON object",
+        )),
     }
 }
 

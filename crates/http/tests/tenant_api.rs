@@ -2526,6 +2526,22 @@ async fn tasks_are_assigned_to_active_members_only() {
         )
         .await;
     let tid = task["id"].as_str().unwrap();
+    // A value outside a column's IN-list is refused by name, with the values it may have.
+    let v = api
+        .expect(
+            Method::PATCH,
+            &format!("/v1/orgs/org-a/tasks/{tid}"),
+            Some(owner),
+            Some(json!({"status": "finished"})),
+            422,
+            "validation",
+        )
+        .await;
+    assert_eq!(v["errors"][0]["field"], "status", "{v}");
+    assert_eq!(
+        v["errors"][0]["message"],
+        "must be one of todo, in_progress, review, done, cancelled"
+    );
     api.ok(
         Method::DELETE,
         &format!("/v1/orgs/org-a/members/{}", w.a_viewer.0),
