@@ -24,6 +24,10 @@ pub enum EraseCommand {
     /// Check a certificate of deletion offline: its fields, its Ed25519 signature and (with
     /// --public-key, or this data directory's key) who signed it. Exits 1 when it does not verify.
     VerifyCertificate(VerifyArgs),
+    /// Print the public key that verifies this server's certificates of deletion (base64), for
+    /// publishing where those who check certificates can find it. It is another key than the one
+    /// of the audit checkpoints (`orgbase audit public-key`).
+    PublicKey,
 }
 
 #[derive(Debug, Args)]
@@ -52,6 +56,15 @@ pub struct VerifyArgs {
 pub async fn erase(config: Config, cmd: EraseCommand) -> anyhow::Result<ExitCode> {
     match cmd {
         EraseCommand::VerifyCertificate(args) => verify_certificate(&config, &args),
+        EraseCommand::PublicKey => {
+            let path = crate::keys::keys_config(&config)
+                .paths(&config.data_dir)
+                .signing_key;
+            let signer = orgbase_keys::ServerSigner::open_or_create(&path)
+                .with_context(|| format!("the certificate signing key {}", path.display()))?;
+            println!("{}", signer.public_key_base64());
+            Ok(ExitCode::SUCCESS)
+        }
         EraseCommand::Run(args) => {
             let opened = crate::commands::open(&config, true).await?;
             let keys = crate::keys::open(&config)?;

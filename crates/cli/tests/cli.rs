@@ -564,6 +564,31 @@ fn keys_and_erase_commands() {
         bad.to_str().unwrap(),
     ]));
     assert!(!ok && err.contains("NOT valid"), "{err}");
+    // The key that verifies certificates of deletion has a command of its own, and is not the
+    // audit checkpoints' key.
+    let (ok, cert_key, err) = run(&mut with_data(&["erase", "public-key"]));
+    assert!(ok, "{err}");
+    let cert_key = cert_key.trim().to_string();
+    assert_eq!(
+        orgbase_keys::parse_public_key(&cert_key)
+            .map(|k| k.len())
+            .ok(),
+        Some(32),
+        "{cert_key}"
+    );
+    let (ok, audit_key, err) = run(&mut with_data(&["audit", "public-key"]));
+    assert!(ok, "{err}");
+    assert_ne!(audit_key.trim(), cert_key);
+    // An unknown request id is an error that names it.
+    let unknown = "01a24d00-0000-7000-8000-000000000000";
+    let (ok, _, err) = run(&mut with_data(&[
+        "erase",
+        "run",
+        "--now",
+        "--request",
+        unknown,
+    ]));
+    assert!(!ok && err.contains(unknown), "{err}");
     let _ = std::fs::remove_dir_all(&dir);
 }
 
