@@ -153,6 +153,22 @@ pub async fn list(
                 )
                 .await?;
             let items: String = row.get(0);
+            // Encrypted values shown decrypted where their key exists, as the export shows them.
+            let items = match serde_json::from_str::<serde_json::Value>(&items) {
+                Ok(mut list) => {
+                    let catalog = state.catalog();
+                    for entry in list.as_array_mut().into_iter().flatten() {
+                        orgbase_db::gdpr::open_audit_values(
+                            &state.fields,
+                            &catalog,
+                            entry,
+                            "table_name",
+                        );
+                    }
+                    list.to_string()
+                }
+                Err(_) => items,
+            };
             let n: i64 = row.get(1);
             let last: Option<i64> = row.get(2);
             let next = match last {

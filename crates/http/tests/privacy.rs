@@ -1478,3 +1478,49 @@ async fn accounts_from_before_0008_are_indexed_and_encrypted_by_the_backfill() {
     w.login("old@timer.example").await;
     w.login("new@comer.example").await;
 }
+
+/// The audit API shows owners the values of encrypted columns decrypted, as the GDPR export
+/// does, while the database holds only ciphertext.
+#[tokio::test]
+async fn the_audit_api_decrypts_what_the_export_decrypts() {
+    let w = World::new().await;
+    let (_, owner) = w.user_named("audit-owner@a.example", "Owner").await;
+    w.org(&owner, "audited").await;
+    let api = &w.api;
+    let owner = &owner;
+    let note = api
+        .ok(
+            Method::POST,
+            "/v1/orgs/audited/notes",
+            owner,
+            Some(json!({"title": "audited title", "body": "audited body"})),
+        )
+        .await;
+    let id = note["id"].as_str().unwrap();
+    let page = api
+        .ok(
+            Method::GET,
+            &format!("/v1/orgs/audited/audit?table=notes&record={id}"),
+            owner,
+            None,
+        )
+        .await;
+    let entry = &page["items"][0];
+    assert_eq!(entry["new"]["title"], "audited title", "{entry}");
+    assert_eq!(entry["new"]["body"], "audited body", "{entry}");
+    let stored: serde_json::Value = w
+        .db
+        .admin()
+        .await
+        .query_one(
+            "SELECT new FROM orgbase.audit_log WHERE table_name = 'orgbase.notes' AND record_id = $1",
+            &[&id.to_string()],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    assert!(
+        stored["title"].as_str().unwrap().starts_with("enc:v1:"),
+        "{stored}"
+    );
+}
