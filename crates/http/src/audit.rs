@@ -28,7 +28,7 @@ struct Filters {
 }
 
 fn bad(field: &str, message: impl std::fmt::Display) -> ApiError {
-    ApiError::BadRequest(format!("query parameter `{field}`: {message}"))
+    crate::extract::query_error(field, message)
 }
 
 fn time(field: &str, v: &str) -> Result<DateTime<Utc>, ApiError> {
@@ -39,14 +39,7 @@ fn time(field: &str, v: &str) -> Result<DateTime<Utc>, ApiError> {
 
 impl Filters {
     fn parse(raw: Option<String>) -> Result<Self, ApiError> {
-        let pairs: Vec<(String, String)> = serde_urlencoded::from_str(&raw.unwrap_or_default())
-            .map_err(|e| ApiError::BadRequest(format!("query string: {e}")))?;
-        if let Some((k, _)) = pairs
-            .iter()
-            .find(|(k, v)| k.contains('\0') || v.contains('\0'))
-        {
-            return Err(bad(k, "must not contain a NUL character"));
-        }
+        let pairs = crate::extract::query_pairs(raw)?;
         let mut f = Filters {
             limit: 50,
             ..Default::default()

@@ -20,7 +20,7 @@ use crate::extract::{Bearer, JsonBody, json_text};
 use crate::orgs::admin_only;
 
 fn bad(field: &str, message: impl std::fmt::Display) -> ApiError {
-    ApiError::BadRequest(format!("query parameter `{field}`: {message}"))
+    crate::extract::query_error(field, message)
 }
 
 // Consent ------------------------------------------------------------------------------------
@@ -47,14 +47,7 @@ struct ConsentQuery {
 
 impl ConsentQuery {
     fn parse(raw: Option<String>) -> Result<Self, ApiError> {
-        let pairs: Vec<(String, String)> = serde_urlencoded::from_str(&raw.unwrap_or_default())
-            .map_err(|e| ApiError::BadRequest(format!("query string: {e}")))?;
-        if let Some((k, _)) = pairs
-            .iter()
-            .find(|(k, v)| k.contains('\0') || v.contains('\0'))
-        {
-            return Err(bad(k, "must not contain a NUL character"));
-        }
+        let pairs = crate::extract::query_pairs(raw)?;
         let mut q = ConsentQuery {
             subject: Subject::Me,
             purpose: None,

@@ -279,6 +279,25 @@ impl<'de> serde::de::Visitor<'de> for UniqueKeysVisitor {
     }
 }
 
+/// 400 naming a query parameter.
+pub(crate) fn query_error(field: &str, message: impl std::fmt::Display) -> ApiError {
+    ApiError::BadRequest(format!("query parameter `{field}`: {message}"))
+}
+
+/// A query string as its (name, value) pairs, refusing one that does not parse and a NUL
+/// character anywhere (PostgreSQL's text holds none).
+pub(crate) fn query_pairs(raw: Option<String>) -> Result<Vec<(String, String)>, ApiError> {
+    let pairs: Vec<(String, String)> = serde_urlencoded::from_str(&raw.unwrap_or_default())
+        .map_err(|e| ApiError::BadRequest(format!("query string: {e}")))?;
+    match pairs
+        .iter()
+        .find(|(k, v)| k.contains('\0') || v.contains('\0'))
+    {
+        Some((k, _)) => Err(query_error(k, "must not contain a NUL character")),
+        None => Ok(pairs),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     #![allow(clippy::unwrap_used)]

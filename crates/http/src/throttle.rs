@@ -76,8 +76,6 @@ impl LoginThrottle {
     pub fn failed(&self, account: &[u8], ip: Option<IpAddr>, now: Instant) {
         let mut s = self.state();
         if s.pairs.len() + s.addresses.len() > PRUNE_AT {
-            s.pairs
-                .retain(|_, p| p.until.is_some_and(|u| u > now) || p.failures > 0);
             s.addresses.retain(|_, a| now < a.since + WINDOW);
             if s.pairs.len() > PRUNE_AT {
                 s.pairs.retain(|_, p| p.until.is_some_and(|u| u > now));
