@@ -623,15 +623,15 @@ fn check_value(table: &Table, field: &str, v: &Value) -> Result<(), FieldError> 
         Kind::TextArray => v.as_array().is_some_and(|a| a.iter().all(Value::is_string)),
         Kind::Json | Kind::Other => true,
     };
-    if let (true, Some(text), Some(allowed)) = (ok, v.as_str(), &c.allowed)
-        && !allowed.iter().any(|a| a == text)
-    {
-        return Err(field_err(
-            field,
-            format!("must be one of {}", allowed.join(", ")),
-        ));
-    }
     if let (true, Some(text)) = (ok, v.as_str()) {
+        if let Some(allowed) = &c.allowed
+            && !allowed.iter().any(|a| a == text)
+        {
+            return Err(field_err(
+                field,
+                format!("must be one of {}", allowed.join(", ")),
+            ));
+        }
         let chars = text.chars().count();
         let short = c.min_length.is_some_and(|m| chars < m as usize);
         let long = c.max_length.is_some_and(|m| chars > m as usize);
