@@ -824,6 +824,10 @@ mod tests {
         c.server.cors_origins = vec!["https://app.example.com/path".into()];
         let e = c.validate().unwrap_err().to_string();
         assert!(e.contains("server.cors_origins"), "{e}");
+        let mut c = Config::default();
+        c.embedded.restart_window_secs = 0;
+        let e = c.validate().unwrap_err().to_string();
+        assert!(e.contains("embedded.restart_window_secs"), "{e}");
     }
 
     #[test]
