@@ -202,8 +202,9 @@ impl Backups {
             let mut source =
                 Source::new(download, &ring).map_err(|e| pipe::object_error(&obj, e))?;
             let result = consume(&mut source, &pb)?;
-            // Read whatever the consumer left, so the whole object is authenticated.
-            std::io::copy(&mut source, &mut std::io::sink())
+            // Read whatever the consumer left, so the whole object is authenticated (and the
+            // progress bar reaches the end: `pg_restore --list` stops after the table of contents).
+            pipe::copy(&mut source, &mut std::io::sink(), &pb)
                 .map_err(|e| pipe::object_error(&obj, e))?;
             let (plain, stored, sha) = source.finish().map_err(|e| pipe::object_error(&obj, e))?;
             pb.finish_and_clear();

@@ -75,11 +75,12 @@ async fn create_verify_restore_and_tampering() {
     assert!(m.raw_bytes > m.compressed_bytes, "{m:?}");
     let listed = Manifest::list(&backups.store, Kind::Dump).await.unwrap();
     assert_eq!(listed, vec![m.clone()]);
-    let entries = backups
-        .verify_dump(&m, progress(None, "verify"))
-        .await
-        .unwrap();
+    let bar = progress(Some(m.raw_bytes), "verify");
+    let entries = backups.verify_dump(&m, bar.clone()).await.unwrap();
     assert!(entries > 10, "{entries}");
+    // pg_restore --list stops reading after the table of contents; the bar still ends full.
+    assert_eq!(bar.position(), m.raw_bytes);
+    assert!(bar.is_finished());
 
     // Restore into a new empty database: identical rows and data.
     let fresh = TestDb::empty().await;

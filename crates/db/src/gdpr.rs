@@ -10,6 +10,10 @@
 //!    removed, the account anonymized (own request), audit entries about the account redacted
 //!    (the chain keeps verifying), the data keys destroyed, an audit entry recording the shred,
 //!    and a signed certificate of deletion → `done`.
+//!
+//! Until step 2 begins the person may cancel their own erasure (the account comes back at
+//! once, in the database); the worker's next pass then puts back the rows step 1 deleted. Each
+//! step locks the request row and checks it was not cancelled meanwhile.
 
 use std::collections::BTreeMap;
 use std::io::Write;
@@ -76,7 +80,8 @@ pub struct Outcome {
     pub kind: String,
     pub subject: Uuid,
     pub org_id: Option<Uuid>,
-    /// The status it reached: pending, done, or still requested/pending with `error`.
+    /// The status it reached: pending, done, cancelled (rows put back), or still
+    /// requested/pending with `error`.
     pub status: String,
     pub detail: Value,
     pub error: Option<String>,
@@ -123,8 +128,9 @@ async fn run_locked(
     let rows = client
         .query(
             "SELECT id, kind, subject, org_id, status FROM orgbase.gdpr_requests
-              WHERE status IN ('requested', 'pending')
-                AND (status = 'requested' OR due_at <= now() OR $1)
+              WHERE ((status IN ('requested', 'pending')
+                      AND (status = 'requested' OR due_at <= now() OR $1))
+                     OR (status = 'cancelled' AND soft_deleted_at IS NOT NULL))
                 AND ($2::uuid IS NULL OR id = $2)
               ORDER BY requested_at",
             &[&now, &only],
@@ -142,8 +148,9 @@ async fn run_locked(
         .collect();
     let mut out = Vec::new();
     for req in requests {
-        let result = match req.kind.as_str() {
-            "export" => export(client, worker, &req).await,
+        let result = match (req.kind.as_str(), req.status.as_str()) {
+            ("export", _) => export(client, worker, &req).await,
+            (_, "cancelled") => restore(client, &req).await,
             _ => erase(client, worker, &req, now).await,
         };
         let outcome = match result {
@@ -239,7 +246,9 @@ async fn erase(
     }
     let catalog = Catalog::load(&*client).await?;
     if req.status == "requested" {
-        soft_delete(client, &catalog, req, &orgs).await?;
+        if !soft_delete(client, &catalog, req, &orgs).await? {
+            return Ok(cancelled());
+        }
         let due: bool = client
             .query_one(
                 "SELECT due_at <= now() OR $2 FROM orgbase.gdpr_requests WHERE id = $1",
@@ -254,13 +263,38 @@ async fn erase(
     hard_delete(client, worker, &catalog, req, &orgs).await
 }
 
+/// What a request cancelled under the worker's feet reached.
+fn cancelled() -> (String, Value) {
+    ("cancelled".into(), json!({ "cancelled": true }))
+}
+
+/// Locks the request in `tx` (a cancellation locks it too) and tells whether it is still `want`.
+async fn still(
+    tx: &tokio_postgres::Transaction<'_>,
+    req: &Request,
+    want: &str,
+) -> Result<bool, GdprError> {
+    let status: Option<String> = tx
+        .query_opt(
+            "SELECT status FROM orgbase.gdpr_requests WHERE id = $1 FOR UPDATE",
+            &[&req.id],
+        )
+        .await?
+        .map(|r| r.get(0));
+    Ok(status.as_deref() == Some(want))
+}
+
+/// The soft phase of an erasure; false when the person cancelled it first (nothing done).
 async fn soft_delete(
     client: &mut Client,
     catalog: &Catalog,
     req: &Request,
     orgs: &[Uuid],
-) -> Result<(), GdprError> {
+) -> Result<bool, GdprError> {
     let tx = client.transaction().await?;
+    if !still(&tx, req, "requested").await? {
+        return Ok(false);
+    }
     for t in catalog.tables.values() {
         tx.execute(
             &format!(
@@ -289,13 +323,59 @@ async fn soft_delete(
         )
         .await?;
     }
+    // One transaction, one now(): every row this touched carries this time, which is how a
+    // cancellation finds them again.
     tx.execute(
-        "UPDATE orgbase.gdpr_requests SET status = 'pending', error = NULL WHERE id = $1",
+        "UPDATE orgbase.gdpr_requests SET status = 'pending', error = NULL, soft_deleted_at = now()
+          WHERE id = $1",
         &[&req.id],
     )
     .await?;
     tx.commit().await?;
-    Ok(())
+    Ok(true)
+}
+
+/// After the person cancelled their erasure (only their own request can be cancelled): put back
+/// the rows its soft phase deleted, and only those — the ones stamped with its time. The
+/// account itself came back with the cancellation.
+async fn restore(client: &mut Client, req: &Request) -> Result<(String, Value), GdprError> {
+    let catalog = Catalog::load(&*client).await?;
+    let orgs = scope(&*client, req).await?;
+    let tx = client.transaction().await?;
+    let at: Option<chrono::DateTime<chrono::Utc>> = tx
+        .query_opt(
+            "SELECT soft_deleted_at FROM orgbase.gdpr_requests
+              WHERE id = $1 AND status = 'cancelled' FOR UPDATE",
+            &[&req.id],
+        )
+        .await?
+        .and_then(|r| r.get(0));
+    let Some(at) = at else {
+        return Ok(cancelled());
+    };
+    let mut restored = Map::new();
+    for t in catalog.tables.values() {
+        let n = tx
+            .execute(
+                &format!(
+                    "UPDATE {} SET deleted_at = NULL
+                      WHERE org_id = ANY($1) AND created_by = $2 AND deleted_at = $3",
+                    t.qualified
+                ),
+                &[&orgs, &req.subject, &at],
+            )
+            .await?;
+        if n > 0 {
+            restored.insert(t.name.clone(), json!(n));
+        }
+    }
+    tx.execute(
+        "UPDATE orgbase.gdpr_requests SET soft_deleted_at = NULL WHERE id = $1",
+        &[&req.id],
+    )
+    .await?;
+    tx.commit().await?;
+    Ok(("cancelled".into(), json!({ "restored": restored })))
 }
 
 /// Deletes the person's rows table by table; a table whose delete hits a reference from
@@ -381,6 +461,9 @@ async fn hard_delete(
 ) -> Result<(String, Value), GdprError> {
     let pseudonym = worker.keys.pseudonymizer().pseudonym(req.subject);
     let tx = client.transaction().await?;
+    if !still(&tx, req, "pending").await? {
+        return Ok(cancelled());
+    }
     let rows = delete_rows(&tx, catalog, orgs, req.subject).await?;
     for sql in [
         "DELETE FROM orgbase.api_keys WHERE org_id = ANY($1) AND user_id = $2",

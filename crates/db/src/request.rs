@@ -224,7 +224,9 @@ pub fn classify(e: tokio_postgres::Error) -> ReqError {
         Some("orgbase_email_taken") | Some("orgbase_slug_taken") | Some("orgbase_mfa_enabled") => {
             return ReqError::Conflict(db.message().to_string());
         }
-        Some("orgbase_last_owner") | Some("orgbase_hold_released") => {
+        Some("orgbase_last_owner")
+        | Some("orgbase_hold_released")
+        | Some("orgbase_erasure_underway") => {
             return ReqError::Conflict(db.message().to_string());
         }
         Some("orgbase_no_invitation") | Some("orgbase_not_found") => return ReqError::NotFound,

@@ -25,6 +25,14 @@ const PUBLIC: &[(&str, &str)] = &[
     ("post", "/v1/auth/signup"),
     ("post", "/v1/auth/login"),
     ("post", "/v1/auth/refresh"),
+    ("post", "/v1/auth/cancel-erasure"),
+];
+
+/// Operations that check a password.
+const THROTTLED: &[(&str, &str)] = &[
+    ("post", "/v1/auth/login"),
+    ("post", "/v1/auth/cancel-erasure"),
+    ("post", "/v1/me/erase"),
 ];
 
 /// Operations that never touch the database.
@@ -113,10 +121,11 @@ fn finish_operation(method: &str, path: &str, op: &mut Map<String, Value>) {
             "No such organization (or not a member), or no such row",
         );
     }
-    if (method, path) == ("post", "/v1/auth/login") {
+    // Password checks are throttled alike wherever a password is given.
+    if THROTTLED.contains(&(method, path)) {
         add(
             "429",
-            "Too many failed logins for the account from this address, or from this address; `Retry-After` says when to try again",
+            "Too many failed password checks for the account from this address, or from this address; `Retry-After` says when to try again",
         );
     }
     if !NO_DATABASE.contains(&(method, path)) {

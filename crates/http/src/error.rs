@@ -65,6 +65,9 @@ pub enum ApiError {
     /// Login of an account with TOTP: the current code is missing or wrong.
     #[error("the account's current TOTP code is needed")]
     TotpCodeNeeded,
+    /// The password given to confirm an irreversible step (erasing the account) is wrong.
+    #[error("the password does not match")]
+    ReauthenticationFailed,
     #[error("multi-factor authentication required for health data")]
     PhiNeedsMfa,
     /// A stored value did not decrypt for its row (moved, altered, or its key version gone).
@@ -78,9 +81,9 @@ pub enum ApiError {
     PreconditionFailed(String),
     #[error("too many requests")]
     TooManyRequests,
-    /// Too many failed logins for this account from this address, or from this address: try
-    /// again after the wait.
-    #[error("too many failed logins")]
+    /// Too many failed password checks (logins, confirmations) for this account from this
+    /// address, or from this address: try again after the wait.
+    #[error("too many failed password checks")]
     Throttled { retry_after_secs: u64 },
     #[error("request timed out")]
     Timeout,
@@ -155,6 +158,11 @@ impl ApiError {
                 StatusCode::FORBIDDEN,
                 "mfa-required",
                 "Multi-factor authentication required",
+            ),
+            ApiError::ReauthenticationFailed => (
+                StatusCode::FORBIDDEN,
+                "reauthentication-failed",
+                "Re-authentication failed",
             ),
             ApiError::Undecryptable(_) => (
                 StatusCode::INTERNAL_SERVER_ERROR,
@@ -237,8 +245,8 @@ impl ApiError {
                     .into(),
             ),
             ApiError::TotpCodeNeeded => Some(
-                "this account uses multi-factor authentication: log in again with the current \
-                 code of its authenticator app as `totp`, beside the email and password"
+                "this account uses multi-factor authentication: send the current code of its \
+                 authenticator app as `totp`, beside the password"
                     .into(),
             ),
             ApiError::PhiNeedsMfa => Some(
@@ -247,13 +255,18 @@ impl ApiError {
                     .into(),
             ),
             ApiError::Undecryptable(d) => Some(d.clone()),
+            ApiError::ReauthenticationFailed => Some(
+                "the password does not match: erasing the account needs the password of the \
+                 signed-in account"
+                    .into(),
+            ),
             ApiError::IpNotAllowed => Some("this API key may not be used from this address".into()),
             ApiError::PayloadTooLarge => {
                 Some("the request body exceeds the configured limit".into())
             }
             ApiError::Timeout => Some("the server did not finish the request in time".into()),
             ApiError::Throttled { retry_after_secs } => Some(format!(
-                "too many failed logins for this account from this address (or from this \
+                "too many failed password checks for this account from this address (or from this \
                  address): try again in {retry_after_secs} s"
             )),
             ApiError::InsufficientStorage => Some(

@@ -81,7 +81,7 @@ pub(crate) fn normalize_email(email: &str) -> Result<String, ApiError> {
     }
 }
 
-fn client_meta(
+pub(crate) fn client_meta(
     headers: &HeaderMap,
     bearer_ip: Option<std::net::IpAddr>,
 ) -> (Option<std::net::IpAddr>, Option<String>) {
@@ -168,6 +168,81 @@ async fn new_session(
     })
 }
 
+/// An account's secrets, as the lookups answer them.
+pub(crate) struct Secrets {
+    pub password_hash: Option<String>,
+    pub totp_enabled: bool,
+    pub totp_secret: Option<Vec<u8>>,
+}
+
+impl Secrets {
+    /// Columns `i`, `i+1`, `i+2` of a lookup's row: password hash, TOTP enabled, TOTP secret.
+    pub(crate) fn from_row(row: &tokio_postgres::Row, i: usize) -> Self {
+        Self {
+            password_hash: row.get(i),
+            totp_enabled: row.get(i + 1),
+            totp_secret: row.get(i + 2),
+        }
+    }
+}
+
+/// Why a password check failed.
+pub(crate) enum Failed {
+    /// Answer this error as it is: too many failures for the account or the address (it says
+    /// when to try again), or an internal failure.
+    Error(ApiError),
+    /// Wrong password (or no such account).
+    Password,
+    /// The account has TOTP and the current code is missing or wrong.
+    Totp,
+}
+
+/// Check `password`, then the current TOTP code when the account has one, against `secrets`
+/// (`None`: no such account, which takes the same time as a wrong password). Throttled per
+/// account (`email_hash`) and per address; each failure is counted and audited as a failed
+/// login. Answers whether MFA was passed.
+pub(crate) async fn check_secrets(
+    state: &AppState,
+    email_hash: &[u8],
+    (ip, ua): (Option<std::net::IpAddr>, &Option<String>),
+    secrets: Option<&Secrets>,
+    password: String,
+    totp: Option<&str>,
+) -> Result<bool, Failed> {
+    if let Err(wait) = state
+        .login_throttle
+        .check(email_hash, ip, std::time::Instant::now())
+    {
+        return Err(Failed::Error(ApiError::Throttled {
+            retry_after_secs: orgbase_db::pool::retry_after_secs(wait),
+        }));
+    }
+    let hash = secrets.and_then(|s| s.password_hash.clone());
+    let ok = auth::verify_password(password, hash)
+        .await
+        .map_err(|e| Failed::Error(e.into()))?;
+    let Some(secrets) = secrets.filter(|_| ok) else {
+        login_failed(state, email_hash, ip, ua, "password").await;
+        return Err(Failed::Password);
+    };
+    if !secrets.totp_enabled {
+        return Ok(false);
+    }
+    let Some(code) = totp else {
+        return Err(Failed::Totp);
+    };
+    let secret = secrets.totp_secret.clone().unwrap_or_default();
+    let valid = auth::totp(&secret, "")
+        .map_err(|e| Failed::Error(e.into()))?
+        .check_current(code.trim())
+        .unwrap_or(false);
+    if !valid {
+        login_failed(state, email_hash, ip, ua, "totp").await;
+        return Err(Failed::Totp);
+    }
+    Ok(true)
+}
+
 /// Log in with email and password (and `totp` when MFA is enabled). Wrong email and wrong
 /// password are indistinguishable, in answer and in time.
 #[utoipa::path(post, path = "/v1/auth/login", tag = "auth", request_body = Login,
@@ -183,49 +258,114 @@ pub async fn login(
     let email = body.email.trim().to_lowercase();
     let email_hash = state.fields.email_hash(&email)?;
     let (ip, ua) = client_meta(&headers, client);
-    let now = std::time::Instant::now();
-    if let Err(wait) = state.login_throttle.check(&email_hash, ip, now) {
-        return Err(ApiError::Throttled {
-            retry_after_secs: orgbase_db::pool::retry_after_secs(wait),
-        });
-    }
     let (issued_at, proof) = state.key()?.proof("login", &hex::encode(&email_hash));
     let rows = plain(
         &state.pool,
-        "SELECT user_id, password_hash, status, totp_enabled, totp_secret \
+        "SELECT user_id, status, password_hash, totp_enabled, totp_secret \
          FROM orgbase.login_lookup($1, $2, $3)",
         &[&email_hash, &issued_at, &proof],
     )
     .await?;
     let row = rows.first();
-    let hash: Option<String> = row.and_then(|r| r.get(1));
-    let ok = auth::verify_password(body.password, hash).await?;
-    let Some(row) = row.filter(|_| ok) else {
-        login_failed(&state, &email_hash, ip, &ua, "password").await;
+    let secrets = row.map(|r| Secrets::from_row(r, 2));
+    let mfa_passed = match check_secrets(
+        &state,
+        &email_hash,
+        (ip, &ua),
+        secrets.as_ref(),
+        body.password,
+        body.totp.as_deref(),
+    )
+    .await
+    {
+        Ok(mfa) => mfa,
+        Err(Failed::Error(e)) => return Err(e),
+        Err(Failed::Password) => {
+            return Err(ApiError::Unauthorized("wrong email or password".into()));
+        }
+        Err(Failed::Totp) => return Err(ApiError::TotpCodeNeeded),
+    };
+    let Some(row) = row else {
         return Err(ApiError::Unauthorized("wrong email or password".into()));
     };
-    let status: String = row.get(2);
+    let status: String = row.get(1);
     if status != "active" {
         login_failed(&state, &email_hash, ip, &ua, "status").await;
         return Err(ApiError::Unauthorized(format!("this account is {status}")));
     }
-    let user_id: Uuid = row.get(0);
-    let totp_enabled: bool = row.get(3);
-    let mut mfa_passed = false;
-    if totp_enabled {
-        let secret: Option<Vec<u8>> = row.get(4);
-        let code = body.totp.ok_or(ApiError::TotpCodeNeeded)?;
-        let totp = auth::totp(&secret.unwrap_or_default(), &email)?;
-        if !totp.check_current(code.trim()).unwrap_or(false) {
-            login_failed(&state, &email_hash, ip, &ua, "totp").await;
-            return Err(ApiError::TotpCodeNeeded);
-        }
-        mfa_passed = true;
-    }
     state.login_throttle.succeeded(&email_hash, ip);
     Ok(Json(
-        new_session(&state, user_id, mfa_passed, ip, ua).await?,
+        new_session(&state, row.get(0), mfa_passed, ip, ua).await?,
     ))
+}
+
+/// Cancel the erasure of your own account during its grace period, with your email and
+/// password (and `totp` when MFA is enabled): asking for erasure ended your sessions, so this
+/// takes the credentials of a login. The account can sign in again at once; the rows the
+/// erasure soft-deleted come back at the worker's next pass (within seconds in `serve`).
+/// Sessions stay ended: log in again. Answers the request, `status` `cancelled`.
+#[utoipa::path(post, path = "/v1/auth/cancel-erasure", tag = "privacy", request_body = Login,
+    responses((status = 200, description = "The cancelled erasure request", body = Object),
+              (status = 401, description = "Wrong email or password, or no erasure of this account is open", body = crate::error::Problem),
+              (status = 403, description = "TOTP code required or wrong (`mfa-required`)", body = crate::error::Problem),
+              (status = 409, description = "The erasure is being carried out: too late to cancel", body = crate::error::Problem)))]
+pub async fn cancel_erasure(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    ClientIp(client): ClientIp,
+    JsonBody(body): JsonBody<Login>,
+) -> Result<Response, ApiError> {
+    let email = body.email.trim().to_lowercase();
+    let email_hash = state.fields.email_hash(&email)?;
+    let (ip, ua) = client_meta(&headers, client);
+    let key = state.key()?;
+    let (issued_at, proof) = key.proof("erasure-lookup", &hex::encode(&email_hash));
+    let rows = plain(
+        &state.pool,
+        "SELECT user_id, password_hash, totp_enabled, totp_secret \
+         FROM orgbase.erasure_lookup($1, $2, $3)",
+        &[&email_hash, &issued_at, &proof],
+    )
+    .await?;
+    let row = rows.first();
+    let secrets = row.map(|r| Secrets::from_row(r, 1));
+    // An account without an open erasure answers like a wrong password: this route tells
+    // nobody which accounts are being erased.
+    match check_secrets(
+        &state,
+        &email_hash,
+        (ip, &ua),
+        secrets.as_ref(),
+        body.password,
+        body.totp.as_deref(),
+    )
+    .await
+    {
+        Ok(_) => {}
+        Err(Failed::Error(e)) => return Err(e),
+        Err(Failed::Password) => {
+            return Err(ApiError::Unauthorized(
+                "wrong email or password, or no erasure of this account is open".into(),
+            ));
+        }
+        Err(Failed::Totp) => return Err(ApiError::TotpCodeNeeded),
+    }
+    let Some(row) = row else {
+        return Err(ApiError::Unauthorized(
+            "wrong email or password, or no erasure of this account is open".into(),
+        ));
+    };
+    state.login_throttle.succeeded(&email_hash, ip);
+    let user_id: Uuid = row.get(0);
+    let (issued_at, proof) = key.proof("erase-cancel", &user_id.to_string());
+    let rows = plain(
+        &state.pool,
+        "SELECT orgbase.gdpr_cancel_self($1, $2, $3)::text",
+        &[&user_id, &issued_at, &proof],
+    )
+    .await?;
+    let body: String = rows.first().map(|r| r.get(0)).ok_or(ApiError::NotFound)?;
+    Ok(crate::extract::json_text(StatusCode::OK, body))
 }
 
 /// Record a failed login in the audit trail (account chain): by the blind index of the email

@@ -272,6 +272,7 @@ fn routes() -> OpenApiRouter<AppState> {
         .routes(routes!(audit::verify))
         .routes(routes!(privacy::export_me))
         .routes(routes!(privacy::erase_me))
+        .routes(routes!(identity::cancel_erasure))
         .routes(routes!(privacy::list_mine))
         .routes(routes!(privacy::get_mine))
         .routes(routes!(privacy::download_mine))

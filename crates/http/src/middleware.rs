@@ -71,6 +71,7 @@ pub async fn observe(State(state): State<AppState>, mut req: Request, next: Next
     if status.is_client_error() || status.is_server_error() {
         resp = with_request_id_in_problem(resp, &id).await;
     }
+    resp = json_ends_with_newline(resp).await;
     if let Ok(v) = HeaderValue::from_str(&id) {
         resp.headers_mut().insert(REQUEST_ID, v);
     }
@@ -116,6 +117,35 @@ async fn with_request_id_in_problem(resp: Response, id: &str) -> Response {
         }
         _ => bytes.to_vec(),
     };
+    parts.headers.remove(header::CONTENT_LENGTH);
+    Response::from_parts(parts, Body::from(body))
+}
+
+/// JSON bodies end with a newline, as a terminal (and `curl`) reader expects. Only whole bodies
+/// (every JSON answer is built in memory) are touched; a streamed body passes as it is.
+async fn json_ends_with_newline(resp: Response) -> Response {
+    let json = resp
+        .headers()
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|ct| ct.starts_with("application/json") || ct == PROBLEM_JSON);
+    let size = axum::body::HttpBody::size_hint(resp.body()).exact();
+    let (Some(n), true) = (size, json) else {
+        return resp;
+    };
+    if n == 0 {
+        return resp;
+    }
+    let (mut parts, body) = resp.into_parts();
+    let Ok(bytes) = axum::body::to_bytes(body, n as usize).await else {
+        return Response::from_parts(parts, Body::empty());
+    };
+    if bytes.ends_with(b"\n") {
+        return Response::from_parts(parts, Body::from(bytes));
+    }
+    let mut body = Vec::with_capacity(bytes.len() + 1);
+    body.extend_from_slice(&bytes);
+    body.push(b'\n');
     parts.headers.remove(header::CONTENT_LENGTH);
     Response::from_parts(parts, Body::from(body))
 }

@@ -13,7 +13,8 @@ use uuid::Uuid;
 
 use crate::AppState;
 use crate::error::{ApiError, Problem};
-use crate::extract::{Bearer, json_text};
+use crate::extract::{Bearer, ClientIp, JsonBody, json_text};
+use crate::identity::{Failed, Secrets, check_secrets};
 
 /// The erasure grace period as a PostgreSQL interval literal.
 fn grace_interval(state: &AppState) -> String {
@@ -48,20 +49,82 @@ pub async fn export_me(
     self_request(&state, &caller, "export").await
 }
 
-/// Ask for the erasure of your account and all your data, in every organization. At once: your
-/// rows are soft-deleted, your sessions end and you cannot sign in. After the grace period
-/// (`privacy.erasure_grace_days`, 90 by default) the rows are deleted, your account anonymized
-/// and your data keys destroyed (crypto-shredding: copies in audit entries and backups become
+/// Your password again, to confirm the erasure of your account.
+#[derive(Debug, serde::Deserialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct ConfirmErasure {
+    pub password: String,
+    /// The current TOTP code; required when the account has MFA enabled.
+    #[serde(default)]
+    pub totp: Option<String>,
+}
+
+/// Ask for the erasure of your account and all your data, in every organization, confirmed
+/// with your password (and `totp` when MFA is enabled): a session token alone is not enough.
+/// At once: your rows are soft-deleted, your sessions end and you cannot sign in. During the
+/// grace period (`privacy.erasure_grace_days`, 90 by default) you can change your mind with
+/// `POST /v1/auth/cancel-erasure`. After it the rows are deleted, your account anonymized and
+/// your data keys destroyed (crypto-shredding: copies in audit entries and backups become
 /// unreadable); the request's `result` then holds a signed certificate of deletion. A second
 /// request while one is open answers the open one.
-#[utoipa::path(post, path = "/v1/me/erase", tag = "privacy",
+#[utoipa::path(post, path = "/v1/me/erase", tag = "privacy", request_body = ConfirmErasure,
     responses((status = 202, description = "The erasure request", body = Object),
-              (status = 401, body = Problem)))]
+              (status = 401, body = Problem),
+              (status = 403, description = "Wrong password (`reauthentication-failed`), or the TOTP code missing or wrong (`mfa-required`)", body = Problem),
+              (status = 409, description = "The last owner of an organization with other members: transfer ownership first", body = Problem)))]
 pub async fn erase_me(
     State(state): State<AppState>,
+    headers: axum::http::HeaderMap,
+    ClientIp(client): ClientIp,
     Bearer(caller): Bearer,
+    JsonBody(body): JsonBody<ConfirmErasure>,
 ) -> Result<Response, ApiError> {
-    self_request(&state, &caller, "erase").await
+    let key = state.key()?;
+    let cred = hex::encode(&caller.cred_hash[..]);
+    let (issued_at, proof) = key.proof("reauth", &cred);
+    let rows = plain(
+        &state.pool,
+        "SELECT user_id, email_hash, password_hash, totp_enabled, totp_secret \
+         FROM orgbase.reauth_lookup($1, $2, $3)",
+        &[&&caller.cred_hash[..], &issued_at, &proof],
+    )
+    .await?;
+    let row = rows.first().ok_or(ApiError::Unauthorized(
+        "a session is needed to ask for the erasure of your account".into(),
+    ))?;
+    let email_hash: Vec<u8> = row.get(1);
+    let (ip, ua) = crate::identity::client_meta(&headers, client);
+    let secrets = Secrets::from_row(row, 2);
+    match check_secrets(
+        &state,
+        &email_hash,
+        (ip, &ua),
+        Some(&secrets),
+        body.password,
+        body.totp.as_deref(),
+    )
+    .await
+    {
+        Ok(_) => {}
+        Err(Failed::Error(e)) => return Err(e),
+        Err(Failed::Password) => return Err(ApiError::ReauthenticationFailed),
+        Err(Failed::Totp) => return Err(ApiError::TotpCodeNeeded),
+    }
+    state.login_throttle.succeeded(&email_hash, ip);
+    let (issued_at, proof) = key.proof("erase", &cred);
+    let rows = plain(
+        &state.pool,
+        "SELECT orgbase.gdpr_erase_self($1, $2::text::interval, $3, $4)::text",
+        &[
+            &&caller.cred_hash[..],
+            &grace_interval(&state),
+            &issued_at,
+            &proof,
+        ],
+    )
+    .await?;
+    let body = rows.first().map(|r| r.get(0)).ok_or(ApiError::NotFound)?;
+    Ok(json_text(StatusCode::ACCEPTED, body))
 }
 
 /// Your own GDPR requests, newest first.

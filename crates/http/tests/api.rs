@@ -246,6 +246,7 @@ async fn every_documented_route_exists_and_every_route_is_documented() {
             "GET /v1/orgs/{org}/teams",
             "PATCH /v1/orgs/{org}",
             "PATCH /v1/orgs/{org}/members/{user}",
+            "POST /v1/auth/cancel-erasure",
             "POST /v1/auth/login",
             "POST /v1/auth/logout",
             "POST /v1/auth/mfa/totp/enroll",
@@ -316,7 +317,10 @@ async fn the_openapi_document_states_the_contract() {
                     "/healthz" | "/readyz" | "/metrics" | "/v1/openapi.json"
                 ) | (
                     "post",
-                    "/v1/auth/signup" | "/v1/auth/login" | "/v1/auth/refresh"
+                    "/v1/auth/signup"
+                        | "/v1/auth/login"
+                        | "/v1/auth/refresh"
+                        | "/v1/auth/cancel-erasure"
                 )
             );
             assert_eq!(

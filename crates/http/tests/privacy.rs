@@ -24,6 +24,9 @@ const PII: &str = "Carol Danvers, SSN 078-05-1120, 42 Rue Lepic Paris";
 /// Carol's account: what her erasure must remove everywhere, old backups included.
 const CAROL_EMAIL: &str = "carol@acme.example";
 const CAROL_NAME: &str = "Carol Quinlan-Danvers";
+/// What confirms an erasure: the test accounts' password.
+static CONFIRM: std::sync::LazyLock<Value> =
+    std::sync::LazyLock::new(|| json!({"password": "password-1234"}));
 
 struct World {
     db: TestDb,
@@ -293,7 +296,10 @@ async fn erasure_reaches_live_data_audit_and_an_old_dump() {
     assert_eq!(old_hash, w.keys.blind_index().email(CAROL_EMAIL));
 
     // The person asks; the worker soft-deletes at once, then (--now) shreds.
-    let req = w.api.ok(Method::POST, "/v1/me/erase", &carol, None).await;
+    let req = w
+        .api
+        .ok(Method::POST, "/v1/me/erase", &carol, Some(CONFIRM.clone()))
+        .await;
     assert_eq!(req["status"], "requested");
     let out = w.run_requests(false).await;
     assert_eq!(out[0].status, "pending", "grace period: soft delete only");
@@ -1091,7 +1097,9 @@ async fn a_legal_hold_stops_an_erasure_until_released() {
             Some(json!({"reason": "litigation", "subject": frank_id})),
         )
         .await;
-    w.api.ok(Method::POST, "/v1/me/erase", &frank, None).await;
+    w.api
+        .ok(Method::POST, "/v1/me/erase", &frank, Some(CONFIRM.clone()))
+        .await;
     let mut admin = w.db.admin().await;
     let dir = w.dir.join("privacy");
     let worker = Worker {
@@ -1522,5 +1530,296 @@ async fn the_audit_api_decrypts_what_the_export_decrypts() {
     assert!(
         stored["title"].as_str().unwrap().starts_with("enc:v1:"),
         "{stored}"
+    );
+}
+
+#[tokio::test]
+async fn erasure_needs_the_password_and_can_be_cancelled_in_its_grace_period() {
+    let w = World::new().await;
+    let (dana_id, dana) = w.api.user("dana@undo.example").await;
+    let (_e, erin) = w.api.user("erin@undo.example").await;
+    w.org(&dana, "undo").await;
+    let kept = w.note(&dana, "undo", "kept", "dana's note").await;
+    let gone = w.note(&dana, "undo", "gone", "deleted before").await;
+    let gone_id = gone["id"].as_str().unwrap();
+    w.api
+        .ok(
+            Method::DELETE,
+            &format!("/v1/orgs/undo/notes/{gone_id}"),
+            &dana,
+            None,
+        )
+        .await;
+    let open_erasures = |token: String| {
+        let api = &w.api;
+        async move {
+            let v = api
+                .ok(Method::GET, "/v1/me/gdpr-requests", &token, None)
+                .await;
+            v["items"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .filter(|r| r["kind"] == "erase" && r["status"] != "cancelled")
+                .count()
+        }
+    };
+
+    // A session alone does not erase: no body, a wrong password, an API key.
+    let (s, _) = w
+        .api
+        .call(Method::POST, "/v1/me/erase", Some(&dana), None)
+        .await;
+    assert!(s.is_client_error(), "{s}");
+    w.api
+        .expect(
+            Method::POST,
+            "/v1/me/erase",
+            Some(&dana),
+            Some(json!({"password": "not-her-password"})),
+            403,
+            "reauthentication-failed",
+        )
+        .await;
+    let key = w
+        .api
+        .ok(
+            Method::POST,
+            "/v1/orgs/undo/api-keys",
+            &dana,
+            Some(json!({"name": "k", "scopes": ["*:admin", "admin"]})),
+        )
+        .await;
+    let key = key["key"].as_str().unwrap();
+    w.api
+        .expect(
+            Method::POST,
+            "/v1/me/erase",
+            Some(key),
+            Some(CONFIRM.clone()),
+            401,
+            "unauthorized",
+        )
+        .await;
+    assert_eq!(open_erasures(dana.clone()).await, 0, "nothing was opened");
+
+    // Confirmed: soft phase, sessions end, no login.
+    let req = w
+        .api
+        .ok(Method::POST, "/v1/me/erase", &dana, Some(CONFIRM.clone()))
+        .await;
+    assert_eq!(req["status"], "requested");
+    let out = w.run_requests(false).await;
+    assert_eq!(out[0].status, "pending");
+    w.api
+        .expect(
+            Method::GET,
+            "/v1/me",
+            Some(&dana),
+            None,
+            401,
+            "unauthorized",
+        )
+        .await;
+    let login = json!({"email": "dana@undo.example", "password": "password-1234"});
+    w.api
+        .expect(
+            Method::POST,
+            "/v1/auth/login",
+            None,
+            Some(login.clone()),
+            401,
+            "unauthorized",
+        )
+        .await;
+
+    // Cancelling takes her credentials; another account, without an erasure, gets nothing.
+    w.api
+        .expect(
+            Method::POST,
+            "/v1/auth/cancel-erasure",
+            None,
+            Some(json!({"email": "dana@undo.example", "password": "wrong-password"})),
+            401,
+            "unauthorized",
+        )
+        .await;
+    w.api
+        .expect(
+            Method::POST,
+            "/v1/auth/cancel-erasure",
+            None,
+            Some(json!({"email": "erin@undo.example", "password": "password-1234"})),
+            401,
+            "unauthorized",
+        )
+        .await;
+    let _ = erin;
+    let (s, cancelled) = w
+        .api
+        .call(
+            Method::POST,
+            "/v1/auth/cancel-erasure",
+            None,
+            Some(login.clone()),
+        )
+        .await;
+    assert_eq!(s, 200, "{cancelled}");
+    assert_eq!(cancelled["status"], "cancelled");
+    assert_eq!(cancelled["id"], req["id"]);
+    // The account is back at once; the old session stays ended.
+    w.api
+        .expect(
+            Method::GET,
+            "/v1/me",
+            Some(&dana),
+            None,
+            401,
+            "unauthorized",
+        )
+        .await;
+    let session = w.login("dana@undo.example").await;
+    let dana = session["token"].as_str().unwrap().to_string();
+    // The rows come back at the worker's next pass — only those the erasure deleted.
+    let list = |token: String| {
+        let api = &w.api;
+        async move {
+            let v = api
+                .ok(Method::GET, "/v1/orgs/undo/notes", &token, None)
+                .await;
+            v["items"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|n| n["id"].as_str().unwrap().to_string())
+                .collect::<Vec<_>>()
+        }
+    };
+    assert!(list(dana.clone()).await.is_empty(), "not yet restored");
+    let out = w.run_requests(false).await;
+    assert_eq!(out.len(), 1, "{out:?}");
+    assert_eq!(out[0].status, "cancelled");
+    assert_eq!(out[0].detail["restored"]["notes"], 1, "{out:?}");
+    assert_eq!(list(dana.clone()).await, vec![kept["id"].as_str().unwrap()]);
+    assert!(w.run_requests(true).await.is_empty(), "nothing left to do");
+    let admin = w.db.admin().await;
+    let actions: Vec<String> = admin
+        .query(
+            "SELECT action FROM orgbase.audit_log WHERE actor_user = $1 AND action LIKE 'gdpr.erase.%'
+              ORDER BY id",
+            &[&Uuid::parse_str(&dana_id).unwrap()],
+        )
+        .await
+        .unwrap()
+        .iter()
+        .map(|r| r.get(0))
+        .collect();
+    assert_eq!(actions, ["gdpr.erase.request", "gdpr.erase.cancel"]);
+
+    // Nothing left to cancel; and after the grace period there is nothing to give back.
+    w.api
+        .expect(
+            Method::POST,
+            "/v1/auth/cancel-erasure",
+            None,
+            Some(login.clone()),
+            401,
+            "unauthorized",
+        )
+        .await;
+    w.api
+        .ok(Method::POST, "/v1/me/erase", &dana, Some(CONFIRM.clone()))
+        .await;
+    let out = w.run_requests(true).await;
+    assert_eq!(out[0].status, "done", "{out:?}");
+    w.api
+        .expect(
+            Method::POST,
+            "/v1/auth/cancel-erasure",
+            None,
+            Some(login),
+            401,
+            "unauthorized",
+        )
+        .await;
+}
+
+#[tokio::test]
+async fn erasure_with_mfa_needs_the_current_code_too() {
+    let w = World::new().await;
+    let (_id, fay) = w.api.user("fay@mfa-erase.example").await;
+    let e = w
+        .api
+        .ok(Method::POST, "/v1/auth/mfa/totp/enroll", &fay, None)
+        .await;
+    let secret = totp_rs::Secret::Encoded(e["secret"].as_str().unwrap().to_string())
+        .to_bytes()
+        .unwrap();
+    let totp = orgbase_db::auth::totp(&secret, "fay@mfa-erase.example").unwrap();
+    w.api
+        .ok(
+            Method::POST,
+            "/v1/auth/mfa/totp/verify",
+            &fay,
+            Some(json!({"code": totp.generate_current().unwrap()})),
+        )
+        .await;
+    // A wrong code: the current one with its last digit changed.
+    let current = totp.generate_current().unwrap();
+    let last = current.as_bytes()[5] - b'0';
+    let wrong = format!("{}{}", &current[..5], (last + 5) % 10);
+    for body in [
+        CONFIRM.clone(),
+        json!({"password": "password-1234", "totp": wrong}),
+    ] {
+        w.api
+            .expect(
+                Method::POST,
+                "/v1/me/erase",
+                Some(&fay),
+                Some(body),
+                403,
+                "mfa-required",
+            )
+            .await;
+    }
+    let code = totp.generate_current().unwrap();
+    let req = w
+        .api
+        .ok(
+            Method::POST,
+            "/v1/me/erase",
+            &fay,
+            Some(json!({"password": "password-1234", "totp": code})),
+        )
+        .await;
+    assert_eq!(req["status"], "requested");
+    w.run_requests(false).await;
+    let creds = json!({"email": "fay@mfa-erase.example", "password": "password-1234"});
+    w.api
+        .expect(
+            Method::POST,
+            "/v1/auth/cancel-erasure",
+            None,
+            Some(creds.clone()),
+            403,
+            "mfa-required",
+        )
+        .await;
+    let mut with_code = creds;
+    with_code["totp"] = json!(totp.generate_current().unwrap());
+    let (s, v) = w
+        .api
+        .call(
+            Method::POST,
+            "/v1/auth/cancel-erasure",
+            None,
+            Some(with_code),
+        )
+        .await;
+    assert_eq!(
+        (s.as_u16(), v["status"].as_str()),
+        (200, Some("cancelled")),
+        "{v}"
     );
 }

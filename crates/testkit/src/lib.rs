@@ -248,7 +248,15 @@ impl Api {
                 "{path}"
             );
         }
+        let json = resp
+            .headers()
+            .get("content-type")
+            .is_some_and(|ct| ct.to_str().unwrap_or("").contains("json"));
         let text = resp.text().await.unwrap();
+        assert!(
+            !json || text.is_empty() || text.ends_with('\n'),
+            "{path}: a JSON body without its trailing newline"
+        );
         let v = if text.is_empty() {
             serde_json::Value::Null
         } else {
