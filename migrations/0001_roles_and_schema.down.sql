@@ -1,6 +1,8 @@
 -- orgbase:run-as admin
--- Undo 0001. The roles are cluster-wide: they are dropped only when no other database still
--- uses them (otherwise a notice says so and they stay).
+-- Undo 0001: default privileges, the schema's and the migrations table's owner, database
+-- privileges, and the roles. Runs last, after every other down migration has removed its
+-- objects. The roles are cluster-wide: they are dropped only when no other database still uses
+-- them (otherwise a notice says so and they stay).
 ALTER DEFAULT PRIVILEGES FOR ROLE orgbase_owner GRANT EXECUTE ON FUNCTIONS TO PUBLIC;
 ALTER DEFAULT PRIVILEGES FOR ROLE orgbase_owner IN SCHEMA orgbase
     REVOKE SELECT ON SEQUENCES FROM orgbase_backup;

@@ -1,5 +1,10 @@
 -- orgbase:run-as admin
--- Database roles (SPEC R5) and the orgbase schema.
+-- Database roles, database privileges and the orgbase schema.
+--
+-- This is the only migration that runs as the administrative user (the one in the database
+-- URL): it creates the roles every later migration relies on, and every later migration runs
+-- as orgbase_owner (`SET LOCAL ROLE orgbase_owner`), so that the owner owns every object.
+-- Why four roles, and what each may do, is part of the threat model in docs/security.md.
 --
 --   orgbase_owner     owns every orgbase object; migrations run as it (DDL). NOLOGIN: the
 --                     migrator connects as the administrative user and SETs this role.
@@ -51,7 +56,8 @@ GRANT USAGE ON SCHEMA orgbase TO orgbase_runtime, orgbase_readonly, orgbase_back
 GRANT SELECT ON orgbase.schema_migrations TO orgbase_runtime, orgbase_readonly, orgbase_backup;
 
 -- Every table the owner creates later is usable by the runtime role for DML only (no TRUNCATE,
--- REFERENCES or TRIGGER), readable by the read-only and backup roles.
+-- REFERENCES or TRIGGER), readable by the read-only and backup roles. Tables that must be
+-- closed to the runtime role say so where they are created (REVOKE right after CREATE TABLE).
 ALTER DEFAULT PRIVILEGES FOR ROLE orgbase_owner IN SCHEMA orgbase
     GRANT SELECT, INSERT, UPDATE, DELETE ON TABLES TO orgbase_runtime;
 ALTER DEFAULT PRIVILEGES FOR ROLE orgbase_owner IN SCHEMA orgbase

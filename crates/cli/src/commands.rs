@@ -310,7 +310,7 @@ async fn serve(config: Config, _args: ServeArgs) -> anyhow::Result<ExitCode> {
     let keys = crate::keys::open(&config)?;
     services.fields = orgbase_db::fields::Fields::new(keys.clone(), config.keys.field_encryption);
     if services.key.is_some() {
-        // Accounts written before migration 0008 (or while field encryption was off).
+        // Accounts written before accounts were encrypted (or while field encryption was off).
         let mut admin = target.admin().await?;
         orgbase_db::account::backfill(&mut admin, &services.fields, BACKFILL_BATCH)
             .await
@@ -437,6 +437,11 @@ async fn migrate(config: Config, cmd: MigrateCommand) -> anyhow::Result<ExitCode
     let mut client = opened.target.admin().await?;
     let code = match cmd {
         MigrateCommand::Status => {
+            if let Some((at, name)) = migrator.legacy(&client).await? {
+                println!("{}", orgbase_db::migrate::Drift::Legacy { at, name });
+                opened.close().await?;
+                return Ok(ExitCode::SUCCESS);
+            }
             let status = migrator.status(&client).await?;
             println!(
                 "{:>7}  {:<9}  {:<32}  {:<20}  {:<24}  {:>8}",

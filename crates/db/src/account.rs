@@ -7,7 +7,7 @@
 //! their email and name in old backups and audit entries become noise.
 //!
 //! With field encryption off the values are stored in clear, as before; the blind index is used
-//! all the same. [`backfill`] brings rows written before migration 0008 (or while encryption was
+//! all the same. [`backfill`] brings rows written before accounts were encrypted (or while encryption was
 //! off) up to date.
 
 use orgbase_keys::{CipherError, FieldAad, KeyError, KeyId, is_ciphertext};
@@ -175,13 +175,13 @@ impl Fields {
     }
 }
 
-/// Brings account and invitation rows up to date with migration 0008 and the configuration:
+/// Brings account and invitation rows up to date with account encryption and the configuration:
 /// fills a missing `email_hash`, and (field encryption on) encrypts an email or name still in
 /// clear. Runs as administrator in batches of `batch` rows, without row triggers (one audit
 /// entry for the run, not one per row with the plaintext in it); resumable and idempotent.
-/// Anonymized accounts (erased before 0008) get their index only. When the stored index turns
-/// out to be made with another blind-index key, every row's index is recomputed. Does nothing
-/// before 0008. Returns the rows updated.
+/// Anonymized accounts (erased before accounts were encrypted) get their index only. When the
+/// stored index turns out to be made with another blind-index key, every row's index is
+/// recomputed. Returns the rows updated.
 pub async fn backfill(
     client: &mut Client,
     fields: &Fields,

@@ -376,6 +376,13 @@ pub async fn readiness(pool: &Pool, latest: i64) -> Result<(), String> {
             "database schema is at migration {applied}, this orgbase needs {latest}"
         ));
     }
+    if applied > latest {
+        return Err(format!(
+            "database schema is at migration {applied}, which this orgbase (newest {latest}) does \
+             not know: a newer orgbase migrated it, or one from before the baseline schema \
+             (then `orgbase migrate up` records it at the baseline)"
+        ));
+    }
     Ok(())
 }
 

@@ -8,11 +8,110 @@
 //! Each migration runs in its own transaction together with its bookkeeping row; it runs as
 //! `orgbase_owner` (so the owner owns every object) unless its first lines say
 //! `-- orgbase:run-as admin` (only 0001, which creates the roles).
+//!
+//! Versions 1–9 are the **baseline**: the schema as it stood after the seventeen migrations of
+//! earlier releases, rewritten by concern. A database those releases migrated to their last
+//! version is recognised (its recorded checksums) and, when its schema is still what they left
+//! (the comparison `verify` makes), recorded as being at the baseline without running anything;
+//! one at an earlier version is told to upgrade with the previous release first.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::time::Instant;
 
 use tokio_postgres::Client;
+
+/// The migrations of the releases before the baseline: version, name and SHA-256 of the up
+/// script. Only a database at the last of them can be recognised as being at the baseline.
+const LEGACY: &[(i64, &str, &str)] = &[
+    (
+        1,
+        "roles_and_schema",
+        "217c0e61a71a9972efab44ed8224441820ecbc2b5e54f8b41d3edfabb0bd97f1",
+    ),
+    (
+        2,
+        "identity_and_tenancy",
+        "321f0c5e0457e5111154a32016c74c080fd15697bc4d4497504c2a14f5340225",
+    ),
+    (
+        3,
+        "identity_api",
+        "06908cc8e93414a815de64b323b20b50a27aaaf30a4ff1f1a03d7a454ae32abd",
+    ),
+    (
+        4,
+        "apps",
+        "04ad889cceb72b0b73ac10f5c3283db48b5b37c3753b63f03bb9768290d8b02a",
+    ),
+    (
+        5,
+        "audit",
+        "1a3d5ddb86e3ddb66b67f867d6bfa78b8434e1059ab8b995962a5390f13be59f",
+    ),
+    (
+        6,
+        "keys_gdpr",
+        "14f916a28bce48d4bc99ab984e97285f609ae5245564057d3df5510e1be8a9b5",
+    ),
+    (
+        7,
+        "consent_retention",
+        "97b5a4128b0f2e974b5474df8bf22158401694aeec8a6ac64e5fba3d439a8f1b",
+    ),
+    (
+        8,
+        "user_pii",
+        "d6eed3a1db33354f72bd3ba6e513b529046ec504e79a60b2b11500ba16d02a19",
+    ),
+    (
+        9,
+        "request_path",
+        "518fde087502499af09391d6724ef4a413dd67bd69c44e16368a0efc9bd75b0d",
+    ),
+    (
+        10,
+        "session_key",
+        "0a342eec49156828561b694ee65e37d6a105b35f9ffe31825a232d82f0a772f3",
+    ),
+    (
+        11,
+        "lighter_checks",
+        "55e8478ceaec617151ae456cd2ae0453670d8f52af974d24a621f99eee774207",
+    ),
+    (
+        12,
+        "one_check_reads",
+        "edf1ede8416ac911866c69f4ecb92368aefdeae7b6ce8968f6cd60ce6adfed11",
+    ),
+    (
+        13,
+        "plan_safe_reads",
+        "81bb05aa3e97b1a579a94bfbf414a1fb6291713ab2af9262630e397849a472ee",
+    ),
+    (
+        14,
+        "rights_fail_closed",
+        "f5a9bf04e1f3c9a865b39b13d460801ffb8848ca154c64a793de19fa6626d128",
+    ),
+    (
+        15,
+        "column_limits",
+        "af5f3c0d583739a33e57154cb5bb67b232601c8dc416e7423ce0e2da37c72956",
+    ),
+    (
+        16,
+        "org_settings",
+        "e3b7f5778086b114407cc75cb433b219108d58411735cebc593bb8f3107274d1",
+    ),
+    (
+        17,
+        "refresh_reuse",
+        "0329544be1a0bee3d411c113f8f09f7828e359296ae775cdad4266e6fc5dd061",
+    ),
+];
+
+/// The last baseline version: 1..=BASELINE stand for every legacy migration.
+pub const BASELINE: i64 = 9;
 
 /// The key of the advisory lock every migration run holds ("orgbase" in ASCII).
 const LOCK_KEY: i64 = 0x006f_7267_6261_7365;
@@ -112,6 +211,11 @@ pub enum Drift {
         version: i64,
         description: String,
     },
+    /// Migrated by a release from before the baseline, to version `at` of its migrations.
+    Legacy {
+        at: i64,
+        name: String,
+    },
     /// The schema differs from the snapshot taken after the last migration.
     Schema {
         after_version: i64,
@@ -138,6 +242,7 @@ impl std::fmt::Display for Drift {
                 f,
                 "migration {version} ({description}) is applied but unknown to this orgbase binary"
             ),
+            Drift::Legacy { at, name } => write!(f, "{}", legacy_message(*at, name)),
             Drift::Schema {
                 after_version,
                 added,
@@ -165,12 +270,89 @@ impl std::fmt::Display for Drift {
 pub struct Migrator {
     migrations: Vec<Migration>,
     applied_by: String,
+    /// Recognise databases of the releases before the baseline (the embedded set only).
+    legacy: bool,
+}
+
+/// What to do about a database migrated by a release from before the baseline.
+fn legacy_message(at: i64, name: &str) -> String {
+    let last = LEGACY.last().map(|l| l.0).unwrap_or(0);
+    if at == last {
+        format!(
+            "the database was migrated by an earlier orgbase (its migration {at}, {}); \
+             `orgbase migrate up` checks that its schema is unchanged and records it as being at \
+             the baseline schema ({BASELINE} migrations) without running anything",
+            name.replace('_', " ")
+        )
+    } else {
+        format!(
+            "the database is at migration {at} ({}) of an earlier orgbase, whose migrations \
+             this one replaced by a baseline; upgrade it first with the previous orgbase release \
+             (the last one whose `orgbase migrate status` lists {last} migrations, ending with \
+             \"refresh reuse\"): run its `orgbase migrate up`, then this one",
+            name.replace('_', " ")
+        )
+    }
+}
+
+/// The legacy version a database is at: its recorded migrations are all legacy ones, by
+/// version and checksum (the baseline's scripts have other checksums).
+fn legacy_at(applied: &[Applied]) -> Option<(i64, String)> {
+    let all_legacy = !applied.is_empty()
+        && applied.iter().all(|a| {
+            LEGACY
+                .iter()
+                .any(|(v, _, sum)| *v == a.version && *sum == a.checksum)
+        });
+    let last = applied.iter().map(|a| a.version).max()?;
+    let name = LEGACY.iter().find(|l| l.0 == last)?.1.to_string();
+    all_legacy.then_some((last, name))
+}
+
+/// The lines of a schema snapshot that say what orgbase's schema is: those about objects in
+/// the `orgbase` schema, without the monthly partitions of the access logs, which come and go
+/// with the calendar (`maintain_logs`) rather than with migrations.
+pub fn orgbase_lines(snapshot: &str) -> BTreeSet<&str> {
+    snapshot
+        .lines()
+        .filter(|l| about_orgbase(l) && !about_monthly_partition(l))
+        .collect()
+}
+
+fn about_orgbase(line: &str) -> bool {
+    let (kind, rest) = line.split_once(' ').unwrap_or((line, ""));
+    match kind {
+        "schema" => rest.starts_with("orgbase "),
+        "index" | "trigger" => rest.contains(" ON orgbase.") || rest.contains(" ON ONLY orgbase."),
+        _ => rest.starts_with("orgbase."),
+    }
+}
+
+/// The access logs' range-partitioned tables, whose monthly partitions are `<parent>_YYYYMM`.
+const MONTHLY: &[&str] = &[
+    "access_log_std",
+    "access_log_hipaa",
+    "read_access_log_std",
+    "read_access_log_hipaa",
+];
+
+/// A monthly partition of an access log named in the line.
+fn about_monthly_partition(line: &str) -> bool {
+    line.match_indices("orgbase.").any(|(i, m)| {
+        let name: String = line[i + m.len()..]
+            .chars()
+            .take_while(|c| c.is_ascii_alphanumeric() || *c == '_')
+            .collect();
+        name.rsplit_once('_').is_some_and(|(base, month)| {
+            MONTHLY.contains(&base) && month.len() == 6 && month.bytes().all(|b| b.is_ascii_digit())
+        })
+    })
 }
 
 impl Migrator {
     /// The migrations compiled into this binary.
     pub fn embedded(applied_by: impl Into<String>) -> Self {
-        Self::new(
+        let mut m = Self::new(
             EMBEDDED
                 .iter()
                 .map(|m| Migration {
@@ -181,7 +363,9 @@ impl Migrator {
                 })
                 .collect(),
             applied_by,
-        )
+        );
+        m.legacy = true;
+        m
     }
 
     pub fn new(mut migrations: Vec<Migration>, applied_by: impl Into<String>) -> Self {
@@ -189,7 +373,78 @@ impl Migrator {
         Self {
             migrations,
             applied_by: applied_by.into(),
+            legacy: false,
         }
+    }
+
+    /// For the embedded set: the legacy version (and its name) a database is at, if it was
+    /// migrated by a release from before the baseline and not recorded at the baseline yet.
+    pub async fn legacy(&self, client: &Client) -> Result<Option<(i64, String)>, MigrateError> {
+        if !self.legacy {
+            return Ok(None);
+        }
+        Ok(legacy_at(&Self::applied(client).await?))
+    }
+
+    /// Record a database at the last legacy version as being at the baseline, after checking
+    /// that its schema is what the legacy migrations left (nothing runs). Called under the lock.
+    async fn adopt(&self, client: &mut Client, at: i64, name: &str) -> Result<(), MigrateError> {
+        let last = LEGACY.last().map(|l| l.0).unwrap_or(0);
+        if at != last {
+            return Err(MigrateError::Refused(legacy_message(at, name)));
+        }
+        let recorded: String = client
+            .query_one(
+                "SELECT schema_snapshot FROM orgbase.schema_migrations WHERE version = $1",
+                &[&at],
+            )
+            .await?
+            .get(0);
+        let current = snapshot(&*client).await?;
+        let (old, new) = (orgbase_lines(&recorded), orgbase_lines(&current));
+        if old != new {
+            let drift = Drift::Schema {
+                after_version: at,
+                added: new.difference(&old).map(|s| s.to_string()).collect(),
+                removed: old.difference(&new).map(|s| s.to_string()).collect(),
+            };
+            return Err(MigrateError::Refused(format!(
+                "the database was migrated by an earlier orgbase and its schema was changed \
+                 since, outside migrations, so it cannot be recorded as being at the baseline \
+                 schema: {drift}\nUndo those changes (or restore a backup), then run this again."
+            )));
+        }
+        let tx = client.transaction().await?;
+        tx.execute(
+            "DELETE FROM orgbase.schema_migrations WHERE version <= $1",
+            &[&last],
+        )
+        .await?;
+        let by = format!(
+            "{} (recognised: migrations 1-{last} of an earlier orgbase, nothing run)",
+            self.applied_by
+        );
+        for m in self.migrations.iter().filter(|m| m.version <= BASELINE) {
+            let snap = if m.version == BASELINE {
+                &current[..]
+            } else {
+                ""
+            };
+            tx.execute(
+                "INSERT INTO orgbase.schema_migrations
+                     (version, description, checksum, applied_by, duration_ms, schema_snapshot)
+                 VALUES ($1, $2, $3, $4, 0, $5)",
+                &[&m.version, &m.description(), &m.checksum(), &by, &snap],
+            )
+            .await?;
+        }
+        tx.commit().await?;
+        tracing::info!(
+            legacy = at,
+            baseline = BASELINE,
+            "database of an earlier orgbase recorded as being at the baseline schema"
+        );
+        Ok(())
     }
 
     pub fn migrations(&self) -> &[Migration] {
@@ -304,6 +559,9 @@ impl Migrator {
     ) -> Result<Vec<i64>, MigrateError> {
         lock_and_prepare(client).await?;
         let result = async {
+            if let Some((at, name)) = self.legacy(client).await? {
+                self.adopt(client, at, &name).await?;
+            }
             let status = self.status(client).await?;
             if let Some(s) = status.iter().find(|s| s.state == State::Unknown) {
                 return Err(MigrateError::Refused(format!(
@@ -374,6 +632,9 @@ impl Migrator {
     ) -> Result<Vec<i64>, MigrateError> {
         lock_and_prepare(client).await?;
         let result = async {
+            if let Some((at, name)) = self.legacy(client).await? {
+                return Err(MigrateError::Refused(legacy_message(at, &name)));
+            }
             let status = self.status(client).await?;
             if let Some(s) = status
                 .iter()
@@ -425,6 +686,9 @@ impl Migrator {
 
     /// Checksum drift, unknown applied versions and schema changes made outside migrations.
     pub async fn verify(&self, client: &Client) -> Result<Vec<Drift>, MigrateError> {
+        if let Some((at, name)) = self.legacy(client).await? {
+            return Ok(vec![Drift::Legacy { at, name }]);
+        }
         let mut drift = Vec::new();
         for s in self.status(client).await? {
             match (&s.state, &s.applied) {
@@ -459,9 +723,15 @@ impl Migrator {
             let version: i64 = row.get(0);
             let recorded: String = row.get(1);
             let current = snapshot(client).await?;
-            if recorded != current {
-                let old: BTreeSet<&str> = recorded.lines().collect();
-                let new: BTreeSet<&str> = current.lines().collect();
+            // The access logs' monthly partitions come and go with the calendar.
+            let comparable = |s: &str| -> BTreeSet<String> {
+                s.lines()
+                    .filter(|l| !about_monthly_partition(l))
+                    .map(str::to_string)
+                    .collect()
+            };
+            let (old, new) = (comparable(&recorded), comparable(&current));
+            if old != new {
                 drift.push(Drift::Schema {
                     after_version: version,
                     added: new.difference(&old).map(|s| s.to_string()).collect(),

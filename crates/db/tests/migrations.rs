@@ -1,4 +1,10 @@
-//! Migrations against a real PostgreSQL: up/down/up, drift, locking, roles.
+//! Migrations against a real PostgreSQL: up/down/up, drift, locking, roles, and databases of
+//! the releases before the baseline.
+//!
+//! The first migration creates and alters the cluster-wide roles, and two databases of one
+//! cluster migrated at the same moment collide there ("tuple concurrently updated": the
+//! migration lock is per database). Every test here that runs it (or its down) on a database of
+//! its own holds `ROLES`; the tests share one cluster (one per test process).
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)] // tests fail loudly
 
 use std::process::Command;
@@ -26,12 +32,15 @@ fn schema_dump(db: &TestDb) -> String {
         .join("\n")
 }
 
+static ROLES: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+
 fn migrator() -> Migrator {
     Migrator::embedded("test")
 }
 
 #[tokio::test]
 async fn up_down_up_leaves_an_identical_schema() {
+    let _roles = ROLES.lock().await;
     let db = TestDb::empty().await;
     let mut admin = db.admin().await;
     let m = migrator();
@@ -175,6 +184,7 @@ async fn a_failed_migration_leaves_nothing_behind() {
 
 #[tokio::test]
 async fn concurrent_runs_apply_each_migration_once() {
+    let _roles = ROLES.lock().await;
     let db = TestDb::empty().await;
     let (mut a, mut b) = (db.admin().await, db.admin().await);
     let (ra, rb) = tokio::join!(
@@ -272,4 +282,166 @@ async fn roles_have_the_documented_attributes() {
             .await
             .is_ok()
     );
+}
+
+/// Versions the database records, in order.
+async fn recorded(admin: &tokio_postgres::Client) -> Vec<(i64, String)> {
+    Migrator::applied(admin)
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|a| (a.version, a.checksum))
+        .collect()
+}
+
+#[tokio::test]
+async fn a_database_of_the_releases_before_the_baseline_is_recorded_at_it_unchanged() {
+    let _roles = ROLES.lock().await;
+    // Built the way an earlier release did: its 17 migrations.
+    let old = TestDb::empty().await;
+    let mut admin = old.admin().await;
+    orgbase_testkit::legacy_migrator()
+        .up(&mut admin, None, |_, _| {})
+        .await
+        .unwrap();
+    let before = schema_dump(&old);
+    let m = migrator();
+    let legacy = m.legacy(&admin).await.unwrap();
+    assert_eq!(legacy, Some((17, "refresh_reuse".to_string())));
+    let drift = m.verify(&admin).await.unwrap();
+    assert!(
+        matches!(drift.as_slice(), [Drift::Legacy { at: 17, .. }]),
+        "{drift:?}"
+    );
+    assert!(drift[0].to_string().contains("migrate up"), "{}", drift[0]);
+
+    // `up` runs nothing of the baseline, only what came after it.
+    let applied = m.up(&mut admin, None, |_, _| {}).await.unwrap();
+    let after_baseline: Vec<i64> = m
+        .migrations()
+        .iter()
+        .map(|x| x.version)
+        .filter(|v| *v > orgbase_db::migrate::BASELINE)
+        .collect();
+    assert_eq!(applied, after_baseline);
+    let expected: Vec<(i64, String)> = m
+        .migrations()
+        .iter()
+        .map(|x| (x.version, x.checksum()))
+        .collect();
+    assert_eq!(recorded(&admin).await, expected);
+    assert!(
+        m.status(&admin)
+            .await
+            .unwrap()
+            .iter()
+            .all(|s| s.state == State::Applied)
+    );
+    assert!(m.verify(&admin).await.unwrap().is_empty());
+    assert_eq!(m.legacy(&admin).await.unwrap(), None);
+
+    // The same schema as a database this binary built from nothing.
+    let fresh = TestDb::empty().await;
+    let mut fresh_admin = fresh.admin().await;
+    m.up(&mut fresh_admin, None, |_, _| {}).await.unwrap();
+    assert_eq!(
+        orgbase_db::migrate::snapshot(&admin).await.unwrap(),
+        orgbase_db::migrate::snapshot(&fresh_admin).await.unwrap()
+    );
+    assert_eq!(schema_dump(&old), schema_dump(&fresh));
+    assert_ne!(before, schema_dump(&old), "the later migrations ran");
+    // And it migrates down like one.
+    m.down(&mut admin, 0, |_, _| {}).await.unwrap();
+    assert!(recorded(&admin).await.is_empty());
+}
+
+#[tokio::test]
+async fn a_database_at_an_intermediate_earlier_version_is_sent_to_the_previous_release() {
+    let _roles = ROLES.lock().await;
+    let old = TestDb::empty().await;
+    let mut admin = old.admin().await;
+    orgbase_testkit::legacy_migrator()
+        .up(&mut admin, Some(13), |_, _| {})
+        .await
+        .unwrap();
+    let before = recorded(&admin).await;
+    let dump = schema_dump(&old);
+    for err in [
+        migrator()
+            .up(&mut admin, None, |_, _| {})
+            .await
+            .unwrap_err()
+            .to_string(),
+        migrator()
+            .down(&mut admin, 0, |_, _| {})
+            .await
+            .unwrap_err()
+            .to_string(),
+    ] {
+        assert!(
+            err.contains("migration 13 (plan safe reads)")
+                && err.contains("previous orgbase release"),
+            "{err}"
+        );
+    }
+    assert_eq!(recorded(&admin).await, before, "nothing recorded");
+    assert_eq!(schema_dump(&old), dump, "nothing ran");
+}
+
+#[tokio::test]
+async fn an_earlier_database_changed_outside_migrations_is_not_taken_for_the_baseline() {
+    let _roles = ROLES.lock().await;
+    let old = TestDb::empty().await;
+    let mut admin = old.admin().await;
+    orgbase_testkit::legacy_migrator()
+        .up(&mut admin, None, |_, _| {})
+        .await
+        .unwrap();
+    // A product's own schema is its own business; a policy added to orgbase's is not.
+    admin
+        .batch_execute(
+            "CREATE SCHEMA app; CREATE TABLE app.invoices (id int);
+             CREATE POLICY wide_open ON orgbase.notes FOR SELECT TO orgbase_runtime USING (true);",
+        )
+        .await
+        .unwrap();
+    let before = recorded(&admin).await;
+    let err = migrator()
+        .up(&mut admin, None, |_, _| {})
+        .await
+        .unwrap_err()
+        .to_string();
+    assert!(
+        err.contains("changed since") && err.contains("wide_open") && !err.contains("invoices"),
+        "{err}"
+    );
+    assert_eq!(recorded(&admin).await, before, "nothing recorded");
+    admin
+        .batch_execute("DROP POLICY wide_open ON orgbase.notes")
+        .await
+        .unwrap();
+    migrator().up(&mut admin, None, |_, _| {}).await.unwrap();
+    assert_eq!(migrator().legacy(&admin).await.unwrap(), None);
+}
+
+#[tokio::test]
+async fn a_new_month_of_access_log_partitions_is_not_drift() {
+    let db = TestDb::migrated().await;
+    let admin = db.admin().await;
+    let created = admin
+        .query(
+            "SELECT * FROM orgbase.maintain_logs(now() + interval '14 months')",
+            &[],
+        )
+        .await
+        .unwrap();
+    assert!(!created.is_empty(), "new partitions");
+    let drift = migrator().verify(&admin).await.unwrap();
+    assert!(drift.is_empty(), "{drift:?}");
+    // A table of any other name still is.
+    admin
+        .batch_execute("CREATE TABLE orgbase.report_202612 (id int)")
+        .await
+        .unwrap();
+    assert_eq!(migrator().verify(&admin).await.unwrap().len(), 1);
 }

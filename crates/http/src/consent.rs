@@ -1,5 +1,5 @@
 //! Consent records, retention policies and legal holds over HTTP (docs/retention.md). Every
-//! statement runs in the request transaction; row-level security on the tables (migration 0007)
+//! statement runs in the request transaction; row-level security on the tables (migration 0008)
 //! limits what each role can read and write, whatever SQL runs.
 
 use std::collections::BTreeMap;

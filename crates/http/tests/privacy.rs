@@ -1374,12 +1374,15 @@ async fn without_field_encryption_accounts_are_stored_in_clear_and_found_by_inde
 }
 
 #[tokio::test]
-async fn accounts_from_before_0008_are_indexed_and_encrypted_by_the_backfill() {
+async fn accounts_from_before_account_encryption_are_indexed_and_encrypted_by_the_backfill() {
+    // A database an earlier release migrated to its 7th migration, with accounts of then; that
+    // release upgraded it, and this one recognises it as at the baseline.
     let db = TestDb::empty().await;
     let mut target = db.target.clone();
+    let legacy = orgbase_testkit::legacy_migrator();
     let migrator = orgbase_db::Migrator::embedded("t");
     let mut admin = db.admin().await;
-    migrator.up(&mut admin, Some(7), |_, _| {}).await.unwrap();
+    legacy.up(&mut admin, Some(7), |_, _| {}).await.unwrap();
     target.ensure_runtime_login().await.unwrap();
     let hash = orgbase_db::auth::hash_password("password-1234".into())
         .await
@@ -1415,6 +1418,7 @@ async fn accounts_from_before_0008_are_indexed_and_encrypted_by_the_backfill() {
         )
         .await
         .unwrap();
+    legacy.up(&mut admin, None, |_, _| {}).await.unwrap();
     migrator.up(&mut admin, None, |_, _| {}).await.unwrap();
 
     let w = World::with(db, true).await;
@@ -1426,7 +1430,7 @@ async fn accounts_from_before_0008_are_indexed_and_encrypted_by_the_backfill() {
         2,
         "one account, one invitation, in batches of one"
     );
-    // The tables; audit entries written before 0008 keep what they were written with.
+    // The tables; audit entries written before it keep what they were written with.
     let stored = stored_identity_text(&admin, false).await;
     assert!(!stored.contains("old@timer") && !stored.contains("Old Timer"));
     assert!(!stored.contains("new@comer"));

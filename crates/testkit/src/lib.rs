@@ -34,6 +34,29 @@ fn init_logging() {
     }
 }
 
+/// The migrations of releases before the baseline (`legacy-migrations/`), to build a database
+/// the way an earlier orgbase did. Their down scripts are not kept.
+pub fn legacy_migrator() -> Migrator {
+    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("legacy-migrations");
+    let mut migrations = Vec::new();
+    for entry in std::fs::read_dir(&dir).unwrap() {
+        let path = entry.unwrap().path();
+        let file = path.file_name().unwrap().to_str().unwrap().to_string();
+        let Some(stem) = file.strip_suffix(".up.sql") else {
+            continue;
+        };
+        let (num, name) = stem.split_once('_').unwrap();
+        migrations.push(orgbase_db::migrate::Migration {
+            version: num.parse().unwrap(),
+            name: name.to_string(),
+            up: std::fs::read_to_string(&path).unwrap(),
+            down: String::new(),
+        });
+    }
+    assert_eq!(migrations.len(), 17, "{}", dir.display());
+    Migrator::new(migrations, "an earlier orgbase")
+}
+
 /// A test configuration whose data directory is a fresh temp dir.
 pub fn config() -> Config {
     Config {

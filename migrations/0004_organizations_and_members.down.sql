@@ -1,0 +1,23 @@
+-- Undo 0004: the organization tables (with their policies and triggers) and their functions.
+DROP FUNCTION orgbase.accept_invitation(bytea, bytea);
+DROP FUNCTION orgbase.member_directory();
+DROP FUNCTION orgbase.user_id_by_email(bytea);
+DROP FUNCTION orgbase.create_org(bytea, uuid, text, text, text, text[], jsonb);
+DROP FUNCTION orgbase.org_json(uuid);
+DROP TABLE orgbase.member_roles;
+DROP TABLE orgbase.roles;
+DROP FUNCTION orgbase.valid_permissions(text[]);
+DROP TABLE orgbase.api_keys;
+DROP FUNCTION orgbase.ctx_may_grant(text[]);
+DROP FUNCTION orgbase.key_app_roles(text[], text, uuid, uuid);
+DROP FUNCTION orgbase.scopes_cover(text[], text[]);
+DROP FUNCTION orgbase.scope_level(text[], text);
+DROP FUNCTION orgbase.valid_scopes(text[]);
+DROP TABLE orgbase.team_members;
+DROP TABLE orgbase.teams;
+DROP TABLE orgbase.invitations;
+DROP TABLE orgbase.app_permissions;
+DROP TABLE orgbase.members;
+DROP FUNCTION orgbase.members_no_revival();
+DROP FUNCTION orgbase.members_keep_owner();
+DROP TABLE orgbase.organizations;
