@@ -76,25 +76,25 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 code
             }
             Command::Audit(cmd) => {
-                let opened = open(&config, true).await?;
+                let opened = open_migrated(&config).await?;
                 let code = crate::audit::run(&opened.target, &config, cmd).await;
                 opened.close().await?;
                 code
             }
             Command::Purge(args) => {
-                let opened = open(&config, true).await?;
+                let opened = open_migrated(&config).await?;
                 let code = crate::tools::purge(&opened.target, &args).await;
                 opened.close().await?;
                 code
             }
             Command::Retention(cmd) => {
-                let opened = open(&config, true).await?;
+                let opened = open_migrated(&config).await?;
                 let code = crate::retention::run(&opened.target, cmd).await;
                 opened.close().await?;
                 code
             }
             Command::Demo => {
-                let opened = open(&config, true).await?;
+                let opened = open_migrated(&config).await?;
                 let code =
                     crate::tools::demo(&opened.target, &config, &crate::keys::fields(&config)?)
                         .await;
@@ -102,7 +102,7 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 code
             }
             Command::Bench(BenchCommand::Seed(args)) => {
-                let opened = open(&config, true).await?;
+                let opened = open_migrated(&config).await?;
                 let code =
                     crate::tools::bench_seed(&opened.target, &args, &crate::keys::fields(&config)?)
                         .await;
@@ -241,6 +241,38 @@ pub(crate) async fn open(config: &Config, attach: bool) -> anyhow::Result<Opened
         }
     };
     opened.target.ensure_database().await?;
+    Ok(opened)
+}
+
+/// `open`, for the commands that work on orgbase's data: the schema must be at this binary's
+/// newest migration, or the command stops before touching anything and says what to run.
+pub(crate) async fn open_migrated(config: &Config) -> anyhow::Result<Opened> {
+    let opened = open(config, true).await?;
+    let problem = {
+        let client = opened.target.admin().await?;
+        let migrator = Migrator::embedded("");
+        let at = Migrator::applied(&client)
+            .await?
+            .iter()
+            .map(|a| a.version)
+            .max()
+            .unwrap_or(0);
+        if let Some((at, name)) = migrator.legacy(&client).await? {
+            Some(orgbase_db::migrate::Drift::Legacy { at, name }.to_string())
+        } else if at != migrator.latest() {
+            Some(format!(
+                "the database is at migration {at} and this orgbase needs {}: run `orgbase \
+                 migrate up` first (or start `orgbase serve`, which migrates)",
+                migrator.latest()
+            ))
+        } else {
+            None
+        }
+    };
+    if let Some(problem) = problem {
+        opened.close().await?;
+        bail!("{problem}");
+    }
     Ok(opened)
 }
 

@@ -996,3 +996,101 @@ fn a_full_disk_refuses_writes_and_recovers_when_space_is_freed() {
     drop(_unmount);
     std::fs::remove_dir_all(dir).unwrap();
 }
+
+/// A data directory an earlier release left at its last migration. The bookkeeping is what that
+/// release recorded (its seventeen migrations, their checksums); the schema is the baseline's,
+/// which `crates/db/tests/migrations.rs` proves identical to what those migrations built.
+#[test]
+fn a_data_directory_of_the_release_before_the_baseline_serves_unchanged() {
+    let dir = temp_dir("orgbase-upgrade-");
+    let data = dir.join("data");
+    let with_data = |args: &[&str]| {
+        let mut c = orgbase();
+        c.arg("--data-dir").arg(&data).args(args);
+        c
+    };
+    // Commands on data say what to run first on a database that is not migrated.
+    let (ok, _, err) = run(&mut with_data(&["demo"]));
+    assert!(
+        !ok && err.contains("run `orgbase migrate up` first"),
+        "{err}"
+    );
+    let (ok, _, err) = run(&mut with_data(&["migrate", "up"]));
+    assert!(ok, "{err}");
+    let (ok, out, err) = run(&mut with_data(&["demo"]));
+    assert!(ok, "{err}");
+    let token = out
+        .split("Bearer ")
+        .nth(1)
+        .and_then(|r| r.split('\'').next())
+        .unwrap()
+        .to_string();
+    let baseline = orgbase_db::migrate::BASELINE.to_string();
+    let (ok, _, err) = run(&mut with_data(&[
+        "migrate", "down", "--to", &baseline, "--yes",
+    ]));
+    assert!(ok, "{err}");
+    let rows: Vec<String> = orgbase_testkit::legacy_migrator()
+        .migrations()
+        .iter()
+        .map(|m| {
+            format!(
+                "({}, '{}', '{}', 'an earlier orgbase', 1, {})",
+                m.version,
+                m.description(),
+                m.checksum(),
+                if m.version == 17 {
+                    "(TABLE snap)"
+                } else {
+                    "''"
+                }
+            )
+        })
+        .collect();
+    psql(
+        &data,
+        &format!(
+            "BEGIN;
+             CREATE TEMP TABLE snap AS SELECT schema_snapshot FROM orgbase.schema_migrations
+              WHERE version = {baseline};
+             DELETE FROM orgbase.schema_migrations;
+             INSERT INTO orgbase.schema_migrations
+                 (version, description, checksum, applied_by, duration_ms, schema_snapshot)
+             VALUES {};
+             COMMIT;",
+            rows.join(", ")
+        ),
+    );
+    let (ok, out, err) = run(&mut with_data(&["migrate", "status"]));
+    assert!(ok, "{err}");
+    assert!(
+        out.contains("earlier orgbase") && out.contains("migrate up"),
+        "{out}"
+    );
+    let (ok, out, _) = run(&mut with_data(&["migrate", "verify"]));
+    assert!(!ok && out.contains("earlier orgbase"), "{out}");
+
+    // The new release: recorded at the baseline, the newer migrations applied, the data and
+    // the sessions of before still there.
+    let mut s = start_serve(&data);
+    assert!(ready(&s.base), "not ready after the upgrade");
+    let (status, body) =
+        reqwest::blocking_get_with(&format!("{}/v1/orgs/demo-acme/notes", s.base), &token).unwrap();
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(body.matches("\"title\"").count(), 3, "{body}");
+    let (ok, out, err) = run(&mut with_data(&["migrate", "verify"]));
+    assert!(ok, "{out}{err}");
+    let recorded = psql(
+        &data,
+        "SELECT version || ' ' || applied_by FROM orgbase.schema_migrations ORDER BY version",
+    );
+    assert_eq!(
+        recorded.len(),
+        orgbase_db::Migrator::embedded("").migrations().len()
+    );
+    assert!(recorded[0].contains("recognised"), "{recorded:?}");
+    signal(&s.child, nix::sys::signal::Signal::SIGTERM);
+    assert!(s.child.wait().unwrap().success());
+    wait_until("PostgreSQL to stop", || !postmaster_running(&data));
+    std::fs::remove_dir_all(dir).unwrap();
+}

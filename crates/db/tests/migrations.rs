@@ -306,6 +306,16 @@ async fn a_database_of_the_releases_before_the_baseline_is_recorded_at_it_unchan
         .unwrap();
     let before = schema_dump(&old);
     let m = migrator();
+    // The baseline builds exactly what the seventeen built.
+    let at_baseline = TestDb::empty().await;
+    m.up(
+        &mut at_baseline.admin().await,
+        Some(orgbase_db::migrate::BASELINE),
+        |_, _| {},
+    )
+    .await
+    .unwrap();
+    assert_eq!(before, schema_dump(&at_baseline));
     let legacy = m.legacy(&admin).await.unwrap();
     assert_eq!(legacy, Some((17, "refresh_reuse".to_string())));
     let drift = m.verify(&admin).await.unwrap();
