@@ -197,6 +197,17 @@ pub(crate) enum Failed {
     Totp,
 }
 
+impl Failed {
+    /// The answer to a failed check; `wrong` says what a wrong password means on this route.
+    pub(crate) fn into_error(self, wrong: ApiError) -> ApiError {
+        match self {
+            Failed::Error(e) => e,
+            Failed::Password => wrong,
+            Failed::Totp => ApiError::TotpCodeNeeded,
+        }
+    }
+}
+
 /// Check `password`, then the current TOTP code when the account has one, against `secrets`
 /// (`None`: no such account, which takes the same time as a wrong password). Throttled per
 /// account (`email_hash`) and per address; each failure is counted and audited as a failed
@@ -268,7 +279,7 @@ pub async fn login(
     .await?;
     let row = rows.first();
     let secrets = row.map(|r| Secrets::from_row(r, 2));
-    let mfa_passed = match check_secrets(
+    let mfa_passed = check_secrets(
         &state,
         &email_hash,
         (ip, &ua),
@@ -277,14 +288,7 @@ pub async fn login(
         body.totp.as_deref(),
     )
     .await
-    {
-        Ok(mfa) => mfa,
-        Err(Failed::Error(e)) => return Err(e),
-        Err(Failed::Password) => {
-            return Err(ApiError::Unauthorized("wrong email or password".into()));
-        }
-        Err(Failed::Totp) => return Err(ApiError::TotpCodeNeeded),
-    };
+    .map_err(|f| f.into_error(ApiError::Unauthorized("wrong email or password".into())))?;
     let Some(row) = row else {
         return Err(ApiError::Unauthorized("wrong email or password".into()));
     };
@@ -331,7 +335,7 @@ pub async fn cancel_erasure(
     let secrets = row.map(|r| Secrets::from_row(r, 1));
     // An account without an open erasure answers like a wrong password: this route tells
     // nobody which accounts are being erased.
-    match check_secrets(
+    check_secrets(
         &state,
         &email_hash,
         (ip, &ua),
@@ -340,16 +344,11 @@ pub async fn cancel_erasure(
         body.totp.as_deref(),
     )
     .await
-    {
-        Ok(_) => {}
-        Err(Failed::Error(e)) => return Err(e),
-        Err(Failed::Password) => {
-            return Err(ApiError::Unauthorized(
-                "wrong email or password, or no erasure of this account is open".into(),
-            ));
-        }
-        Err(Failed::Totp) => return Err(ApiError::TotpCodeNeeded),
-    }
+    .map_err(|f| {
+        f.into_error(ApiError::Unauthorized(
+            "wrong email or password, or no erasure of this account is open".into(),
+        ))
+    })?;
     let Some(row) = row else {
         return Err(ApiError::Unauthorized(
             "wrong email or password, or no erasure of this account is open".into(),

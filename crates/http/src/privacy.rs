@@ -14,7 +14,7 @@ use uuid::Uuid;
 use crate::AppState;
 use crate::error::{ApiError, Problem};
 use crate::extract::{Bearer, ClientIp, JsonBody, json_text};
-use crate::identity::{Failed, Secrets, check_secrets};
+use crate::identity::{Secrets, check_secrets};
 
 /// The erasure grace period as a PostgreSQL interval literal.
 fn grace_interval(state: &AppState) -> String {
@@ -95,7 +95,7 @@ pub async fn erase_me(
     let email_hash: Vec<u8> = row.get(1);
     let (ip, ua) = crate::identity::client_meta(&headers, client);
     let secrets = Secrets::from_row(row, 2);
-    match check_secrets(
+    check_secrets(
         &state,
         &email_hash,
         (ip, &ua),
@@ -104,12 +104,7 @@ pub async fn erase_me(
         body.totp.as_deref(),
     )
     .await
-    {
-        Ok(_) => {}
-        Err(Failed::Error(e)) => return Err(e),
-        Err(Failed::Password) => return Err(ApiError::ReauthenticationFailed),
-        Err(Failed::Totp) => return Err(ApiError::TotpCodeNeeded),
-    }
+    .map_err(|f| f.into_error(ApiError::ReauthenticationFailed))?;
     state.login_throttle.succeeded(&email_hash, ip);
     let (issued_at, proof) = key.proof("erase", &cred);
     let rows = plain(

@@ -130,6 +130,27 @@ impl World {
         )
     }
 
+    /// Enrols TOTP for the session's account and verifies a first code: the generator.
+    async fn enroll_totp(&self, token: &str) -> totp_rs::TOTP {
+        let e = self
+            .api
+            .ok(Method::POST, "/v1/auth/mfa/totp/enroll", token, None)
+            .await;
+        let secret = totp_rs::Secret::Encoded(e["secret"].as_str().unwrap().to_string())
+            .to_bytes()
+            .unwrap();
+        let totp = orgbase_db::auth::totp(&secret, "").unwrap();
+        self.api
+            .ok(
+                Method::POST,
+                "/v1/auth/mfa/totp/verify",
+                token,
+                Some(json!({"code": totp.generate_current().unwrap()})),
+            )
+            .await;
+        totp
+    }
+
     /// Logs in with the test password: the session.
     async fn login(&self, email: &str) -> Value {
         let (s, v) = self
@@ -1035,22 +1056,7 @@ async fn phi_needs_a_session_that_passed_mfa() {
         .get(0);
     assert_eq!(rows, 0, "nothing written");
     // with MFA
-    let e = w
-        .api
-        .ok(Method::POST, "/v1/auth/mfa/totp/enroll", &alice, None)
-        .await;
-    let secret = totp_rs::Secret::Encoded(e["secret"].as_str().unwrap().to_string())
-        .to_bytes()
-        .unwrap();
-    let totp = orgbase_db::auth::totp(&secret, "alice@clinic.example").unwrap();
-    w.api
-        .ok(
-            Method::POST,
-            "/v1/auth/mfa/totp/verify",
-            &alice,
-            Some(json!({"code": totp.generate_current().unwrap()})),
-        )
-        .await;
+    w.enroll_totp(&alice).await;
     let v = w
         .api
         .ok(
@@ -1752,22 +1758,7 @@ async fn erasure_needs_the_password_and_can_be_cancelled_in_its_grace_period() {
 async fn erasure_with_mfa_needs_the_current_code_too() {
     let w = World::new().await;
     let (_id, fay) = w.api.user("fay@mfa-erase.example").await;
-    let e = w
-        .api
-        .ok(Method::POST, "/v1/auth/mfa/totp/enroll", &fay, None)
-        .await;
-    let secret = totp_rs::Secret::Encoded(e["secret"].as_str().unwrap().to_string())
-        .to_bytes()
-        .unwrap();
-    let totp = orgbase_db::auth::totp(&secret, "fay@mfa-erase.example").unwrap();
-    w.api
-        .ok(
-            Method::POST,
-            "/v1/auth/mfa/totp/verify",
-            &fay,
-            Some(json!({"code": totp.generate_current().unwrap()})),
-        )
-        .await;
+    let totp = w.enroll_totp(&fay).await;
     // A wrong code: the current one with its last digit changed.
     let current = totp.generate_current().unwrap();
     let last = current.as_bytes()[5] - b'0';
