@@ -248,27 +248,9 @@ pub(crate) async fn open(config: &Config, attach: bool) -> anyhow::Result<Opened
 /// newest migration, or the command stops before touching anything and says what to run.
 pub(crate) async fn open_migrated(config: &Config) -> anyhow::Result<Opened> {
     let opened = open(config, true).await?;
-    let problem = {
-        let client = opened.target.admin().await?;
-        let migrator = Migrator::embedded("");
-        let at = Migrator::applied(&client)
-            .await?
-            .iter()
-            .map(|a| a.version)
-            .max()
-            .unwrap_or(0);
-        if let Some((at, name)) = migrator.legacy(&client).await? {
-            Some(orgbase_db::migrate::Drift::Legacy { at, name }.to_string())
-        } else if at != migrator.latest() {
-            Some(format!(
-                "the database is at migration {at} and this orgbase needs {}: run `orgbase \
-                 migrate up` first (or start `orgbase serve`, which migrates)",
-                migrator.latest()
-            ))
-        } else {
-            None
-        }
-    };
+    let problem = Migrator::embedded("")
+        .not_current(&opened.target.admin().await?)
+        .await?;
     if let Some(problem) = problem {
         opened.close().await?;
         bail!("{problem}");

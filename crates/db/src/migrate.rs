@@ -313,10 +313,28 @@ fn legacy_at(applied: &[Applied]) -> Option<(i64, String)> {
 /// the `orgbase` schema, without the monthly partitions of the access logs, which come and go
 /// with the calendar (`maintain_logs`) rather than with migrations.
 pub fn orgbase_lines(snapshot: &str) -> BTreeSet<&str> {
+    comparable_lines(snapshot)
+        .into_iter()
+        .filter(|l| about_orgbase(l))
+        .collect()
+}
+
+/// The lines of a schema snapshot that migrations account for: all but the access logs'
+/// monthly partitions.
+fn comparable_lines(snapshot: &str) -> BTreeSet<&str> {
     snapshot
         .lines()
-        .filter(|l| about_orgbase(l) && !about_monthly_partition(l))
+        .filter(|l| !about_monthly_partition(l))
         .collect()
+}
+
+/// What changed between the snapshot recorded after `after_version` and the current one.
+fn schema_drift(after_version: i64, old: &BTreeSet<&str>, new: &BTreeSet<&str>) -> Option<Drift> {
+    (old != new).then(|| Drift::Schema {
+        after_version,
+        added: new.difference(old).map(|s| s.to_string()).collect(),
+        removed: old.difference(new).map(|s| s.to_string()).collect(),
+    })
 }
 
 fn about_orgbase(line: &str) -> bool {
@@ -386,6 +404,25 @@ impl Migrator {
         Ok(legacy_at(&Self::applied(client).await?))
     }
 
+    /// Why commands that work on orgbase's data cannot run on this database yet, if so: it is
+    /// a database of the releases before the baseline, or not at this binary's newest migration.
+    pub async fn not_current(&self, client: &Client) -> Result<Option<String>, MigrateError> {
+        let applied = Self::applied(client).await?;
+        if self.legacy
+            && let Some((at, name)) = legacy_at(&applied)
+        {
+            return Ok(Some(legacy_message(at, &name)));
+        }
+        let at = applied.iter().map(|a| a.version).max().unwrap_or(0);
+        Ok((at != self.latest()).then(|| {
+            format!(
+                "the database is at migration {at} and this orgbase needs {}: run `orgbase \
+                 migrate up` first (or start `orgbase serve`, which migrates)",
+                self.latest()
+            )
+        }))
+    }
+
     /// Record a database at the last legacy version as being at the baseline, after checking
     /// that its schema is what the legacy migrations left (nothing runs). Called under the lock.
     async fn adopt(&self, client: &mut Client, at: i64, name: &str) -> Result<(), MigrateError> {
@@ -401,13 +438,7 @@ impl Migrator {
             .await?
             .get(0);
         let current = snapshot(&*client).await?;
-        let (old, new) = (orgbase_lines(&recorded), orgbase_lines(&current));
-        if old != new {
-            let drift = Drift::Schema {
-                after_version: at,
-                added: new.difference(&old).map(|s| s.to_string()).collect(),
-                removed: old.difference(&new).map(|s| s.to_string()).collect(),
-            };
+        if let Some(drift) = schema_drift(at, &orgbase_lines(&recorded), &orgbase_lines(&current)) {
             return Err(MigrateError::Refused(format!(
                 "the database was migrated by an earlier orgbase and its schema was changed \
                  since, outside migrations, so it cannot be recorded as being at the baseline \
@@ -723,21 +754,11 @@ impl Migrator {
             let version: i64 = row.get(0);
             let recorded: String = row.get(1);
             let current = snapshot(client).await?;
-            // The access logs' monthly partitions come and go with the calendar.
-            let comparable = |s: &str| -> BTreeSet<String> {
-                s.lines()
-                    .filter(|l| !about_monthly_partition(l))
-                    .map(str::to_string)
-                    .collect()
-            };
-            let (old, new) = (comparable(&recorded), comparable(&current));
-            if old != new {
-                drift.push(Drift::Schema {
-                    after_version: version,
-                    added: new.difference(&old).map(|s| s.to_string()).collect(),
-                    removed: old.difference(&new).map(|s| s.to_string()).collect(),
-                });
-            }
+            drift.extend(schema_drift(
+                version,
+                &comparable_lines(&recorded),
+                &comparable_lines(&current),
+            ));
         }
         Ok(drift)
     }
