@@ -11,6 +11,7 @@ use clap::{Args, Subcommand};
 use orgbase_core::Config;
 use orgbase_db::Target;
 use orgbase_db::audit::{self, Signer};
+use orgbase_db::observe::{Kind, Label};
 use orgbase_http::Metrics;
 use tokio_postgres::Client;
 use uuid::Uuid;
@@ -292,12 +293,17 @@ async fn sealer(target: Target, client: Client, every: Duration, metrics: Arc<Me
         };
         // Keep sealing while full batches come back, so a burst does not build a backlog.
         loop {
+            let started = std::time::Instant::now();
             match audit::seal(c, 5000).await {
                 Ok(s) => {
+                    metrics
+                        .queries
+                        .observe(Label::of(Kind::AuditSeal), started.elapsed());
                     metrics.audit_sealed.inc_by(s.entries);
-                    if s.entries > 0 {
-                        metrics.audit_seal_lag.set(s.max_lag_secs);
-                    }
+                    metrics
+                        .audit_seal_lag
+                        .set(if s.entries > 0 { s.max_lag_secs } else { 0.0 });
+                    metrics.audit_last_seal.set(unix_now());
                     if s.entries < 5000 {
                         break;
                     }
@@ -310,6 +316,12 @@ async fn sealer(target: Target, client: Client, every: Duration, metrics: Arc<Me
             }
         }
     }
+}
+
+fn unix_now() -> f64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0.0, |d| d.as_secs_f64())
 }
 
 async fn checkpointer(

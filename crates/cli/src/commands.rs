@@ -317,6 +317,7 @@ async fn serve(config: Config, _args: ServeArgs) -> anyhow::Result<ExitCode> {
             ..Default::default()
         },
     )?;
+    pool.metrics().set_slow_threshold(config.log.slow_query());
     let mut services = {
         let admin = target.admin().await?;
         orgbase_http::Services::load(pool.clone(), &admin).await?

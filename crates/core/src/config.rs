@@ -48,6 +48,30 @@ pub struct Config {
     pub backup: BackupConfig,
     pub keys: KeysSettings,
     pub privacy: PrivacyConfig,
+    pub slo: SloConfig,
+}
+
+/// Latency targets of `orgbase slo report` and `GET /v1/slo` (docs/operations.md,
+/// "Monitoring"), in milliseconds, over the requests of the access log. Reads are GET and HEAD
+/// requests, writes the others.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct SloConfig {
+    pub read_p95_ms: u32,
+    pub read_p99_ms: u32,
+    pub write_p95_ms: u32,
+    pub write_p99_ms: u32,
+}
+
+impl Default for SloConfig {
+    fn default() -> Self {
+        Self {
+            read_p95_ms: 100,
+            read_p99_ms: 250,
+            write_p95_ms: 50,
+            write_p99_ms: 250,
+        }
+    }
 }
 
 /// Field encryption and data keys (docs/keys.md). The master key comes from
@@ -336,6 +360,16 @@ pub enum LogFormat {
 pub struct LogConfig {
     pub level: String,
     pub format: LogFormat,
+    /// Statements of a request that take at least this long are logged with the request's
+    /// route, id and organization (0: none).
+    pub slow_query_ms: u64,
+}
+
+impl LogConfig {
+    /// The slow-query threshold, `None` when off.
+    pub fn slow_query(&self) -> Option<Duration> {
+        (self.slow_query_ms > 0).then(|| Duration::from_millis(self.slow_query_ms))
+    }
 }
 
 impl Default for Config {
@@ -350,6 +384,7 @@ impl Default for Config {
             backup: BackupConfig::default(),
             keys: KeysSettings::default(),
             privacy: PrivacyConfig::default(),
+            slo: SloConfig::default(),
         }
     }
 }
@@ -401,6 +436,7 @@ impl Default for LogConfig {
         Self {
             level: "info".into(),
             format: LogFormat::Text,
+            slow_query_ms: 100,
         }
     }
 }
@@ -670,6 +706,16 @@ impl Config {
         }
         if self.privacy.export_keep_days == 0 {
             return field("privacy.export_keep_days", "must be at least 1");
+        }
+        for (key, v) in [
+            ("slo.read_p95_ms", self.slo.read_p95_ms),
+            ("slo.read_p99_ms", self.slo.read_p99_ms),
+            ("slo.write_p95_ms", self.slo.write_p95_ms),
+            ("slo.write_p99_ms", self.slo.write_p99_ms),
+        ] {
+            if v == 0 {
+                return field(key, "must be at least 1 (milliseconds)");
+            }
         }
         Ok(())
     }

@@ -12,6 +12,7 @@ pub mod fields;
 pub mod gdpr;
 pub mod json;
 pub mod migrate;
+pub mod observe;
 pub mod pool;
 pub mod records;
 pub mod request;

@@ -18,6 +18,7 @@ use deadpool_postgres::{
 use tokio_postgres::NoTls;
 
 use crate::DbError;
+use crate::observe::QueryMetrics;
 
 pub use deadpool_postgres::Object;
 
@@ -114,6 +115,7 @@ pub struct Refusals {
 pub struct Pool {
     inner: deadpool_postgres::Pool,
     gate: Arc<Gate>,
+    metrics: QueryMetrics,
 }
 
 impl Pool {
@@ -146,7 +148,13 @@ impl Pool {
         Self {
             inner,
             gate: Arc::new(Gate::new(limits)),
+            metrics: QueryMetrics::default(),
         }
+    }
+
+    /// What the statements sent through this pool cost (see [`crate::observe`]).
+    pub fn metrics(&self) -> &QueryMetrics {
+        &self.metrics
     }
 
     /// A connection, or at once a refusal when the breaker is open or the wait queue is full.
@@ -175,8 +183,10 @@ impl Pool {
         } else {
             None
         };
+        let asked = Instant::now();
         let got = self.inner.get().await;
         drop(waiting);
+        self.metrics.waited(asked.elapsed());
         match got {
             Ok(obj) => {
                 Trial::settle(trial);

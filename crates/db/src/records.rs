@@ -13,6 +13,7 @@ use uuid::Uuid;
 
 use crate::catalog::{Column, Kind, Table, quote_ident};
 use crate::fields::{Fields, is_sealed};
+use crate::observe::{Kind as Stmt, Label};
 use crate::request::{self, Caller, Context, OneSql, ReqError};
 
 pub const MAX_LIMIT: i64 = 200;
@@ -473,6 +474,7 @@ pub async fn list(
     );
     let rows = read(
         pool,
+        Stmt::List,
         caller,
         org,
         table,
@@ -556,7 +558,7 @@ pub async fn get(
         shape.json, shape.apart, table.qualified, shape.lateral
     );
     let sql = OneSql::with_condition(&head, "");
-    let rows = read(pool, caller, org, table, sql, &[&id], |_| vec![id]).await?;
+    let rows = read(pool, Stmt::Get, caller, org, table, sql, &[&id], |_| vec![id]).await?;
     let r = rows.first().ok_or(ReqError::NotFound)?;
     // Columns: the row's JSON with `org_id` and `id` (`width` of them), the version, the
     // sealed columns.
@@ -569,8 +571,10 @@ pub async fn get(
 
 /// A read: one pipelined statement, or for a table with phi columns the statement and the
 /// read-access log entry of the rows it returned, in one transaction.
+#[allow(clippy::too_many_arguments)]
 async fn read(
     pool: &Pool,
+    op: Stmt,
     caller: &Caller,
     org: &str,
     table: &Table,
@@ -578,10 +582,13 @@ async fn read(
     params: &[&(dyn ToSql + Sync)],
     ids: impl FnOnce(&[Row]) -> Vec<Uuid>,
 ) -> Result<Vec<Row>, ReqError> {
+    let label = Label::on(op, &table.name);
     if !table.phi {
-        return Ok(request::one(pool, caller, org, sql, params).await?.1);
+        return Ok(request::one_as(pool, label, caller, org, sql, params)
+            .await?
+            .1);
     }
-    request::many(pool, caller, org, async |c: &Client, _| {
+    request::many_as(pool, label, caller, org, async |c: &Client, _| {
         phi_gate(c, caller, table).await?;
         let rows = c.query(sql.plain().as_ref(), params).await?;
         let ids = ids(&rows);
@@ -728,6 +735,7 @@ pub async fn create(
     // the row is prepared (encrypted, owner columns filled) for that organization and user and
     // sent with BEGIN and the context. The database checks both against the verified context
     // (insert policy); if it refuses, the hint was stale and the request takes the long way.
+    let label = Label::on(Stmt::Create, &table.name);
     if !table.phi
         && let Some((org_id, user_id)) = caller.context_hint(org)
     {
@@ -738,7 +746,7 @@ pub async fn create(
         }
         let (head, tail) = insert_sql(table, &row);
         let sql = OneSql::with_condition(&head, &tail);
-        match request::one(pool, caller, org, sql, &[&Value::Object(row)]).await {
+        match request::one_as(pool, label, caller, org, sql, &[&Value::Object(row)]).await {
             Ok((_, rows)) => return opened(fields, table, record(&rows)?),
             Err(ReqError::Forbidden(_)) => caller.forget_context_hint(org),
             Err(e) => return Err(e),
@@ -748,13 +756,13 @@ pub async fn create(
         // Nothing to prepare: the column defaults take the owner from the context.
         let (head, tail) = insert_sql(table, &body);
         let sql = OneSql::with_condition(&head, &tail);
-        let rows = request::one(pool, caller, org, sql, &[&Value::Object(body)])
+        let rows = request::one_as(pool, label, caller, org, sql, &[&Value::Object(body)])
             .await?
             .1;
         return opened(fields, table, record(&rows)?);
     }
     // Encryption needs the verified organization and user: context first, then the insert.
-    let rec = request::many(pool, caller, org, async |c: &Client, ctx: &Context| {
+    let rec = request::many_as(pool, label, caller, org, async |c: &Client, ctx: &Context| {
         phi_gate(c, caller, table).await?;
         owned_by(&mut body, ctx.org_id, ctx.user_id);
         if fields.seals(table, &body) {
@@ -824,8 +832,9 @@ pub async fn update(
     let exists = format!("SELECT 1 FROM {q} t WHERE t.id = $1 AND t.deleted_at IS NULL");
     let subject =
         format!("SELECT t.created_by FROM {q} t WHERE t.id = $1 AND t.deleted_at IS NULL");
-    let rec = request::many(
+    let rec = request::many_as(
         pool,
+        Label::on(Stmt::Update, &table.name),
         caller,
         org,
         async |client: &tokio_postgres::Client, ctx: &Context| {
@@ -866,7 +875,7 @@ pub async fn delete(
         table.qualified
     );
     let sql = OneSql::with_condition(&head, " RETURNING t.id");
-    let rows = by_id(pool, caller, org, table, sql, id).await?;
+    let rows = by_id(pool, Stmt::Delete, caller, org, table, sql, id).await?;
     if rows.is_empty() {
         Err(ReqError::NotFound)
     } else {
@@ -889,7 +898,7 @@ pub async fn restore(
     );
     let tail = format!(" RETURNING row_to_json(t)::text, {ETAG}");
     let sql = OneSql::with_condition(&head, &tail);
-    let rows = by_id(pool, caller, org, table, sql, id).await?;
+    let rows = by_id(pool, Stmt::Restore, caller, org, table, sql, id).await?;
     opened(fields, table, record(&rows)?)
 }
 
@@ -897,16 +906,18 @@ pub async fn restore(
 /// the statement in one transaction.
 async fn by_id(
     pool: &Pool,
+    op: Stmt,
     caller: &Caller,
     org: &str,
     table: &Table,
     sql: OneSql<'_>,
     id: Uuid,
 ) -> Result<Vec<Row>, ReqError> {
+    let label = Label::on(op, &table.name);
     if !table.phi {
-        return Ok(request::one(pool, caller, org, sql, &[&id]).await?.1);
+        return Ok(request::one_as(pool, label, caller, org, sql, &[&id]).await?.1);
     }
-    request::many(pool, caller, org, async |c: &Client, _| {
+    request::many_as(pool, label, caller, org, async |c: &Client, _| {
         phi_gate(c, caller, table).await?;
         Ok(c.query(sql.plain().as_ref(), &[&id]).await?)
     })

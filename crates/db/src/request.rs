@@ -5,6 +5,7 @@
 //! is sent alone and opens its context itself ([`OneSql`]).
 
 use std::net::IpAddr;
+use std::time::Instant;
 
 use deadpool_postgres::Object;
 use tokio_postgres::error::SqlState;
@@ -12,6 +13,7 @@ use tokio_postgres::types::ToSql;
 use tokio_postgres::{Client, Row, Statement};
 use uuid::Uuid;
 
+use crate::observe::{Kind, Label};
 use crate::pool::{GetError, Pool};
 
 /// Who is asking: the SHA-256 of the bearer credential, the client address (API keys may be
@@ -512,13 +514,26 @@ pub async fn one<'a>(
     sql: impl Into<OneSql<'a>>,
     params: &[&(dyn ToSql + Sync)],
 ) -> Result<(Context, Vec<Row>), ReqError> {
+    one_as(pool, Label::ORG, caller, org_ref, sql, params).await
+}
+
+/// [`one`], its time recorded under `label` (see [`crate::observe`]).
+pub async fn one_as<'a>(
+    pool: &Pool,
+    label: Label<'_>,
+    caller: &Caller,
+    org_ref: &str,
+    sql: impl Into<OneSql<'a>>,
+    params: &[&(dyn ToSql + Sync)],
+) -> Result<(Context, Vec<Row>), ReqError> {
     let sql = sql.into();
     let opening = Opening::of(caller, org_ref);
+    let step = Step { pool, label };
     if let Opening::Resume(t) = &opening {
         let outcome = if sql.tail.is_some() {
-            resumed_in_statement(pool, caller, org_ref, sql, params, t).await
+            resumed_in_statement(step, caller, org_ref, sql, params, t).await
         } else {
-            one_with(pool, caller, org_ref, &sql.plain(), params, &opening).await
+            one_with(step, caller, org_ref, &sql.plain(), params, &opening).await
         };
         match outcome {
             Err(Retry::Stale) => tickets::forget(&caller.cred_hash, org_ref, caller.ip),
@@ -526,14 +541,28 @@ pub async fn one<'a>(
             Ok(v) => return Ok(v),
         }
     }
-    one_with(pool, caller, org_ref, &sql.plain(), params, &Opening::Open)
+    one_with(step, caller, org_ref, &sql.plain(), params, &Opening::Open)
         .await
         .map_err(Retry::into_error)
 }
 
+/// The pool a request step runs on and the label its time is recorded under.
+#[derive(Clone, Copy)]
+struct Step<'a> {
+    pool: &'a Pool,
+    label: Label<'a>,
+}
+
+impl Step<'_> {
+    /// Record the step that held its connection since `started`, in organization `org`.
+    fn done(&self, started: Instant, org: &dyn std::fmt::Display) {
+        self.pool.metrics().record(self.label, started, Some(org));
+    }
+}
+
 /// The statement alone, its context opened by its own condition from ticket `t`.
 async fn resumed_in_statement(
-    pool: &Pool,
+    step: Step<'_>,
     caller: &Caller,
     org_ref: &str,
     sql: OneSql<'_>,
@@ -551,12 +580,14 @@ async fn resumed_in_statement(
     all.extend_from_slice(params);
     all.extend_from_slice(&request_args(&cred, &org_ref, caller));
     all.extend_from_slice(&ticket_args(t));
-    let mut conn = Conn::get(pool).await?;
+    let mut conn = Conn::get(step.pool).await?;
+    let started = Instant::now();
     let client = conn.client()?;
     let stmt = client.prepare_cached(&text).await?;
     let rows = client.query(&stmt, &all).await;
     // An autocommit statement: the connection is idle again, whatever the outcome.
     conn.clean = true;
+    step.done(started, &t.ctx.org_id);
     let rows = match rows {
         Err(e) if stale(&e) => return Err(Retry::Stale),
         r => r?,
@@ -586,14 +617,15 @@ impl<E: Into<ReqError>> From<E> for Retry {
 }
 
 async fn one_with(
-    pool: &Pool,
+    step: Step<'_>,
     caller: &Caller,
     org_ref: &str,
     sql: &str,
     params: &[&(dyn ToSql + Sync)],
     opening: &Opening,
 ) -> Result<(Context, Vec<Row>), Retry> {
-    let mut conn = Conn::get(pool).await?;
+    let mut conn = Conn::get(step.pool).await?;
+    let started = Instant::now();
     let client = conn.client()?;
     let (begin, ctx, stmt, commit) = tokio::join!(
         client.prepare_cached("BEGIN"),
@@ -611,6 +643,11 @@ async fn one_with(
     // All four ran: the connection is idle again (COMMIT of a failed transaction rolls back),
     // unless it broke, which the pool notices when it is next handed out.
     conn.clean = true;
+    match (&c, opening) {
+        (_, Opening::Resume(t)) => step.done(started, &t.ctx.org_id),
+        (Ok(row), Opening::Open) => step.done(started, &row.get::<_, Uuid>(0)),
+        (Err(_), Opening::Open) => step.done(started, &org_ref),
+    }
     b?;
     let row = match c {
         Err(e) if stale(&e) => return Err(Retry::Stale),
@@ -630,7 +667,20 @@ pub async fn many<T>(
     org_ref: &str,
     f: impl AsyncFnOnce(&Client, &Context) -> Result<T, ReqError>,
 ) -> Result<T, ReqError> {
+    many_as(pool, Label::ORG, caller, org_ref, f).await
+}
+
+/// [`many`], the whole transaction's time recorded under `label` and its opening step (BEGIN
+/// and the context) under `context_open`.
+pub async fn many_as<T>(
+    pool: &Pool,
+    label: Label<'_>,
+    caller: &Caller,
+    org_ref: &str,
+    f: impl AsyncFnOnce(&Client, &Context) -> Result<T, ReqError>,
+) -> Result<T, ReqError> {
     let mut conn = Conn::get(pool).await?;
+    let started = Instant::now();
     let client = conn.client()?;
     let mut opening = Opening::of(caller, org_ref);
     let begin = client.prepare_cached("BEGIN").await?;
@@ -650,25 +700,30 @@ pub async fn many<T>(
             c => break c,
         }
     };
-    let outcome = match row {
+    let opened = Step {
+        pool,
+        label: Label::of(Kind::ContextOpen),
+    };
+    let (outcome, org) = match row {
         Ok(row) => {
             let ctx = opening.established(&row, caller, org_ref);
-            f(client, &ctx).await
+            opened.done(started, &ctx.org_id);
+            (f(client, &ctx).await, Some(ctx.org_id))
         }
-        Err(e) => Err(classify(e)),
+        Err(e) => (Err(classify(e)), None),
     };
-    match outcome {
-        Ok(v) => {
-            client.batch_execute("COMMIT").await?;
-            conn.clean = true;
-            Ok(v)
-        }
-        Err(e) => {
-            client.batch_execute("ROLLBACK").await?;
-            conn.clean = true;
-            Err(e)
-        }
+    let end = match outcome {
+        Ok(_) => client.batch_execute("COMMIT").await,
+        Err(_) => client.batch_execute("ROLLBACK").await,
+    };
+    let step = Step { pool, label };
+    match org {
+        Some(id) => step.done(started, &id),
+        None => step.done(started, &org_ref),
     }
+    end?;
+    conn.clean = true;
+    outcome
 }
 
 /// A statement outside any organization (sign-up, login, …): autocommit, one round trip once
@@ -679,9 +734,12 @@ pub async fn plain(
     params: &[&(dyn ToSql + Sync)],
 ) -> Result<Vec<Row>, ReqError> {
     let mut conn = Conn::get(pool).await?;
+    let started = Instant::now();
     let client = conn.client()?;
     let stmt = client.prepare_cached(sql).await?;
-    let rows = client.query(&stmt, params).await?;
+    let rows = client.query(&stmt, params).await;
+    pool.metrics().record(Label::ACCOUNT, started, None);
+    let rows = rows?;
     conn.clean = true;
     Ok(rows)
 }

@@ -6,10 +6,11 @@
 
 use std::net::IpAddr;
 use std::sync::{Arc, OnceLock};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use chrono::{DateTime, Utc};
 use orgbase_db::Pool;
+use orgbase_db::observe::{Kind, Label};
 use tokio::sync::mpsc;
 use uuid::Uuid;
 
@@ -74,7 +75,9 @@ impl AccessLog {
     }
 
     pub fn record(&self, line: Line) {
-        if self.tx.try_send(line).is_err() {
+        if self.tx.try_send(line).is_ok() {
+            self.metrics.access_log_queue.inc();
+        } else {
             self.metrics.access_log_dropped.inc();
         }
     }
@@ -96,9 +99,20 @@ async fn writer(pool: Pool, mut rx: mpsc::Receiver<Line>, metrics: Arc<Metrics>)
                 }
             }
         }
-        if let Err(e) = write(&pool, &buf).await {
-            metrics.access_log_dropped.inc_by(buf.len() as u64);
-            tracing::warn!(error = %e, lines = buf.len(), "access log: batch not written");
+        let n = buf.len() as u64;
+        metrics.access_log_queue.dec_by(n as i64);
+        let started = Instant::now();
+        match write(&pool, &buf).await {
+            Ok(()) => {
+                metrics.access_log_written.inc_by(n);
+                metrics
+                    .queries
+                    .observe(Label::of(Kind::AccessLogWrite), started.elapsed());
+            }
+            Err(e) => {
+                metrics.access_log_dropped.inc_by(n);
+                tracing::warn!(error = %e, lines = n, "access log: batch not written");
+            }
         }
         buf.clear();
     }

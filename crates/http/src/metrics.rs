@@ -1,6 +1,9 @@
 //! Prometheus metrics in an explicit registry held by the app state.
 
+use std::sync::atomic::AtomicU64;
+
 use orgbase_db::Pool;
+use orgbase_db::observe::QueryMetrics;
 use prometheus_client::collector::Collector;
 use prometheus_client::encoding::{DescriptorEncoder, EncodeLabelSet, EncodeMetric};
 use prometheus_client::metrics::counter::{ConstCounter, Counter};
@@ -21,9 +24,15 @@ pub struct HttpLabels {
 pub struct Metrics {
     registry: Registry,
     pub http_duration: Family<HttpLabels, Histogram>,
+    /// The request pool's statement figures (also timed here: the server's own background
+    /// statements, sealing and access-log batches).
+    pub queries: QueryMetrics,
     pub access_log_dropped: Counter,
+    pub access_log_written: Counter,
+    pub access_log_queue: Gauge,
     pub audit_sealed: Counter,
-    pub audit_seal_lag: Gauge<f64, std::sync::atomic::AtomicU64>,
+    pub audit_seal_lag: Gauge<f64, AtomicU64>,
+    pub audit_last_seal: Gauge<f64, AtomicU64>,
     pub audit_seal_failures: Counter,
     pub audit_checkpoints: Counter,
 }
@@ -47,11 +56,26 @@ impl Metrics {
             http_duration.clone(),
         );
         registry.register_collector(Box::new(PoolCollector(pool.clone())));
+        let queries = pool.metrics().clone();
+        queries.register(&mut registry);
         let access_log_dropped = Counter::default();
         registry.register(
             "access_log_dropped",
             "Access log lines not written (queue full or database error)",
             access_log_dropped.clone(),
+        );
+        let access_log_written = Counter::default();
+        registry.register(
+            "access_log_written",
+            "Access log lines written to orgbase.access_log",
+            access_log_written.clone(),
+        );
+        let access_log_queue = Gauge::default();
+        registry.register(
+            "access_log_queue_lines",
+            "Access log lines waiting to be written (the queue holds 65536; beyond, lines are \
+             dropped)",
+            access_log_queue.clone(),
         );
         let audit_sealed = Counter::default();
         registry.register(
@@ -59,11 +83,18 @@ impl Metrics {
             "Audit entries sealed into the hash chains",
             audit_sealed.clone(),
         );
-        let audit_seal_lag = Gauge::<f64, std::sync::atomic::AtomicU64>::default();
+        let audit_seal_lag = Gauge::<f64, AtomicU64>::default();
         registry.register(
             "audit_seal_lag_seconds",
-            "Age of the oldest entry in the last sealing round (write to seal)",
+            "Age of the oldest entry sealed by the last sealing round, from write to seal (0 when \
+             the round found nothing to seal)",
             audit_seal_lag.clone(),
+        );
+        let audit_last_seal = Gauge::<f64, AtomicU64>::default();
+        registry.register(
+            "audit_last_seal_timestamp_seconds",
+            "When the last sealing round succeeded (Unix time; 0 before the first)",
+            audit_last_seal.clone(),
         );
         let audit_seal_failures = Counter::default();
         registry.register(
@@ -80,9 +111,13 @@ impl Metrics {
         Self {
             registry,
             http_duration,
+            queries,
             access_log_dropped,
+            access_log_written,
+            access_log_queue,
             audit_sealed,
             audit_seal_lag,
+            audit_last_seal,
             audit_seal_failures,
             audit_checkpoints,
         }

@@ -150,9 +150,12 @@ async fn json_ends_with_newline(resp: Response) -> Response {
     Response::from_parts(parts, Body::from(body))
 }
 
-/// Route layer (runs only for matched routes): publish the matched route template.
+/// Route layer (runs only for matched routes): publish the matched route template, to the
+/// outer layers and to the request's log span.
 pub async fn matched_route(path: MatchedPath, req: Request, next: Next) -> Response {
     let route = path.as_str().to_string();
+    // Known from here on: what the handler logs (a slow query) names its route.
+    tracing::Span::current().record("route", route.as_str());
     let mut resp = next.run(req).await;
     resp.extensions_mut().insert(Route(route));
     resp
