@@ -18,6 +18,7 @@ pub mod records;
 pub mod request;
 pub mod retention;
 pub mod secrets;
+pub mod slo;
 
 pub use check::{Finding, check};
 pub use cluster::{BinSearch, Cluster, ClusterError, RunningCluster};

@@ -1,0 +1,1 @@
+DROP FUNCTION orgbase.request_latencies(timestamptz, timestamptz);
