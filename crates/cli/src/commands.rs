@@ -87,6 +87,12 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 opened.close().await?;
                 code
             }
+            Command::Slo(cmd) => {
+                let opened = open_migrated(&config).await?;
+                let code = crate::slo::run(&opened.target, &config, cmd).await;
+                opened.close().await?;
+                code
+            }
             Command::Retention(cmd) => {
                 let opened = open_migrated(&config).await?;
                 let code = crate::retention::run(&opened.target, cmd).await;

@@ -6,6 +6,7 @@ mod commands;
 mod keys;
 mod privacy;
 mod retention;
+mod slo;
 mod supervise;
 mod tools;
 
@@ -121,6 +122,9 @@ pub enum Command {
     /// WAL archiving, called by PostgreSQL's archive_command / restore_command.
     #[command(subcommand, hide = true)]
     Wal(backup::WalCommand),
+    /// Service level objectives: latency of reads and writes against their targets.
+    #[command(subcommand)]
+    Slo(slo::SloCommand),
     /// Print the orgbase version and the schema version it carries.
     Version,
 }

@@ -81,6 +81,13 @@ pub struct Targets {
     pub write_p99_ms: u32,
 }
 
+impl Default for Targets {
+    /// The defaults of the `[slo]` configuration.
+    fn default() -> Self {
+        Self::from(&orgbase_core::config::SloConfig::default())
+    }
+}
+
 impl From<&orgbase_core::config::SloConfig> for Targets {
     fn from(c: &orgbase_core::config::SloConfig) -> Self {
         Self {

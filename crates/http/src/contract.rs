@@ -22,6 +22,7 @@ const PUBLIC: &[(&str, &str)] = &[
     ("get", "/readyz"),
     ("get", "/metrics"),
     ("get", "/v1/openapi.json"),
+    ("get", "/v1/slo"),
     ("post", "/v1/auth/signup"),
     ("post", "/v1/auth/login"),
     ("post", "/v1/auth/refresh"),

@@ -13,6 +13,7 @@ pub mod metrics;
 pub mod middleware;
 pub mod orgs;
 pub mod privacy;
+pub mod slo;
 pub mod tables;
 pub mod throttle;
 
@@ -147,6 +148,9 @@ pub struct Shared {
     trusted_proxies: Vec<ipnet::IpNet>,
     /// Failed logins by account and address, and by address.
     pub login_throttle: throttle::LoginThrottle,
+    /// The latency targets `/v1/slo` reports against, and its last answer.
+    slo_targets: orgbase_db::slo::Targets,
+    slo_cache: slo::Cache,
 }
 
 impl AppState {
@@ -242,6 +246,7 @@ fn routes() -> OpenApiRouter<AppState> {
         .routes(routes!(health::readyz))
         .routes(routes!(health::metrics))
         .routes(routes!(health::openapi))
+        .routes(routes!(slo::report))
         .routes(routes!(identity::signup))
         .routes(routes!(identity::login))
         .routes(routes!(identity::refresh))
@@ -315,6 +320,8 @@ pub struct HttpSettings {
     pub trusted_proxies: Vec<ipnet::IpNet>,
     /// Origins whose browser pages may call the API (`server.cors_origins`); empty: none.
     pub cors_origins: Vec<String>,
+    /// The latency targets of `/v1/slo` (`[slo]`).
+    pub slo: orgbase_db::slo::Targets,
 }
 
 impl From<&Config> for HttpSettings {
@@ -325,6 +332,7 @@ impl From<&Config> for HttpSettings {
             access_log: c.audit.access_log,
             trusted_proxies: c.server.trusted_proxies(),
             cors_origins: c.server.cors_origins.clone(),
+            slo: orgbase_db::slo::Targets::from(&c.slo),
         }
     }
 }
@@ -354,6 +362,8 @@ pub fn app(services: Services, latest_migration: i64, settings: &HttpSettings) -
         openapi: Arc::new(doc.to_string()),
         trusted_proxies: settings.trusted_proxies.clone(),
         login_throttle: throttle::LoginThrottle::default(),
+        slo_targets: settings.slo,
+        slo_cache: slo::Cache::default(),
     }));
     let router = router
         .route_layer(axum::middleware::from_fn(middleware::matched_route))

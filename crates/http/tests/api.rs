@@ -15,6 +15,7 @@ fn settings() -> HttpSettings {
         access_log: true,
         trusted_proxies: Vec::new(),
         cors_origins: Vec::new(),
+        slo: Default::default(),
     }
 }
 

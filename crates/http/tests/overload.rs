@@ -20,6 +20,7 @@ async fn start(db: &TestDb, pool: Pool) -> Api {
         access_log: false,
         trusted_proxies: Vec::new(),
         cors_origins: Vec::new(),
+        slo: Default::default(),
     };
     let latest = orgbase_db::Migrator::embedded("t").latest();
     Api::new(spawn_app(app(services, latest, &settings)).await)

@@ -66,6 +66,7 @@ impl World {
             access_log: false,
             trusted_proxies: Vec::new(),
             cors_origins: Vec::new(),
+            slo: Default::default(),
         };
         let base = spawn_app(app(
             services,

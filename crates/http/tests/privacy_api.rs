@@ -28,6 +28,7 @@ async fn world() -> World {
         access_log: false,
         trusted_proxies: Vec::new(),
         cors_origins: Vec::new(),
+        slo: Default::default(),
     };
     let base = spawn_app(app(
         services,

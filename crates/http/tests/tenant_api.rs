@@ -34,6 +34,7 @@ async fn world() -> World {
         access_log: true,
         trusted_proxies: Vec::new(),
         cors_origins: Vec::new(),
+        slo: Default::default(),
     };
     let base = spawn_app(app(
         services,
@@ -944,6 +945,7 @@ async fn forwarded_addresses_count_only_from_trusted_proxies() {
             access_log: true,
             trusted_proxies: vec!["127.0.0.1/32".parse().unwrap()],
             cors_origins: Vec::new(),
+            slo: Default::default(),
         },
     ))
     .await;
