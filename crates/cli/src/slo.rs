@@ -40,7 +40,10 @@ pub enum Format {
 pub async fn run(target: &Target, config: &Config, cmd: SloCommand) -> anyhow::Result<ExitCode> {
     let SloCommand::Report(args) = cmd;
     let until = chrono::Utc::now();
-    let since = args.since.start(until).map_err(|e| anyhow::anyhow!("--since: {e}"))?;
+    let since = args
+        .since
+        .start(until)
+        .map_err(|e| anyhow::anyhow!("--since: {e}"))?;
     let client = target.admin().await?;
     let report = slo::report(&client, since, until, &Targets::from(&config.slo)).await?;
     match args.format {

@@ -1094,3 +1094,303 @@ fn a_data_directory_of_the_release_before_the_baseline_serves_unchanged() {
     wait_until("PostgreSQL to stop", || !postmaster_running(&data));
     std::fs::remove_dir_all(dir).unwrap();
 }
+
+/// The metric families `/metrics` serves: name → type (`# TYPE` lines).
+fn families(text: &str) -> std::collections::BTreeMap<String, String> {
+    text.lines()
+        .filter_map(|l| l.strip_prefix("# TYPE "))
+        .filter_map(|l| l.split_once(' '))
+        .map(|(n, t)| (n.to_string(), t.to_string()))
+        .collect()
+}
+
+/// The rows of the Markdown table under `### {heading}` in docs/operations.md: the cells of
+/// each row whose first cell is code.
+fn doc_table(heading: &str) -> Vec<Vec<String>> {
+    let doc = include_str!("../../../docs/operations.md");
+    let start = doc
+        .find(&format!("\n### {heading}\n"))
+        .unwrap_or_else(|| panic!("no section {heading}"));
+    doc[start + 1..]
+        .lines()
+        .skip(1)
+        .take_while(|l| !l.starts_with('#'))
+        .filter(|l| l.starts_with("| `"))
+        .map(|l| {
+            l.trim_matches('|')
+                .split(" | ")
+                .map(|c| c.trim().trim_matches('`').to_string())
+                .collect()
+        })
+        .collect()
+}
+
+/// Names like `orgbase_db_pool_wait_seconds` in a rules file or dashboard (recording rules,
+/// `orgbase:…`, are not metrics), without the series suffixes of histograms.
+fn metric_names(text: &str) -> std::collections::BTreeSet<String> {
+    let mut out = std::collections::BTreeSet::new();
+    let bytes = text.as_bytes();
+    let mut i = 0;
+    while let Some(at) = text[i..].find("orgbase_") {
+        let start = i + at;
+        let before_ok =
+            start == 0 || !(bytes[start - 1].is_ascii_alphanumeric() || bytes[start - 1] == b'_');
+        let mut end = start;
+        while end < bytes.len()
+            && (bytes[end].is_ascii_lowercase()
+                || bytes[end].is_ascii_digit()
+                || bytes[end] == b'_')
+        {
+            end += 1;
+        }
+        if before_ok {
+            let name = &text[start..end];
+            let name = ["_bucket", "_count", "_sum"]
+                .iter()
+                .find_map(|s| name.strip_suffix(s))
+                .unwrap_or(name);
+            out.insert(name.to_string());
+        }
+        i = end;
+    }
+    out
+}
+
+/// Monitoring as an operator meets it: after a request of each kind, every metric the docs list
+/// is on `/metrics` with its type (replica figures only with replicas configured) and every
+/// family there is documented; statement latency is labelled by kind and registered table; the
+/// alerting rules and the dashboard use only documented metrics, the documented alerts are the
+/// rules' alerts, and promtool accepts the rules. The SLO report answers from the access log on
+/// the CLI (exit 0 met, 3 missed, 2 for a bad --since naming the accepted forms) and on
+/// `/v1/slo`.
+#[test]
+fn monitoring_metrics_rules_dashboard_and_slo_report_match_the_docs() {
+    let dir = temp_dir("orgbase-monitoring-");
+    let data = dir.join("data");
+    let s = start_serve(&data);
+    assert!(ready(&s.base), "not ready within 10 s");
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let api = orgbase_testkit::Api::new(s.base.clone());
+    let (metrics, slo, bad_since) = rt.block_on(async {
+        use ::reqwest::Method;
+        let (_, token) = api.user("ops@example.com").await;
+        api.ok(
+            Method::POST,
+            "/v1/orgs",
+            &token,
+            Some(serde_json::json!({"name": "Ops", "slug": "ops"})),
+        )
+        .await;
+        let note = api
+            .ok(
+                Method::POST,
+                "/v1/orgs/ops/notes",
+                &token,
+                Some(serde_json::json!({"title": "t"})),
+            )
+            .await;
+        let id = note["id"].as_str().unwrap().to_string();
+        let one = format!("/v1/orgs/ops/notes/{id}");
+        api.ok(Method::GET, "/v1/orgs/ops/notes", &token, None)
+            .await;
+        api.ok(Method::GET, &one, &token, None).await;
+        api.ok(
+            Method::PATCH,
+            &one,
+            &token,
+            Some(serde_json::json!({"title": "u"})),
+        )
+        .await;
+        api.ok(Method::GET, "/v1/orgs/ops/members", &token, None)
+            .await;
+        api.ok(Method::DELETE, &one, &token, None).await;
+        api.ok(Method::POST, &format!("{one}/restore"), &token, None)
+            .await;
+        // The access log's batch and a sealing round.
+        tokio::time::sleep(Duration::from_millis(2500)).await;
+        let get = |path: String| async move {
+            let r = ::reqwest::get(path).await.unwrap();
+            let status = r.status().as_u16();
+            (status, r.text().await.unwrap())
+        };
+        let (_, metrics) = get(format!("{}/metrics", s.base)).await;
+        let (status, slo) = get(format!("{}/v1/slo?since=1h", s.base)).await;
+        assert_eq!(status, 200, "{slo}");
+        let (status, bad) = get(format!("{}/v1/slo?since=yesterday", s.base)).await;
+        assert_eq!(status, 400, "{bad}");
+        (metrics, slo, bad)
+    });
+
+    // Every documented metric is served, with its type; every served family is documented.
+    let served = families(&metrics);
+    let documented = doc_table("Metrics");
+    assert!(documented.len() >= 25, "{documented:?}");
+    let mut names = std::collections::BTreeSet::new();
+    for row in &documented {
+        let (name, kind) = (&row[0], &row[1]);
+        names.insert(name.clone());
+        let family = match kind.as_str() {
+            "counter" => name
+                .strip_suffix("_total")
+                .unwrap_or_else(|| panic!("{name}: a counter's name ends in _total")),
+            _ => name.as_str(),
+        };
+        if name.starts_with("orgbase_replica_") {
+            assert!(
+                !served.contains_key(family),
+                "{name} served without replicas"
+            );
+            continue;
+        }
+        assert_eq!(
+            served.get(family),
+            Some(kind),
+            "{name}: documented as a {kind}, served as {:?}",
+            served.get(family)
+        );
+    }
+    for (family, kind) in &served {
+        if family.starts_with("orgbase_") {
+            let name = if kind == "counter" {
+                format!("{family}_total")
+            } else {
+                family.clone()
+            };
+            assert!(names.contains(&name), "{name} is served but not documented");
+        }
+    }
+    // Statement latency by kind, the tenant table only where there is one; no ids anywhere.
+    for kind in ["list", "get", "create", "update", "delete", "restore"] {
+        let series =
+            format!("orgbase_db_query_duration_seconds_count{{kind=\"{kind}\",table=\"notes\"}}");
+        assert!(metrics.contains(&series), "no {series} in\n{metrics}");
+    }
+    for kind in [
+        "context_open",
+        "org",
+        "account",
+        "audit_seal",
+        "access_log_write",
+    ] {
+        let series =
+            format!("orgbase_db_query_duration_seconds_count{{kind=\"{kind}\",table=\"\"}}");
+        assert!(metrics.contains(&series), "no {series} in\n{metrics}");
+    }
+    assert!(
+        metrics.contains("orgbase_access_log_written_total "),
+        "{metrics}"
+    );
+    assert!(
+        !metrics.contains("orgbase_audit_last_seal_timestamp_seconds 0.0"),
+        "{metrics}"
+    );
+    assert!(!metrics.contains("/notes/0"), "a raw path in /metrics");
+
+    // The rules and the dashboard use documented metrics; the alerts are the documented ones.
+    let rules = include_str!("../../../deploy/prometheus/orgbase-rules.yml");
+    let dashboard = include_str!("../../../deploy/grafana/orgbase-dashboard.json");
+    serde_json::from_str::<serde_json::Value>(dashboard).expect("the dashboard is JSON");
+    for (file, text) in [("rules", rules), ("dashboard", dashboard)] {
+        for m in metric_names(text) {
+            assert!(
+                names.contains(&m),
+                "{file} uses {m}, which is not a documented metric"
+            );
+        }
+    }
+    let alerts: std::collections::BTreeSet<String> = rules
+        .lines()
+        .filter_map(|l| l.trim().strip_prefix("- alert: "))
+        .map(str::to_string)
+        .collect();
+    let documented_alerts: std::collections::BTreeSet<String> = doc_table("Alerts")
+        .into_iter()
+        .map(|r| r[0].clone())
+        .collect();
+    assert!(alerts.len() >= 15, "{alerts:?}");
+    assert_eq!(alerts, documented_alerts, "rules vs docs/operations.md");
+    match Command::new("promtool").arg("--version").output() {
+        Ok(_) => {
+            let out = Command::new("promtool")
+                .args(["check", "rules"])
+                .arg(concat!(
+                    env!("CARGO_MANIFEST_DIR"),
+                    "/../../deploy/prometheus/orgbase-rules.yml"
+                ))
+                .output()
+                .unwrap();
+            assert!(
+                out.status.success(),
+                "promtool check rules: {}{}",
+                String::from_utf8_lossy(&out.stdout),
+                String::from_utf8_lossy(&out.stderr)
+            );
+        }
+        Err(_) => eprintln!(
+            "skipped: promtool not found (the Debian package prometheus provides it); the rules were \
+             checked against the docs only"
+        ),
+    }
+
+    // The SLO report over HTTP: aggregates of this test's requests, by route template.
+    let slo: serde_json::Value = serde_json::from_str(&slo).unwrap();
+    assert_eq!(slo["classes"][0]["class"], "read", "{slo}");
+    assert!(
+        slo["classes"][0]["requests"].as_i64().unwrap() >= 3,
+        "{slo}"
+    );
+    assert!(
+        slo["classes"][1]["requests"].as_i64().unwrap() >= 7,
+        "{slo}"
+    );
+    assert!(!slo.to_string().contains("/notes/0"), "{slo}");
+    assert!(
+        bad_since.contains("since") && bad_since.contains("90s, 30m, 24h, 7d, 2w"),
+        "{bad_since}"
+    );
+
+    // The SLO report on the CLI: the exit status follows the targets.
+    let report = |env: &[(&str, &str)], args: &[&str]| {
+        let mut c = orgbase();
+        c.args(["slo", "report", "--data-dir"])
+            .arg(&data)
+            .args(args);
+        for (k, v) in env {
+            c.env(k, v);
+        }
+        let out = c.output().unwrap();
+        (
+            out.status.code(),
+            String::from_utf8_lossy(&out.stdout).into_owned(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
+    };
+    let lax = [
+        ("ORGBASE_SLO__READ_P95_MS", "600000"),
+        ("ORGBASE_SLO__READ_P99_MS", "600000"),
+        ("ORGBASE_SLO__WRITE_P95_MS", "600000"),
+        ("ORGBASE_SLO__WRITE_P99_MS", "600000"),
+    ];
+    let (code, out, err) = report(&lax, &["--since", "1h"]);
+    assert_eq!(code, Some(0), "{out}{err}");
+    assert!(out.contains("every target met"), "{out}");
+    assert!(out.contains("/v1/orgs/{org}/{table}"), "{out}");
+    // Sign-up and login hash a password: no write of theirs takes under a millisecond.
+    let (code, out, err) = report(&[("ORGBASE_SLO__WRITE_P99_MS", "1")], &["--format", "json"]);
+    assert_eq!(code, Some(3), "{out}{err}");
+    let json: serde_json::Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(json["met"], false, "{json}");
+    let (code, out, err) = report(&[], &["--since", "3 days"]);
+    assert_eq!(code, Some(2), "{out}{err}");
+    assert!(
+        err.contains("--since") && err.contains("90s, 30m, 24h, 7d, 2w"),
+        "{err}"
+    );
+    let (code, _, err) = report(&[], &["--since", "2999-01-01T00:00:00Z"]);
+    assert_eq!(code, Some(1), "{err}");
+    assert!(
+        err.contains("--since") && err.contains("not in the past"),
+        "{err}"
+    );
+    drop(s);
+}

@@ -128,10 +128,17 @@ pub const SLOW_DEFAULT: Duration = Duration::from_millis(100);
 
 impl Default for QueryMetrics {
     fn default() -> Self {
+        let slow = Family::<KindLabel, Counter>::default();
+        // Every kind from the start, so that a rate over the counter starts at zero.
+        for kind in Kind::ALL {
+            let _ = slow.get_or_create(&KindLabel {
+                kind: kind.as_str(),
+            });
+        }
         Self {
             duration: Family::new_with_constructor(query_buckets as fn() -> Histogram),
             pool_wait: query_buckets(),
-            slow: Family::default(),
+            slow,
             slow_nanos: Arc::new(AtomicU64::new(SLOW_DEFAULT.as_nanos() as u64)),
         }
     }
@@ -141,7 +148,8 @@ impl QueryMetrics {
     /// Statements that take at least `threshold` are logged as slow; `None` logs none.
     pub fn set_slow_threshold(&self, threshold: Option<Duration>) {
         let nanos = threshold.map_or(0, |t| u64::try_from(t.as_nanos()).unwrap_or(u64::MAX));
-        self.slow_nanos.store(nanos.max(u64::from(threshold.is_some())), Ordering::Relaxed);
+        self.slow_nanos
+            .store(nanos.max(u64::from(threshold.is_some())), Ordering::Relaxed);
     }
 
     /// Add the figures to `registry` (prefixed as the registry is).

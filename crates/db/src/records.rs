@@ -558,7 +558,10 @@ pub async fn get(
         shape.json, shape.apart, table.qualified, shape.lateral
     );
     let sql = OneSql::with_condition(&head, "");
-    let rows = read(pool, Stmt::Get, caller, org, table, sql, &[&id], |_| vec![id]).await?;
+    let rows = read(pool, Stmt::Get, caller, org, table, sql, &[&id], |_| {
+        vec![id]
+    })
+    .await?;
     let r = rows.first().ok_or(ReqError::NotFound)?;
     // Columns: the row's JSON with `org_id` and `id` (`width` of them), the version, the
     // sealed columns.
@@ -762,16 +765,22 @@ pub async fn create(
         return opened(fields, table, record(&rows)?);
     }
     // Encryption needs the verified organization and user: context first, then the insert.
-    let rec = request::many_as(pool, label, caller, org, async |c: &Client, ctx: &Context| {
-        phi_gate(c, caller, table).await?;
-        owned_by(&mut body, ctx.org_id, ctx.user_id);
-        if fields.seals(table, &body) {
-            fields.seal(table, ctx.org_id, id, Some(ctx.user_id), &mut body)?;
-        }
-        let (head, tail) = insert_sql(table, &body);
-        let sql = OneSql::with_condition(&head, &tail).plain();
-        record(&c.query(sql.as_ref(), &[&Value::Object(body)]).await?)
-    })
+    let rec = request::many_as(
+        pool,
+        label,
+        caller,
+        org,
+        async |c: &Client, ctx: &Context| {
+            phi_gate(c, caller, table).await?;
+            owned_by(&mut body, ctx.org_id, ctx.user_id);
+            if fields.seals(table, &body) {
+                fields.seal(table, ctx.org_id, id, Some(ctx.user_id), &mut body)?;
+            }
+            let (head, tail) = insert_sql(table, &body);
+            let sql = OneSql::with_condition(&head, &tail).plain();
+            record(&c.query(sql.as_ref(), &[&Value::Object(body)]).await?)
+        },
+    )
     .await?;
     opened(fields, table, rec)
 }
@@ -915,7 +924,9 @@ async fn by_id(
 ) -> Result<Vec<Row>, ReqError> {
     let label = Label::on(op, &table.name);
     if !table.phi {
-        return Ok(request::one_as(pool, label, caller, org, sql, &[&id]).await?.1);
+        return Ok(request::one_as(pool, label, caller, org, sql, &[&id])
+            .await?
+            .1);
     }
     request::many_as(pool, label, caller, org, async |c: &Client, _| {
         phi_gate(c, caller, table).await?;

@@ -57,9 +57,7 @@ impl Since {
     /// The window's start for a report ending at `until`; a time not before `until` is refused.
     pub fn start(&self, until: DateTime<Utc>) -> Result<DateTime<Utc>, String> {
         let start = match self {
-            Since::Ago(d) => {
-                until - chrono::Duration::from_std(*d).map_err(|e| e.to_string())?
-            }
+            Since::Ago(d) => until - chrono::Duration::from_std(*d).map_err(|e| e.to_string())?,
             Since::At(t) => *t,
         };
         if start >= until {
@@ -100,15 +98,14 @@ impl From<&orgbase_core::config::SloConfig> for Targets {
 }
 
 /// Requests of a class (read or write), or of one route of a class, and their latency.
-#[derive(Debug, Clone, PartialEq, Serialize)]
-#[derive(utoipa::ToSchema)]
+#[derive(Debug, Clone, PartialEq, Serialize, utoipa::ToSchema)]
 pub struct Latency {
     /// `read` (GET and HEAD) or `write` (the other methods).
     pub class: String,
     /// For a route: its method.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub method: Option<String>,
-    /// For a route: its template (`/v1/orgs/{org}/notes/{id}`), never a path with ids.
+    /// For a route: its template (`/v1/orgs/{org}/{table}/{id}`), never a path with ids.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub route: Option<String>,
     pub requests: i64,
@@ -121,8 +118,7 @@ pub struct Latency {
 }
 
 /// One target and how the window did against it.
-#[derive(Debug, Clone, PartialEq, Serialize)]
-#[derive(utoipa::ToSchema)]
+#[derive(Debug, Clone, PartialEq, Serialize, utoipa::ToSchema)]
 pub struct Check {
     pub class: String,
     /// `p95` or `p99`.
@@ -135,8 +131,7 @@ pub struct Check {
 }
 
 /// The report of one window.
-#[derive(Debug, Clone, PartialEq, Serialize)]
-#[derive(utoipa::ToSchema)]
+#[derive(Debug, Clone, PartialEq, Serialize, utoipa::ToSchema)]
 pub struct Report {
     pub since: DateTime<Utc>,
     pub until: DateTime<Utc>,
@@ -346,12 +341,25 @@ mod tests {
             Ok(Since::At(_))
         ));
         for bad in [
-            "", "h", "0h", "-3h", "3", "3x", "1.5h", "24 h", "99999999999999999w", "yesterday",
+            "",
+            "h",
+            "0h",
+            "-3h",
+            "3",
+            "3x",
+            "1.5h",
+            "24 h",
+            "99999999999999999w",
+            "yesterday",
         ] {
             let e = bad.parse::<Since>().unwrap_err();
             assert!(e.contains("90s, 30m, 24h, 7d, 2w"), "{bad}: {e}");
         }
         let now = Utc::now();
-        assert!(Since::At(now + chrono::Duration::hours(1)).start(now).is_err());
+        assert!(
+            Since::At(now + chrono::Duration::hours(1))
+                .start(now)
+                .is_err()
+        );
     }
 }

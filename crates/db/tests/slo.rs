@@ -186,7 +186,11 @@ async fn report_percentiles_match_the_seeded_latencies() {
     .await
     .unwrap();
     assert!(r.met);
-    assert!(r.classes.iter().all(|l| l.requests == 0 && l.p95_ms.is_none()));
+    assert!(
+        r.classes
+            .iter()
+            .all(|l| l.requests == 0 && l.p95_ms.is_none())
+    );
     assert!(r.worst_routes.is_empty());
     assert!(r.render().contains("met (no requests)"), "{}", r.render());
 }

@@ -15,7 +15,7 @@ use prometheus_client::registry::Registry;
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct HttpLabels {
     pub method: String,
-    /// The matched route template (`/v1/orgs/{org}/notes`), never the raw path.
+    /// The matched route template (`/v1/orgs/{org}/{table}`), never the raw path.
     pub route: String,
     pub status: u16,
 }
