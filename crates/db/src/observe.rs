@@ -16,6 +16,23 @@ use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::histogram::Histogram;
 use prometheus_client::registry::Registry;
 
+/// The HTTP request statements run for: the slow-query log names it.
+#[derive(Debug, Clone, Default)]
+pub struct RequestTag {
+    /// The matched route template.
+    pub route: String,
+    pub request_id: String,
+}
+
+tokio::task_local! {
+    static REQUEST: RequestTag;
+}
+
+/// Run `f` (a request's handler) with `tag` as the request its statements run for.
+pub async fn tagged<F: Future>(tag: RequestTag, f: F) -> F::Output {
+    REQUEST.scope(tag, f).await
+}
+
 /// What a statement (or the transaction of one request step) does.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum Kind {
@@ -190,7 +207,7 @@ impl QueryMetrics {
     }
 
     /// Record one statement of `label` that started at `started`; a slow one is also logged,
-    /// in the span of the request that sent it (its route and request id), with `org`.
+    /// with the route and request id of the request it ran for ([`tagged`]) and `org`.
     pub fn record(&self, label: Label<'_>, started: Instant, org: Option<&dyn std::fmt::Display>) {
         let elapsed = started.elapsed();
         self.histogram(label).observe(elapsed.as_secs_f64());
@@ -202,7 +219,10 @@ impl QueryMetrics {
                 })
                 .inc();
             let org = org.map(ToString::to_string).unwrap_or_default();
+            let tag = REQUEST.try_with(RequestTag::clone).unwrap_or_default();
             tracing::warn!(
+                route = %tag.route,
+                request_id = %tag.request_id,
                 kind = label.kind.as_str(),
                 table = label.table,
                 org_id = %org,

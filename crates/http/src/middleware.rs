@@ -154,9 +154,18 @@ async fn json_ends_with_newline(resp: Response) -> Response {
 /// outer layers and to the request's log span.
 pub async fn matched_route(path: MatchedPath, req: Request, next: Next) -> Response {
     let route = path.as_str().to_string();
-    // Known from here on: what the handler logs (a slow query) names its route.
+    // Known from here on: what the handler logs names its route, and the slow-query log its
+    // route and request id.
     tracing::Span::current().record("route", route.as_str());
-    let mut resp = next.run(req).await;
+    let tag = orgbase_db::observe::RequestTag {
+        route: route.clone(),
+        request_id: req
+            .extensions()
+            .get::<RequestId>()
+            .map(|r| r.0.clone())
+            .unwrap_or_default(),
+    };
+    let mut resp = orgbase_db::observe::tagged(tag, next.run(req)).await;
     resp.extensions_mut().insert(Route(route));
     resp
 }
