@@ -229,6 +229,7 @@ async fn every_documented_route_exists_and_every_route_is_documented() {
             "GET /v1/me/gdpr-requests/{id}",
             "GET /v1/me/gdpr-requests/{id}/download",
             "GET /v1/openapi.json",
+            "GET /v1/slo",
             "GET /v1/orgs",
             "GET /v1/orgs/{org}",
             "GET /v1/orgs/{org}/api-keys",
@@ -315,7 +316,7 @@ async fn the_openapi_document_states_the_contract() {
                 (method.as_str(), path.as_str()),
                 (
                     "get",
-                    "/healthz" | "/readyz" | "/metrics" | "/v1/openapi.json"
+                    "/healthz" | "/readyz" | "/metrics" | "/v1/openapi.json" | "/v1/slo"
                 ) | (
                     "post",
                     "/v1/auth/signup"
