@@ -1023,6 +1023,21 @@ mod tests {
     }
 
     #[test]
+    fn a_zero_latency_target_is_refused_by_name() {
+        for key in ["read_p95_ms", "read_p99_ms", "write_p95_ms", "write_p99_ms"] {
+            let mut c = Config::default();
+            match key {
+                "read_p95_ms" => c.slo.read_p95_ms = 0,
+                "read_p99_ms" => c.slo.read_p99_ms = 0,
+                "write_p95_ms" => c.slo.write_p95_ms = 0,
+                _ => c.slo.write_p99_ms = 0,
+            }
+            let e = c.validate().unwrap_err().to_string();
+            assert!(e.contains(&format!("slo.{key}")), "{key}: {e}");
+        }
+    }
+
+    #[test]
     fn tiers_take_seconds_and_minutes() {
         let b = BackupConfig {
             tiers: "30s:2m,1h:1d".into(),
