@@ -43,7 +43,7 @@ BEGIN
 END
 $$;
 
-DROP FUNCTION orgbase.privacy_charges_page(timestamptz, uuid, int);
+DROP FUNCTION orgbase.privacy_charges_page(uuid, int);
 DROP FUNCTION orgbase.privacy_budget();
 DROP FUNCTION orgbase.privacy_charge(bigint, jsonb);
 DROP FUNCTION orgbase.privacy_charge_for(uuid, uuid, uuid, bigint, jsonb);

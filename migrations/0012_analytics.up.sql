@@ -309,7 +309,7 @@ REVOKE ALL ON FUNCTION orgbase.privacy_budget() FROM PUBLIC;
 GRANT EXECUTE ON FUNCTION orgbase.privacy_budget() TO orgbase_runtime;
 
 -- The context's organization's charges, newest first, for GET …/analytics/charges.
-CREATE FUNCTION orgbase.privacy_charges_page(before_at timestamptz, before_id uuid, lim int)
+CREATE FUNCTION orgbase.privacy_charges_page(before uuid, lim int)
 RETURNS SETOF orgbase.privacy_charges
 LANGUAGE plpgsql STABLE SECURITY DEFINER
 SET search_path = pg_catalog, orgbase
@@ -321,13 +321,14 @@ BEGIN
     RETURN QUERY
         SELECT pc.* FROM orgbase.privacy_charges pc
          WHERE pc.org_id = c.org_id
-           AND (before_at IS NULL OR (pc.at, pc.id) < (before_at, before_id))
+           AND (before IS NULL OR (pc.at, pc.id) < (SELECT k.at, k.id FROM orgbase.privacy_charges k
+                                                      WHERE k.org_id = c.org_id AND k.id = before))
          ORDER BY pc.at DESC, pc.id DESC
-         LIMIT least(greatest(lim, 1), 500);
+         LIMIT least(greatest(lim, 1), 501);
 END
 $$;
-REVOKE ALL ON FUNCTION orgbase.privacy_charges_page(timestamptz, uuid, int) FROM PUBLIC;
-GRANT EXECUTE ON FUNCTION orgbase.privacy_charges_page(timestamptz, uuid, int) TO orgbase_runtime;
+REVOKE ALL ON FUNCTION orgbase.privacy_charges_page(uuid, int) FROM PUBLIC;
+GRANT EXECUTE ON FUNCTION orgbase.privacy_charges_page(uuid, int) TO orgbase_runtime;
 
 -- The `analytics` API key scope: spending the privacy budget. Like `admin`, only a credential
 -- that has it may grant it.

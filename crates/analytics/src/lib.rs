@@ -255,7 +255,8 @@ pub fn release(
         match part.what {
             What::Count => {
                 let v: Vec<i64> = exact.iter().map(|e| e.count).collect();
-                let (noisy, scale) = noise.counts(&v, part.scale, part.sensitivity, part.epsilon)?;
+                let (noisy, scale) =
+                    noise.counts(&v, part.scale, part.sensitivity, part.epsilon)?;
                 part.scale = scale;
                 counts = Some(noisy);
             }
@@ -378,7 +379,9 @@ mod opendp_noise {
                 )
                 .map_err(failed)
             };
-            let scale = fit(scale, epsilon, |s| make(s)?.map(&sensitivity).map_err(failed))?;
+            let scale = fit(scale, epsilon, |s| {
+                make(s)?.map(&sensitivity).map_err(failed)
+            })?;
             let noisy = make(scale)?.invoke(&values.to_vec()).map_err(failed)?;
             Ok((noisy, scale))
         }
@@ -394,7 +397,15 @@ mod tests {
         assert_eq!(epsilon_micro(1.0), Ok(1_000_000));
         assert_eq!(epsilon_micro(0.01), Ok(10_000));
         assert_eq!(epsilon_micro(0.000001), Ok(1));
-        for bad in [0.0, -0.5, f64::NAN, f64::INFINITY, f64::NEG_INFINITY, 1e-7, 0.0000015] {
+        for bad in [
+            0.0,
+            -0.5,
+            f64::NAN,
+            f64::INFINITY,
+            f64::NEG_INFINITY,
+            1e-7,
+            0.0000015,
+        ] {
             let e = epsilon_micro(bad).unwrap_err();
             assert_eq!(e.field, "epsilon", "{bad}");
         }

@@ -182,10 +182,7 @@ fn the_privacy_loss_measured_on_neighbouring_datasets_is_within_epsilon() {
         |truth, n| OpenDp.counts(&vec![truth; n], 2.0, 1.0, epsilon).unwrap().0,
         n,
     );
-    assert!(
-        honest <= epsilon,
-        "ε̂ {honest} over the claimed {epsilon}"
-    );
+    assert!(honest <= epsilon, "ε̂ {honest} over the claimed {epsilon}");
     // The estimate can see a leak: with half the scale (ε really 1.0) it exceeds 0.5.
     let leaky = empirical_epsilon(
         |truth, n| OpenDp.counts(&vec![truth; n], 1.0, 1.0, 1.0).unwrap().0,

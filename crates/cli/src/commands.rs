@@ -93,6 +93,12 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 opened.close().await?;
                 code
             }
+            Command::Analytics(cmd) => {
+                let opened = open_migrated(&config).await?;
+                let code = crate::analytics::run(&opened.target, &config, cmd).await;
+                opened.close().await?;
+                code
+            }
             Command::Retention(cmd) => {
                 let opened = open_migrated(&config).await?;
                 let code = crate::retention::run(&opened.target, cmd).await;
@@ -372,6 +378,12 @@ async fn serve(config: Config, _args: ServeArgs) -> anyhow::Result<ExitCode> {
         .key
         .is_some()
         .then(|| crate::privacy::spawn_worker(target.clone(), &config, keys.clone()));
+    let analytics_refresher = if services.key.is_some() {
+        crate::analytics::apply_defaults(&target, &config).await?;
+        crate::analytics::spawn_refresher(target.clone(), &config)
+    } else {
+        None
+    };
     let jobs = if services.key.is_some() {
         services.checkpoints = Some(crate::audit::public_key(&config)?);
         Some(crate::audit::Jobs::start(&target, &config, services.metrics.clone()).await?)
@@ -425,7 +437,10 @@ async fn serve(config: Config, _args: ServeArgs) -> anyhow::Result<ExitCode> {
     };
     if let Some(e) = gave_up {
         // PostgreSQL is down for good: stop at once, non-zero, for the service manager to act.
-        for task in [backup_schedule, privacy_worker].into_iter().flatten() {
+        for task in [backup_schedule, privacy_worker, analytics_refresher]
+            .into_iter()
+            .flatten()
+        {
             task.abort();
         }
         return Err(e);
@@ -438,6 +453,9 @@ async fn serve(config: Config, _args: ServeArgs) -> anyhow::Result<ExitCode> {
         task.abort();
     }
     if let Some(task) = privacy_worker {
+        task.abort();
+    }
+    if let Some(task) = analytics_refresher {
         task.abort();
     }
     if let Some(jobs) = jobs {

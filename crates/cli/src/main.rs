@@ -1,5 +1,6 @@
 //! The one `orgbase` binary: clap subcommands over the core, db and http crates.
 
+mod analytics;
 mod audit;
 mod backup;
 mod commands;
@@ -125,6 +126,10 @@ pub enum Command {
     /// Service level objectives: latency of reads and writes against their targets.
     #[command(subcommand)]
     Slo(slo::SloCommand),
+    /// Anonymized analytics: the k-anonymous dataset, the privacy budget, and differentially
+    /// private queries.
+    #[command(subcommand)]
+    Analytics(analytics::AnalyticsCommand),
     /// Print the orgbase version and the schema version it carries.
     Version,
 }

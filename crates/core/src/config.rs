@@ -49,6 +49,37 @@ pub struct Config {
     pub keys: KeysSettings,
     pub privacy: PrivacyConfig,
     pub slo: SloConfig,
+    pub analytics: AnalyticsConfig,
+}
+
+/// Anonymized analytics (docs/analytics.md): the k-anonymous dataset and the privacy budget of
+/// differentially private queries.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct AnalyticsConfig {
+    /// Rows whose quasi-identifiers fewer than `k` rows share are left out of the dataset.
+    pub k: u32,
+    /// How often `serve` rebuilds the dataset, in seconds; 0: only `orgbase analytics refresh`.
+    pub refresh_interval_secs: u64,
+    /// Each organization's privacy budget (ε) per period, unless set for it
+    /// (`orgbase analytics budget --org … --set …`).
+    pub budget_epsilon: f64,
+    /// `none` (one budget for ever), `day`, `month` or `year`.
+    pub budget_period: String,
+    /// The most ε one query may spend.
+    pub max_query_epsilon: f64,
+}
+
+impl Default for AnalyticsConfig {
+    fn default() -> Self {
+        Self {
+            k: 5,
+            refresh_interval_secs: 3600,
+            budget_epsilon: 1.0,
+            budget_period: "none".into(),
+            max_query_epsilon: 1.0,
+        }
+    }
 }
 
 /// Latency targets of `orgbase slo report` and `GET /v1/slo` (docs/operations.md,
@@ -385,6 +416,7 @@ impl Default for Config {
             keys: KeysSettings::default(),
             privacy: PrivacyConfig::default(),
             slo: SloConfig::default(),
+            analytics: AnalyticsConfig::default(),
         }
     }
 }
@@ -716,6 +748,31 @@ impl Config {
             if v == 0 {
                 return field(key, "must be at least 1 (milliseconds)");
             }
+        }
+        let a = &self.analytics;
+        if a.k < 2 {
+            return field("analytics.k", "must be at least 2");
+        }
+        for (key, v) in [
+            ("analytics.budget_epsilon", a.budget_epsilon),
+            ("analytics.max_query_epsilon", a.max_query_epsilon),
+        ] {
+            let micro = v * 1e6;
+            if !v.is_finite() || v < 0.0 || v > 1e6 || (micro - micro.round()).abs() > 1e-6 {
+                return field(
+                    key,
+                    "must be a number from 0 to 1000000 in whole millionths",
+                );
+            }
+        }
+        if a.max_query_epsilon <= 0.0 {
+            return field("analytics.max_query_epsilon", "must be greater than 0");
+        }
+        if !["none", "day", "month", "year"].contains(&a.budget_period.as_str()) {
+            return field(
+                "analytics.budget_period",
+                "must be none, day, month or year",
+            );
         }
         Ok(())
     }

@@ -48,6 +48,11 @@ const IDENTITY_TABLES: &[&str] = &[
     "consents",
     "retention_policies",
     "legal_holds",
+    // The privacy-budget ledger (docs/analytics.md): closed to the runtime role, written and
+    // read only through SECURITY DEFINER functions that check the caller's context.
+    "privacy_budgets",
+    "privacy_spend",
+    "privacy_charges",
 ];
 
 /// SQL predicate: the schema `n` is not a system schema.
@@ -136,6 +141,9 @@ async fn tenant_tables(client: &Client, out: &mut Vec<Finding>) -> Result<Vec<u3
                       WHERE c.relkind IN ('r', 'p') AND ",
                 user_schema!("n"),
                 "       AND NOT (n.nspname = 'orgbase' AND c.relname = ANY($1::text[]))
+                        -- The anonymized dataset: closed to the runtime role, rebuilt by
+                        -- `orgbase analytics refresh` (docs/analytics.md).
+                        AND n.nspname <> 'analytics'
                         AND NOT (c.relispartition AND EXISTS (
                                  SELECT 1 FROM pg_class r
                                   WHERE r.oid = pg_partition_root(c.oid)

@@ -2,6 +2,7 @@
 //! pool, and the migration runner with its embedded SQL files.
 
 pub mod account;
+pub mod analytics;
 pub mod audit;
 pub mod auth;
 pub mod catalog;

@@ -55,10 +55,12 @@ pub enum Kind {
     AuditSeal,
     /// One batch of the access-log writer.
     AccessLogWrite,
+    /// A differentially private query: the charge, the figures and the commit.
+    Analytics,
 }
 
 impl Kind {
-    pub const ALL: [Kind; 11] = [
+    pub const ALL: [Kind; 12] = [
         Kind::List,
         Kind::Get,
         Kind::Create,
@@ -70,6 +72,7 @@ impl Kind {
         Kind::Account,
         Kind::AuditSeal,
         Kind::AccessLogWrite,
+        Kind::Analytics,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -85,6 +88,7 @@ impl Kind {
             Kind::Account => "account",
             Kind::AuditSeal => "audit_seal",
             Kind::AccessLogWrite => "access_log_write",
+            Kind::Analytics => "analytics",
         }
     }
 }

@@ -173,6 +173,9 @@ pub enum ReqError {
     Pool(#[from] GetError),
     #[error("database error: {0}")]
     Db(tokio_postgres::Error),
+    /// The organization's privacy budget for this period cannot pay for the query.
+    #[error("{0}")]
+    BudgetExhausted(String),
     /// PHI columns need a session that passed multi-factor authentication.
     #[error(
         "this table holds health data (PHI): sign in with multi-factor authentication to use it"
@@ -239,6 +242,12 @@ pub fn classify(e: tokio_postgres::Error) -> ReqError {
             );
         }
         Some("orgbase_forbidden") => return ReqError::Forbidden(db.message().to_string()),
+        Some("orgbase_budget_exhausted") => {
+            return ReqError::BudgetExhausted(db.message().to_string());
+        }
+        Some("orgbase_bad_epsilon") => {
+            return ReqError::Invalid(Some("epsilon".into()), db.message().to_string());
+        }
         Some("orgbase_bad_proof")
         | Some("orgbase_no_context")
         | Some("orgbase_bad_context")

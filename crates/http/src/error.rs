@@ -101,6 +101,12 @@ pub enum ApiError {
         retry_after_secs: u64,
         overloaded: bool,
     },
+    /// The organization's privacy budget for this period cannot pay for the query.
+    #[error("privacy budget exhausted: {0}")]
+    BudgetExhausted(String),
+    /// A capability this build does not have (built without its feature).
+    #[error("not available in this build: {0}")]
+    NotBuilt(String),
     #[error("internal error")]
     Internal(#[source] Box<dyn std::error::Error + Send + Sync>),
     /// A status produced by a lower layer (e.g. an extractor) that has no variant of its own.
@@ -212,6 +218,16 @@ impl ApiError {
                 "database-unavailable",
                 "Database unavailable",
             ),
+            ApiError::BudgetExhausted(_) => (
+                StatusCode::UNPROCESSABLE_ENTITY,
+                "privacy-budget-exhausted",
+                "Privacy budget exhausted",
+            ),
+            ApiError::NotBuilt(_) => (
+                StatusCode::NOT_IMPLEMENTED,
+                "not-built",
+                "Not available in this build",
+            ),
             ApiError::Internal(_) => (
                 StatusCode::INTERNAL_SERVER_ERROR,
                 "internal",
@@ -231,6 +247,8 @@ impl ApiError {
             | ApiError::Conflict(d)
             | ApiError::PreconditionFailed(d)
             | ApiError::Unavailable(d)
+            | ApiError::BudgetExhausted(d)
+            | ApiError::NotBuilt(d)
             | ApiError::Refused { detail: d, .. } => Some(d.clone()),
             ApiError::Validation(errors) => Some(
                 errors
@@ -371,6 +389,7 @@ impl From<orgbase_db::ReqError> for ApiError {
             },
             R::Db(e) => ApiError::internal(e),
             R::PhiNeedsMfa => ApiError::PhiNeedsMfa,
+            R::BudgetExhausted(m) => ApiError::BudgetExhausted(m),
             R::Keys(m) => ApiError::Unavailable(m),
             R::Undecryptable(m) => ApiError::Undecryptable(m),
             R::Render(e) => ApiError::internal(e),

@@ -2,6 +2,7 @@
 //! document. Handlers never touch the pool directly except through the db crate's services.
 
 pub mod access;
+pub mod analytics;
 pub mod audit;
 pub mod consent;
 pub mod contract;
@@ -211,6 +212,7 @@ impl AppState {
         (name = "audit", description = "The organization's tamper-evident audit trail"),
         (name = "privacy", description = "GDPR: export and erasure of a person's data, with certificates of deletion"),
         (name = "consent", description = "Consent records, retention policies and legal holds"),
+        (name = "analytics", description = "Differentially private aggregates and the organization's privacy budget"),
         (name = "records", description = "The generic API over every tenant table (notes, projects, tasks, …)"),
     ),
     modifiers(&BearerAuth),
@@ -290,6 +292,9 @@ fn routes() -> OpenApiRouter<AppState> {
         .routes(routes!(consent::get_retention, consent::put_retention))
         .routes(routes!(consent::list_holds, consent::place_hold))
         .routes(routes!(consent::release_hold))
+        .routes(routes!(analytics::query))
+        .routes(routes!(analytics::budget))
+        .routes(routes!(analytics::charges))
         .routes(routes!(tables::list, tables::create))
         .routes(routes!(tables::get, tables::update, tables::delete))
         .routes(routes!(tables::restore))

@@ -774,8 +774,10 @@ pub struct NewApiKey {
     pub name: String,
     /// `<app>:read|write|admin` (at most viewer, editor or admin in that app),
     /// `*:read|write|admin` (the same in every app) or `admin` (organization administration
-    /// with the creator's role, and no app data by itself). An app no scope names is closed to
-    /// the key. A key never has more rights than its creator, and a key creates keys only with
+    /// with the creator's role, and no app data by itself) or `analytics` (spending the
+    /// organization's privacy budget on differentially private queries, for a key made by an
+    /// owner or admin; the key also needs read access to the tables it queries). An app no
+    /// scope names is closed to the key. A key never has more rights than its creator, and a key creates keys only with
     /// scopes its own cover.
     pub scopes: Vec<String>,
     /// CIDRs the key may be used from; empty: anywhere.
@@ -807,6 +809,7 @@ pub async fn create_api_key(
     }
     let scope_ok = |s: &str| {
         s == "admin"
+            || s == "analytics"
             || s.split_once(':').is_some_and(|(app, level)| {
                 matches!(level, "read" | "write" | "admin")
                     && (app == "*"
@@ -821,7 +824,7 @@ pub async fn create_api_key(
     {
         return Err(ApiError::field(
             "scopes",
-            "1 to 64 of `<app>:read|write|admin`, `*:read|write|admin`, `admin`",
+            "1 to 64 of `<app>:read|write|admin`, `*:read|write|admin`, `admin`, `analytics`",
         ));
     }
     let mut cidrs = Vec::new();
