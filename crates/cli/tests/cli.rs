@@ -1387,3 +1387,114 @@ fn monitoring_metrics_rules_dashboard_and_slo_report_match_the_docs() {
     );
     drop(s);
 }
+
+/// kill -9 of serve under a load of differentially private queries: after a restart, every
+/// answered query has exactly one charge in the ledger, the period's spend is exactly the sum of
+/// the charges, and at most the queries in flight at the kill were charged without an answer
+/// (charged, never refunded: the safe side).
+#[test]
+fn kill_9_mid_query_neither_loses_nor_doubles_a_privacy_charge() {
+    use nix::sys::signal::Signal;
+    use std::sync::atomic::{AtomicBool, Ordering};
+    use std::sync::{Arc, Mutex};
+    let dir = temp_dir("orgbase-dp-kill-");
+    let data = dir.join("data");
+    let mut s = start_serve(&data);
+    assert!(ready(&s.base));
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap();
+    let token = rt.block_on(async {
+        let api = orgbase_testkit::Api::new(s.base.clone());
+        let (_, token) = api.user("dp@example.com").await;
+        api.ok(
+            ::reqwest::Method::POST,
+            "/v1/orgs",
+            &token,
+            Some(serde_json::json!({"name": "DP", "slug": "dp"})),
+        )
+        .await;
+        for i in 0..5 {
+            api.ok(
+                ::reqwest::Method::POST,
+                "/v1/orgs/dp/notes",
+                &token,
+                Some(serde_json::json!({"title": format!("n{i}")})),
+            )
+            .await;
+        }
+        token
+    });
+    const CLIENTS: usize = 4;
+    let answered = Arc::new(Mutex::new(Vec::<String>::new()));
+    let stop = Arc::new(AtomicBool::new(false));
+    let load: Vec<_> = (0..CLIENTS)
+        .map(|_| {
+            let (answered, stop, token) = (answered.clone(), stop.clone(), token.clone());
+            let url = format!("{}/v1/orgs/dp/analytics/query", s.base);
+            rt.spawn(async move {
+                let http = ::reqwest::Client::new();
+                while !stop.load(Ordering::Relaxed) {
+                    let sent = http
+                        .post(&url)
+                        .bearer_auth(&token)
+                        .json(&serde_json::json!({"table": "notes", "aggregate": "count", "epsilon": 0.0001}))
+                        .send()
+                        .await;
+                    let Ok(r) = sent else { break };
+                    assert_eq!(r.status(), 200);
+                    let Ok(v) = r.json::<serde_json::Value>().await else { break };
+                    answered
+                        .lock()
+                        .unwrap()
+                        .push(v["charge_id"].as_str().unwrap().to_string());
+                }
+            })
+        })
+        .collect();
+    std::thread::sleep(Duration::from_millis(2000));
+    signal(&s.child, Signal::SIGKILL);
+    let _ = s.child.wait();
+    stop.store(true, Ordering::Relaxed);
+    for t in load {
+        rt.block_on(t).unwrap();
+    }
+    let answered = answered.lock().unwrap().clone();
+    assert!(
+        answered.len() > 10,
+        "only {} answers before the kill",
+        answered.len()
+    );
+    s = start_serve(&data);
+    assert!(ready(&s.base));
+    let charges = psql(&data, "SELECT id FROM orgbase.privacy_charges ORDER BY id");
+    let totals = psql(
+        &data,
+        "SELECT (SELECT sum(micro) FROM orgbase.privacy_charges) || ' ' || \
+                (SELECT sum(spent_micro) FROM orgbase.privacy_spend) || ' ' || \
+                (SELECT count(DISTINCT id) FROM orgbase.privacy_charges)",
+    );
+    let parts: Vec<i64> = totals[0].split(' ').map(|p| p.parse().unwrap()).collect();
+    assert_eq!(parts[0], parts[1], "spend equals the sum of the charges");
+    assert_eq!(parts[0], 100 * charges.len() as i64);
+    assert_eq!(parts[2], charges.len() as i64, "no charge twice");
+    for id in &answered {
+        assert!(charges.contains(id), "answer {id} has no charge");
+    }
+    assert!(
+        charges.len() - answered.len() <= CLIENTS,
+        "{} charges, {} answers",
+        charges.len(),
+        answered.len()
+    );
+    eprintln!(
+        "kill -9 drill: {} answers, {} charges",
+        answered.len(),
+        charges.len()
+    );
+    signal(&s.child, Signal::SIGINT);
+    let _ = s.child.wait();
+    let _ = std::fs::remove_dir_all(dir);
+}
