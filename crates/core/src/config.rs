@@ -758,7 +758,7 @@ impl Config {
             ("analytics.max_query_epsilon", a.max_query_epsilon),
         ] {
             let micro = v * 1e6;
-            if !v.is_finite() || v < 0.0 || v > 1e6 || (micro - micro.round()).abs() > 1e-6 {
+            if !v.is_finite() || !(0.0..=1e6).contains(&v) || (micro - micro.round()).abs() > 1e-6 {
                 return field(
                     key,
                     "must be a number from 0 to 1000000 in whole millionths",
