@@ -343,18 +343,20 @@ async fn the_dataset_holds_no_sensitive_value_and_no_class_under_k() {
     assert_eq!(recorded, 2, "each refresh is recorded");
 }
 
-/// k-anonymity of `table` checked independently, by pycanon (PyPI). Required in CI; skipped with
-/// a note where Python has no pycanon.
+/// k-anonymity of `table` checked independently, by pycanon (PyPI), run by the Python named in
+/// `ORGBASE_PYCANON_PYTHON` (CI's own virtualenv) or `python3`. Required in CI; skipped with a
+/// note where that Python has no pycanon.
 async fn pycanon_k(admin: &tokio_postgres::Client, table: &str, qi: &[String], k: i64) {
     let script = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../scripts/kanon.py");
-    let has = std::process::Command::new("python3")
+    let python = std::env::var_os("ORGBASE_PYCANON_PYTHON").unwrap_or_else(|| "python3".into());
+    let has = std::process::Command::new(&python)
         .args(["-c", "import pycanon"])
         .status()
         .is_ok_and(|s| s.success());
     if !has {
         assert!(
             std::env::var_os("CI").is_none(),
-            "CI must have pycanon (pip install pycanon)"
+            "CI must have pycanon (.ci/run installs it in a virtualenv)"
         );
         eprintln!("pycanon is not installed: the independent k-anonymity check is skipped");
         return;
@@ -381,7 +383,7 @@ async fn pycanon_k(admin: &tokio_postgres::Client, table: &str, qi: &[String], k
         text.push('\n');
     }
     std::fs::write(&csv, text).unwrap();
-    let out = std::process::Command::new("python3")
+    let out = std::process::Command::new(&python)
         .arg(&script)
         .arg(&csv)
         .arg(qi.join(","))
