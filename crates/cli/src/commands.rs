@@ -93,6 +93,13 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 opened.close().await?;
                 code
             }
+            Command::Admin(cmd) => {
+                let opened = open_migrated(&config).await?;
+                let code =
+                    crate::admin::run(&opened.target, &crate::keys::fields(&config)?, cmd).await;
+                opened.close().await?;
+                code
+            }
             Command::Analytics(cmd) => {
                 let opened = open_migrated(&config).await?;
                 let code = crate::analytics::run(&opened.target, &config, cmd).await;
@@ -390,6 +397,10 @@ async fn serve(config: Config, _args: ServeArgs) -> anyhow::Result<ExitCode> {
     } else {
         None
     };
+    let operators = match services.key {
+        Some(_) => Some(crate::admin::count(&target).await?),
+        None => None,
+    };
     let access_drain = services.access_drain.clone();
     let app = orgbase_http::app(
         services,
@@ -422,6 +433,10 @@ async fn serve(config: Config, _args: ServeArgs) -> anyhow::Result<ExitCode> {
     say(format!("  ready:     http://{addr}/readyz"));
     say(format!("  api:       http://{addr}/v1/openapi.json"));
     say(format!("  metrics:   http://{addr}/metrics"));
+    say(format!("  console:   http://{addr}/console"));
+    if operators == Some(0) {
+        say("  No instance operator yet: make one with `orgbase admin create --email you@example.com`.".into());
+    }
     say("Press Ctrl-C to stop.".into());
     let gave_up = tokio::select! {
         served = orgbase_http::serve(listener, app, stop, config.server.shutdown_grace()) => {

@@ -1,5 +1,6 @@
 //! The one `orgbase` binary: clap subcommands over the core, db and http crates.
 
+mod admin;
 mod analytics;
 mod audit;
 mod backup;
@@ -126,6 +127,9 @@ pub enum Command {
     /// Service level objectives: latency of reads and writes against their targets.
     #[command(subcommand)]
     Slo(slo::SloCommand),
+    /// Instance operators: the accounts that run this orgbase from the console (`/console`).
+    #[command(subcommand)]
+    Admin(admin::AdminCommand),
     /// Anonymized analytics: the k-anonymous dataset, the privacy budget, and differentially
     /// private queries.
     #[command(subcommand)]

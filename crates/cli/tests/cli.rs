@@ -151,6 +151,33 @@ mod reqwest {
         })
     }
 
+    /// Any request: method, URL, headers, an optional JSON body; (status, body).
+    pub fn blocking(
+        method: &str,
+        url: &str,
+        headers: &[(&str, &str)],
+        json: Option<String>,
+    ) -> Result<(u16, String), String> {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .map_err(|e| e.to_string())?;
+        rt.block_on(async {
+            let method =
+                ::reqwest::Method::from_bytes(method.as_bytes()).map_err(|e| e.to_string())?;
+            let mut req = ::reqwest::Client::new().request(method, url);
+            for (k, v) in headers {
+                req = req.header(*k, *v);
+            }
+            if let Some(body) = json {
+                req = req.header("content-type", "application/json").body(body);
+            }
+            let r = req.send().await.map_err(|e| e.to_string())?;
+            let status = r.status().as_u16();
+            Ok((status, r.text().await.map_err(|e| e.to_string())?))
+        })
+    }
+
     pub fn blocking_get(url: &str) -> Result<u16, String> {
         let rt = tokio::runtime::Builder::new_current_thread()
             .enable_all()
@@ -1497,4 +1524,134 @@ fn kill_9_mid_query_neither_loses_nor_doubles_a_privacy_charge() {
     signal(&s.child, Signal::SIGINT);
     let _ = s.child.wait();
     let _ = std::fs::remove_dir_all(dir);
+}
+
+#[test]
+fn admin_create_makes_an_instance_operator_of_the_console() {
+    let dir = temp_dir("orgbase-admin-");
+    let data = dir.join("data");
+    let with_data = |args: &[&str]| {
+        let mut c = orgbase();
+        c.arg("--data-dir").arg(&data).args(args);
+        c
+    };
+    let (ok, _, err) = run(&mut with_data(&["migrate", "up"]));
+    assert!(ok, "{err}");
+    let (ok, out, _) = run(&mut with_data(&["admin", "list"]));
+    assert!(ok && out.contains("no instance operators"), "{out}");
+    let (ok, _, err) = run(&mut with_data(&[
+        "admin",
+        "create",
+        "--email",
+        "not an email",
+    ]));
+    assert!(!ok);
+    assert!(err.contains("--email"), "{err}");
+    // A password from stdin must be long enough; nothing is created otherwise.
+    let mut short = with_data(&[
+        "admin",
+        "create",
+        "--email",
+        "x@example.com",
+        "--password-stdin",
+    ]);
+    short
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+    let mut child = short.spawn().unwrap();
+    std::io::Write::write_all(&mut child.stdin.take().unwrap(), b"short\n").unwrap();
+    let out = child.wait_with_output().unwrap();
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("8 to 1024"));
+    let (ok, out, err) = run(&mut with_data(&[
+        "admin",
+        "create",
+        "--email",
+        "Op@Example.com",
+    ]));
+    assert!(ok, "{err}");
+    let password = out
+        .lines()
+        .find_map(|l| l.split_once("password (shown once; change it after signing in): "))
+        .map(|(_, p)| p.trim().to_string())
+        .unwrap_or_else(|| panic!("no password in {out}"));
+    let (ok, out, _) = run(&mut with_data(&[
+        "admin",
+        "create",
+        "--email",
+        "op@example.com",
+    ]));
+    assert!(ok && out.contains("already"), "{out}");
+    let (ok, _, err) = run(&mut with_data(&[
+        "admin",
+        "create",
+        "--email",
+        "op@example.com",
+        "--password-stdin",
+    ]));
+    assert!(!ok && err.contains("password stays"), "{err}");
+    let (ok, out, _) = run(&mut with_data(&["admin", "list"]));
+    assert!(ok && out.contains("op@example.com"), "{out}");
+
+    // The operator signs in; the API and the console know them as one.
+    let s = start_serve(&data);
+    assert!(ready(&s.base));
+    let login = format!(r#"{{"email":"op@example.com","password":"{password}"}}"#);
+    let (status, body) = reqwest::blocking(
+        "POST",
+        &format!("{}/v1/auth/login", s.base),
+        &[],
+        Some(login),
+    )
+    .unwrap();
+    assert_eq!(status, 200, "{body}");
+    let token = body
+        .split("\"token\":\"")
+        .nth(1)
+        .unwrap()
+        .split('"')
+        .next()
+        .unwrap()
+        .to_string();
+    let auth = format!("Bearer {token}");
+    let (status, me) = reqwest::blocking(
+        "GET",
+        &format!("{}/v1/me", s.base),
+        &[("authorization", &auth)],
+        None,
+    )
+    .unwrap();
+    assert_eq!(status, 200);
+    assert!(me.contains("\"operator\":true"), "{me}");
+    let cookie = format!("orgbase_console={token}");
+    let (status, page) = reqwest::blocking(
+        "GET",
+        &format!("{}/console/operator/accounts", s.base),
+        &[("cookie", &cookie)],
+        None,
+    )
+    .unwrap();
+    assert_eq!(status, 200, "{page}");
+    assert!(page.contains("op@example.com"), "{page}");
+    // Removed: the page is closed to them.
+    let (ok, _, err) = run(&mut with_data(&[
+        "admin",
+        "remove",
+        "--email",
+        "op@example.com",
+    ]));
+    assert!(ok, "{err}");
+    let (status, _) = reqwest::blocking(
+        "GET",
+        &format!("{}/console/operator/accounts", s.base),
+        &[("cookie", &cookie)],
+        None,
+    )
+    .unwrap();
+    assert_eq!(status, 403);
+    let mut s = s;
+    signal(&s.child, nix::sys::signal::Signal::SIGINT);
+    assert!(s.child.wait().unwrap().success());
+    std::fs::remove_dir_all(dir).unwrap();
 }

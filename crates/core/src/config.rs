@@ -222,6 +222,31 @@ pub struct ServerConfig {
     /// (the default): no cross-origin browser access; clients that are not browsers are not
     /// affected either way.
     pub cors_origins: Vec<String>,
+    /// Who may create an account, through the API and the console alike.
+    pub signup: SignupMode,
+}
+
+/// Who may create an account (`server.signup`).
+#[derive(Debug, Clone, Copy, Default, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "kebab-case")]
+pub enum SignupMode {
+    /// Anyone (the default).
+    #[default]
+    Open,
+    /// Only someone with a pending invitation, for the email it was sent to.
+    InviteOnly,
+    /// No one: accounts come from `orgbase admin create` (and invitations to existing accounts).
+    Closed,
+}
+
+impl SignupMode {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            SignupMode::Open => "open",
+            SignupMode::InviteOnly => "invite-only",
+            SignupMode::Closed => "closed",
+        }
+    }
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
@@ -430,6 +455,7 @@ impl Default for ServerConfig {
             shutdown_grace_secs: 30,
             trusted_proxies: Vec::new(),
             cors_origins: Vec::new(),
+            signup: SignupMode::Open,
         }
     }
 }

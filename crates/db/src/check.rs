@@ -32,6 +32,9 @@ const IDENTITY_TABLES: &[&str] = &[
     "roles",
     "member_roles",
     "context_key",
+    // Instance operators: closed to the runtime role, read through functions that check the
+    // session (migration 0013).
+    "instance_admins",
     "schema_migrations",
     "tenant_tables",
     // The audit trail and access logs: written by SECURITY DEFINER functions, read by

@@ -231,7 +231,8 @@ pub fn classify(e: tokio_postgres::Error) -> ReqError {
         }
         Some("orgbase_last_owner")
         | Some("orgbase_hold_released")
-        | Some("orgbase_erasure_underway") => {
+        | Some("orgbase_erasure_underway")
+        | Some("orgbase_account_state") => {
             return ReqError::Conflict(db.message().to_string());
         }
         Some("orgbase_no_invitation") | Some("orgbase_not_found") => return ReqError::NotFound,
@@ -241,7 +242,9 @@ pub fn classify(e: tokio_postgres::Error) -> ReqError {
                 "is not an active member of this organization".into(),
             );
         }
-        Some("orgbase_forbidden") => return ReqError::Forbidden(db.message().to_string()),
+        Some("orgbase_forbidden")
+        | Some("orgbase_not_operator")
+        | Some("orgbase_signup_closed") => return ReqError::Forbidden(db.message().to_string()),
         Some("orgbase_budget_exhausted") => {
             return ReqError::BudgetExhausted(db.message().to_string());
         }

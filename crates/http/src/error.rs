@@ -60,6 +60,9 @@ pub enum ApiError {
     Unauthorized(String),
     #[error("forbidden: {0}")]
     Forbidden(String),
+    /// Sign-up refused by the server's setting (closed, or by invitation and none given).
+    #[error("sign-up refused: {0}")]
+    SignupClosed(String),
     #[error("multi-factor authentication required")]
     MfaRequired,
     /// Login of an account with TOTP: the current code is missing or wrong.
@@ -155,6 +158,11 @@ impl ApiError {
                 "Authentication required",
             ),
             ApiError::Forbidden(_) => (StatusCode::FORBIDDEN, "forbidden", "Forbidden"),
+            ApiError::SignupClosed(_) => (
+                StatusCode::FORBIDDEN,
+                "signup-closed",
+                "Sign-up is not open",
+            ),
             ApiError::MfaRequired => (
                 StatusCode::FORBIDDEN,
                 "mfa-required",
@@ -244,6 +252,7 @@ impl ApiError {
             | ApiError::InvalidJson(d)
             | ApiError::Unauthorized(d)
             | ApiError::Forbidden(d)
+            | ApiError::SignupClosed(d)
             | ApiError::Conflict(d)
             | ApiError::PreconditionFailed(d)
             | ApiError::Unavailable(d)

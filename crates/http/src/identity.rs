@@ -13,6 +13,7 @@ use uuid::Uuid;
 use crate::AppState;
 use crate::error::ApiError;
 use crate::extract::{Bearer, ClientIp, JsonBody};
+use orgbase_core::config::SignupMode;
 
 /// A session ends after this long without use…
 pub const SESSION_IDLE: &str = "24 hours";
@@ -28,6 +29,10 @@ pub struct Signup {
     pub password: String,
     #[serde(default)]
     pub name: String,
+    /// The token of a pending invitation to this email: required when the server's sign-up is
+    /// by invitation only (`server.signup = "invite-only"`), ignored otherwise.
+    #[serde(default)]
+    pub invitation: Option<String>,
 }
 
 #[derive(Debug, Serialize, utoipa::ToSchema)]
@@ -92,14 +97,39 @@ pub(crate) fn client_meta(
     (bearer_ip, ua)
 }
 
-/// Create an account. Answers the user (without a session: log in next).
+/// Create an account. Answers the user (without a session: log in next). Whether anyone may
+/// is the server's setting: open to all, by invitation only (with the invitation's token), or
+/// closed (403 `signup-closed`).
 #[utoipa::path(post, path = "/v1/auth/signup", tag = "auth", request_body = Signup,
     responses((status = 201, body = User), (status = 409, description = "Email taken", body = crate::error::Problem),
+              (status = 403, description = "Sign-up is closed, or by invitation and no pending invitation to this email came with it (`signup-closed`)", body = crate::error::Problem),
               (status = 422, description = "Invalid email or password", body = crate::error::Problem)))]
 pub async fn signup(
     State(state): State<AppState>,
     JsonBody(body): JsonBody<Signup>,
 ) -> Result<Response, ApiError> {
+    let invitation = match state.signup {
+        SignupMode::Closed => {
+            return Err(ApiError::SignupClosed(
+                "sign-up is closed on this server: an operator creates accounts".into(),
+            ));
+        }
+        SignupMode::InviteOnly => Some(
+            body.invitation
+                .as_deref()
+                .map(str::trim)
+                .filter(|t| !t.is_empty() && t.len() <= 256)
+                .map(auth::token_hash)
+                .ok_or_else(|| {
+                    ApiError::SignupClosed(
+                        "sign-up is by invitation: send `invitation`, the token of a pending \
+                         invitation to this email"
+                            .into(),
+                    )
+                })?,
+        ),
+        SignupMode::Open => None,
+    };
     let email = normalize_email(&body.email)?;
     if !(8..=1024).contains(&body.password.chars().count()) {
         return Err(ApiError::field("password", "must be 8 to 1024 characters"));
@@ -115,12 +145,33 @@ pub async fn signup(
     let email_hash = state.fields.email_hash(&email)?;
     let sealed_email = state.fields.seal_account(id, "email", &email)?;
     let sealed_name = state.fields.seal_account(id, "name", &name)?;
-    plain(
-        &state.pool,
-        "SELECT orgbase.signup($1, $2, $3, $4, $5)",
-        &[&id, &email_hash, &sealed_email, &sealed_name, &hash],
-    )
-    .await?;
+    match invitation {
+        None => {
+            plain(
+                &state.pool,
+                "SELECT orgbase.signup($1, $2, $3, $4, $5)",
+                &[&id, &email_hash, &sealed_email, &sealed_name, &hash],
+            )
+            .await?
+        }
+        Some(invitation) => plain(
+            &state.pool,
+            "SELECT orgbase.signup_invited($1, $2, $3, $4, $5, $6)",
+            &[
+                &id,
+                &email_hash,
+                &sealed_email,
+                &sealed_name,
+                &hash,
+                &&invitation[..],
+            ],
+        )
+        .await
+        .map_err(|e| match e {
+            orgbase_db::ReqError::Forbidden(m) => ApiError::SignupClosed(m),
+            e => e.into(),
+        })?,
+    };
     Ok((StatusCode::CREATED, Json(User { id, email, name })).into_response())
 }
 
@@ -453,9 +504,10 @@ pub async fn logout(
     }
 }
 
-/// The caller's account and organizations.
+/// The caller's account and organizations, and whether the account is an instance operator
+/// (`operator`).
 #[utoipa::path(get, path = "/v1/me", tag = "auth",
-    responses((status = 200, description = "Account, MFA state and organizations with roles", body = Object),
+    responses((status = 200, description = "Account, MFA state, operator flag and organizations with roles", body = Object),
               (status = 401, body = crate::error::Problem)))]
 pub async fn me(
     State(state): State<AppState>,
@@ -463,13 +515,15 @@ pub async fn me(
 ) -> Result<Response, ApiError> {
     let rows = plain(
         &state.pool,
-        "SELECT orgbase.me($1)::text",
+        "SELECT orgbase.me($1)::text, orgbase.is_operator($1)",
         &[&&caller.cred_hash[..]],
     )
     .await?;
     let body: String = rows.first().map(|r| r.get(0)).unwrap_or_default();
     let mut me: serde_json::Map<String, serde_json::Value> =
         serde_json::from_str(&body).map_err(ApiError::internal)?;
+    let operator: bool = rows.first().map(|r| r.get(1)).unwrap_or(false);
+    me.insert("operator".into(), operator.into());
     state.fields.open_account_json(&mut me, "id")?;
     Ok(Json(me).into_response())
 }

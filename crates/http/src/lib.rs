@@ -5,6 +5,7 @@ pub mod access;
 pub mod analytics;
 pub mod audit;
 pub mod consent;
+pub mod console;
 pub mod contract;
 pub mod error;
 pub mod extract;
@@ -12,6 +13,7 @@ pub mod health;
 pub mod identity;
 pub mod metrics;
 pub mod middleware;
+pub mod operator;
 pub mod orgs;
 pub mod privacy;
 pub mod slo;
@@ -152,6 +154,8 @@ pub struct Shared {
     /// The latency targets `/v1/slo` reports against, and its last answer.
     slo_targets: orgbase_db::slo::Targets,
     slo_cache: slo::Cache,
+    /// `server.signup`: who may create an account.
+    pub signup: orgbase_core::config::SignupMode,
 }
 
 impl AppState {
@@ -213,6 +217,7 @@ impl AppState {
         (name = "privacy", description = "GDPR: export and erasure of a person's data, with certificates of deletion"),
         (name = "consent", description = "Consent records, retention policies and legal holds"),
         (name = "analytics", description = "Differentially private aggregates and the organization's privacy budget"),
+        (name = "operator", description = "Instance operators: every organization and account, no tenant data"),
         (name = "records", description = "The generic API over every tenant table (notes, projects, tasks, …)"),
     ),
     modifiers(&BearerAuth),
@@ -295,6 +300,9 @@ fn routes() -> OpenApiRouter<AppState> {
         .routes(routes!(analytics::query))
         .routes(routes!(analytics::budget))
         .routes(routes!(analytics::charges))
+        .routes(routes!(operator::orgs))
+        .routes(routes!(operator::accounts))
+        .routes(routes!(operator::set_status))
         .routes(routes!(tables::list, tables::create))
         .routes(routes!(tables::get, tables::update, tables::delete))
         .routes(routes!(tables::restore))
@@ -327,6 +335,8 @@ pub struct HttpSettings {
     pub cors_origins: Vec<String>,
     /// The latency targets of `/v1/slo` (`[slo]`).
     pub slo: orgbase_db::slo::Targets,
+    /// `server.signup`: who may create an account.
+    pub signup: orgbase_core::config::SignupMode,
 }
 
 impl From<&Config> for HttpSettings {
@@ -338,6 +348,7 @@ impl From<&Config> for HttpSettings {
             trusted_proxies: c.server.trusted_proxies(),
             cors_origins: c.server.cors_origins.clone(),
             slo: orgbase_db::slo::Targets::from(&c.slo),
+            signup: c.server.signup,
         }
     }
 }
@@ -369,8 +380,9 @@ pub fn app(services: Services, latest_migration: i64, settings: &HttpSettings) -
         login_throttle: throttle::LoginThrottle::default(),
         slo_targets: settings.slo,
         slo_cache: slo::Cache::default(),
+        signup: settings.signup,
     }));
-    let router = router
+    let api = router
         .route_layer(axum::middleware::from_fn(middleware::matched_route))
         .fallback(|| async { ApiError::NotFound })
         .layer(axum::middleware::from_fn_with_state(
@@ -379,11 +391,21 @@ pub fn app(services: Services, latest_migration: i64, settings: &HttpSettings) -
         ))
         .layer(DefaultBodyLimit::max(settings.body_limit_bytes))
         .layer(RequestBodyLimitLayer::new(settings.body_limit_bytes))
+        .with_state(state.clone());
+    // The console calls the API in-process (console::Console::call), past the outermost layer:
+    // a console request is observed and logged once, as the console route it is.
+    let console = console::router(api.clone(), state.clone(), settings);
+    let router = api
+        .nest("/console", console)
+        // The console's home is `/console`; with a trailing slash, the same.
+        .route(
+            "/console/",
+            axum::routing::get(|| async { console::see_other("/console") }),
+        )
         .layer(axum::middleware::from_fn_with_state(
-            state.clone(),
+            state,
             middleware::observe,
-        ))
-        .with_state(state);
+        ));
     match cors(&settings.cors_origins) {
         Some(layer) => router.layer(layer),
         None => router,

@@ -60,7 +60,14 @@ pub async fn observe(State(state): State<AppState>, mut req: Request, next: Next
         .unwrap_or_else(|| "unmatched".to_string());
     span.record("route", route.as_str());
     let status = resp.status();
+    // The console's pages (HTML) say what went wrong themselves; everything else errs in
+    // problem+json.
+    let html = resp
+        .headers()
+        .get(header::CONTENT_TYPE)
+        .is_some_and(|ct| ct.as_bytes().starts_with(b"text/html"));
     if (status.is_client_error() || status.is_server_error())
+        && !html
         && resp
             .headers()
             .get(header::CONTENT_TYPE)
@@ -68,7 +75,7 @@ pub async fn observe(State(state): State<AppState>, mut req: Request, next: Next
     {
         resp = ApiError::from(status).into_response();
     }
-    if status.is_client_error() || status.is_server_error() {
+    if (status.is_client_error() || status.is_server_error()) && !html {
         resp = with_request_id_in_problem(resp, &id).await;
     }
     resp = json_ends_with_newline(resp).await;

@@ -65,7 +65,7 @@ async fn admin_change(
 }
 
 /// The first column of the first row, as JSON text.
-fn first_json(rows: &[tokio_postgres::Row]) -> Result<String, ReqError> {
+pub(crate) fn first_json(rows: &[tokio_postgres::Row]) -> Result<String, ReqError> {
     rows.first()
         .map(|r| r.get::<_, String>(0))
         .ok_or(ReqError::NotFound)

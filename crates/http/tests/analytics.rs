@@ -66,6 +66,7 @@ async fn world() -> World {
         trusted_proxies: Vec::new(),
         cors_origins: Vec::new(),
         slo: Default::default(),
+        signup: Default::default(),
     };
     let base = spawn_app(app(
         services,
@@ -344,11 +345,11 @@ async fn the_dataset_holds_no_sensitive_value_and_no_class_under_k() {
 }
 
 /// k-anonymity of `table` checked independently, by pycanon (PyPI), run by the Python named in
-/// `ORGBASE_PYCANON_PYTHON` (CI's own virtualenv) or `python3`. Required in CI; skipped with a
+/// `PYCANON_PYTHON` (CI's own virtualenv) or `python3`. Required in CI; skipped with a
 /// note where that Python has no pycanon.
 async fn pycanon_k(admin: &tokio_postgres::Client, table: &str, qi: &[String], k: i64) {
     let script = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../scripts/kanon.py");
-    let python = std::env::var_os("ORGBASE_PYCANON_PYTHON").unwrap_or_else(|| "python3".into());
+    let python = std::env::var_os("PYCANON_PYTHON").unwrap_or_else(|| "python3".into());
     let has = std::process::Command::new(&python)
         .args(["-c", "import pycanon"])
         .status()

@@ -20,6 +20,7 @@ fn settings() -> HttpSettings {
         trusted_proxies: Vec::new(),
         cors_origins: Vec::new(),
         slo: Default::default(),
+        signup: Default::default(),
     }
 }
 

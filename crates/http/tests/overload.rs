@@ -21,6 +21,7 @@ async fn start(db: &TestDb, pool: Pool) -> Api {
         trusted_proxies: Vec::new(),
         cors_origins: Vec::new(),
         slo: Default::default(),
+        signup: Default::default(),
     };
     let latest = orgbase_db::Migrator::embedded("t").latest();
     Api::new(spawn_app(app(services, latest, &settings)).await)

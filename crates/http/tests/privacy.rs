@@ -67,6 +67,7 @@ impl World {
             trusted_proxies: Vec::new(),
             cors_origins: Vec::new(),
             slo: Default::default(),
+            signup: Default::default(),
         };
         let base = spawn_app(app(
             services,

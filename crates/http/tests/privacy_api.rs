@@ -29,6 +29,7 @@ async fn world() -> World {
         trusted_proxies: Vec::new(),
         cors_origins: Vec::new(),
         slo: Default::default(),
+        signup: Default::default(),
     };
     let base = spawn_app(app(
         services,

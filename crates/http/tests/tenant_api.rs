@@ -35,6 +35,7 @@ async fn world() -> World {
         trusted_proxies: Vec::new(),
         cors_origins: Vec::new(),
         slo: Default::default(),
+        signup: Default::default(),
     };
     let base = spawn_app(app(
         services,
@@ -946,6 +947,7 @@ async fn forwarded_addresses_count_only_from_trusted_proxies() {
             trusted_proxies: vec!["127.0.0.1/32".parse().unwrap()],
             cors_origins: Vec::new(),
             slo: Default::default(),
+            signup: Default::default(),
         },
     ))
     .await;

@@ -1,0 +1,810 @@
+//! The web console over real HTTP and a real database: the route × role matrix generated from
+//! the console's own route table, and attacks — another organization's ids in URLs and forms,
+//! cross-origin posts, the Content-Security-Policy on every page, values a person may not read.
+//! The browser suite (tests/console_browser.rs) drives the same pages in Chromium.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)] // tests fail loudly
+
+use std::time::Duration;
+
+use orgbase_http::console::{self, Perm};
+use orgbase_http::{HttpSettings, Services, app};
+use orgbase_testkit::{Api, TestDb, spawn_app};
+use reqwest::{Method, StatusCode, redirect};
+use serde_json::json;
+
+struct World {
+    db: TestDb,
+    api: Api,
+    /// A client that does not follow redirects: a handled form answers 303.
+    http: reqwest::Client,
+    /// (name, user id, session token) by role in org A; "operator" belongs to no organization.
+    people: Vec<(&'static str, String, String)>,
+    b_owner: (String, String),
+    a_note: String,
+    b_note: String,
+    b_member: String,
+}
+
+async fn world_with(settings: HttpSettings) -> World {
+    let db = TestDb::migrated().await;
+    let admin = db.admin().await;
+    let services = Services::load(db.pool(), &admin).await.unwrap();
+    let base = spawn_app(app(
+        services,
+        orgbase_db::Migrator::embedded("t").latest(),
+        &settings,
+    ))
+    .await;
+    let api = Api::new(base);
+    let owner = api.user("owner@a.example").await;
+    let b_owner = api.user("owner@b.example").await;
+    api.ok(
+        Method::POST,
+        "/v1/orgs",
+        &owner.1,
+        Some(json!({"name": "Org A", "slug": "org-a"})),
+    )
+    .await;
+    api.ok(
+        Method::POST,
+        "/v1/orgs",
+        &b_owner.1,
+        Some(json!({"name": "Org B secret name", "slug": "org-b"})),
+    )
+    .await;
+    let mut people = vec![("owner", owner.0.clone(), owner.1.clone())];
+    for (role, org_role, app_role) in [
+        ("admin", "admin", None),
+        ("manager", "manager", None),
+        ("member", "member", Some("editor")),
+        ("viewer", "member", Some("viewer")),
+    ] {
+        let email = format!("{role}@a.example");
+        let (id, token) = api.user(&email).await;
+        api.join("org-a", &owner.1, &email, &token, org_role).await;
+        if let Some(r) = app_role {
+            api.ok(
+                Method::PUT,
+                &format!("/v1/orgs/org-a/members/{id}/apps/notes"),
+                &owner.1,
+                Some(json!({"role": r})),
+            )
+            .await;
+        }
+        people.push((role, id, token));
+    }
+    let op = api.user("operator@example.com").await;
+    admin
+        .execute(
+            "INSERT INTO orgbase.instance_admins (user_id, granted_by) VALUES ($1::text::uuid, 'cli')",
+            &[&op.0],
+        )
+        .await
+        .unwrap();
+    people.push(("operator", op.0, op.1));
+    let b_member_acct = api.user("member@b.example").await;
+    api.join(
+        "org-b",
+        &b_owner.1,
+        "member@b.example",
+        &b_member_acct.1,
+        "member",
+    )
+    .await;
+    let a_note = api
+        .ok(
+            Method::POST,
+            "/v1/orgs/org-a/notes",
+            &owner.1,
+            Some(json!({"title": "A's note", "body": "a body"})),
+        )
+        .await["id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let b_note = api
+        .ok(
+            Method::POST,
+            "/v1/orgs/org-b/notes",
+            &b_owner.1,
+            Some(json!({"title": "B's secret title", "body": "B's secret body"})),
+        )
+        .await["id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    World {
+        db,
+        http: reqwest::Client::builder()
+            .redirect(redirect::Policy::none())
+            .build()
+            .unwrap(),
+        api,
+        people,
+        b_owner,
+        a_note,
+        b_note,
+        b_member: b_member_acct.0,
+    }
+}
+
+fn settings() -> HttpSettings {
+    HttpSettings {
+        request_timeout: Duration::from_secs(20),
+        body_limit_bytes: 64 * 1024,
+        access_log: false,
+        trusted_proxies: Vec::new(),
+        cors_origins: Vec::new(),
+        slo: Default::default(),
+        signup: Default::default(),
+    }
+}
+
+async fn world() -> World {
+    world_with(settings()).await
+}
+
+struct Page {
+    status: StatusCode,
+    csp: Option<String>,
+    html: bool,
+    body: String,
+}
+
+impl World {
+    fn token(&self, role: &str) -> Option<&str> {
+        self.people
+            .iter()
+            .find(|(r, _, _)| *r == role)
+            .map(|(_, _, t)| t.as_str())
+    }
+
+    async fn console(
+        &self,
+        method: Method,
+        path: &str,
+        token: Option<&str>,
+        form: &[(&str, &str)],
+        headers: &[(&str, &str)],
+    ) -> Page {
+        let mut req = self
+            .http
+            .request(method.clone(), format!("{}/console{path}", self.api.base));
+        if let Some(t) = token {
+            req = req.header("cookie", format!("{}={t}", console::COOKIE));
+        }
+        for (k, v) in headers {
+            req = req.header(*k, *v);
+        }
+        if method == Method::POST {
+            req = req.form(form);
+        }
+        let resp = req.send().await.unwrap();
+        let status = resp.status();
+        let csp = resp
+            .headers()
+            .get("content-security-policy")
+            .map(|v| v.to_str().unwrap().to_string());
+        let html = resp
+            .headers()
+            .get("content-type")
+            .is_some_and(|v| v.to_str().unwrap().starts_with("text/html"));
+        Page {
+            status,
+            csp,
+            html,
+            body: resp.text().await.unwrap(),
+        }
+    }
+}
+
+/// What a role gets of a route: by its declared permission and what the API allows behind it.
+#[derive(Debug, PartialEq)]
+enum Expect {
+    Allowed,
+    Forbidden,
+    /// The row exists but not for this role: the API's 404, as for another organization's.
+    Hidden,
+    /// A write the role may not make, to a row that exists nowhere: 403 or 404, as the API
+    /// finds first (either way nothing is written and nothing is shown).
+    Refused,
+}
+
+fn expected(perm: Perm, method: &str, path: &str, role: &str) -> Expect {
+    let in_org = matches!(role, "owner" | "admin" | "manager" | "member" | "viewer");
+    let by_perm = match perm {
+        Perm::Public => true,
+        Perm::SignedIn => role != "signed-out",
+        Perm::Member => in_org,
+        Perm::Admin => matches!(role, "owner" | "admin"),
+        Perm::Operator => role == "operator",
+    };
+    // Behind the console, the API: an app's viewer, and a manager with no role in the app, read
+    // its tables and write none.
+    let table_route = path.starts_with("/orgs/{org}/tables/");
+    let writes = method == "POST";
+    let by_api = match role {
+        "viewer" | "manager" if table_route && writes => false,
+        _ => true,
+    };
+    // A manager without a role in the app sees its rows of their own teams only: the owner's
+    // note is not among them.
+    if by_perm && role == "manager" && method == "GET" && path == "/orgs/{org}/tables/{table}/{id}"
+    {
+        return Expect::Hidden;
+    }
+    let one_row = path.starts_with("/orgs/{org}/tables/{table}/{id}");
+    if by_perm && !by_api && one_row {
+        return Expect::Refused;
+    }
+    if by_perm && by_api {
+        Expect::Allowed
+    } else {
+        Expect::Forbidden
+    }
+}
+
+/// The path of a route with this world's ids: pages get real ones (they must render); actions
+/// get ids that exist nowhere, so that a permitted action changes nothing of the fixtures.
+fn concrete(w: &World, method: &str, path: &str) -> String {
+    let nowhere = "01900000-0000-7000-8000-000000000000";
+    let id = if method == "GET" {
+        w.a_note.as_str()
+    } else {
+        nowhere
+    };
+    let path = if path == "/" { "" } else { path };
+    path.replace("{org}", "org-a")
+        .replace("{user}", nowhere)
+        .replace("{table}", "notes")
+        .replace("{id}", id)
+        .replace("{file}", "console.css")
+}
+
+const ROLES: [&str; 7] = [
+    "owner",
+    "admin",
+    "manager",
+    "member",
+    "viewer",
+    "operator",
+    "signed-out",
+];
+
+#[tokio::test]
+async fn every_route_answers_each_role_as_its_permission_says() {
+    let w = world().await;
+    let routes = console::routes();
+    assert!(routes.len() >= 25, "the console's route table");
+    let mut checked = 0;
+    for route in &routes {
+        for role in ROLES {
+            // Signing out ends the session: a session of its own.
+            let fresh;
+            let token = if route.path == "/logout" && role != "signed-out" {
+                let email = match role {
+                    "operator" => "operator@example.com".to_string(),
+                    r => format!("{r}@a.example"),
+                };
+                let (_, v) = w
+                    .api
+                    .call(
+                        Method::POST,
+                        "/v1/auth/login",
+                        None,
+                        Some(json!({"email": email, "password": "password-1234"})),
+                    )
+                    .await;
+                fresh = v["token"].as_str().unwrap().to_string();
+                Some(fresh.as_str())
+            } else {
+                w.token(role)
+            };
+            let method = Method::from_bytes(route.method.as_bytes()).unwrap();
+            let path = concrete(&w, route.method, route.path);
+            // A valid row, so that what decides is the role, not the body.
+            let form: &[(&str, &str)] = if route.path == "/orgs/{org}/tables/{table}" {
+                &[("title", "from the matrix")]
+            } else {
+                &[]
+            };
+            let page = w.console(method, &path, token, form, &[]).await;
+            let expect = expected(route.perm, route.method, route.path, role);
+            let what = format!("{} {path} as {role}: {}", route.method, page.status);
+            if expect == Expect::Hidden {
+                assert_eq!(page.status, StatusCode::NOT_FOUND, "{what}: {}", page.body);
+            } else if expect == Expect::Refused {
+                assert!(
+                    matches!(page.status.as_u16(), 403 | 404),
+                    "{what}: {}",
+                    page.body
+                );
+            } else if expect == Expect::Allowed {
+                assert_ne!(page.status, StatusCode::FORBIDDEN, "{what}: {}", page.body);
+                assert!(page.status.as_u16() < 500, "{what}: {}", page.body);
+                if route.method == "GET" && route.path != "/login" {
+                    assert_eq!(page.status, StatusCode::OK, "{what}: {}", page.body);
+                }
+            } else {
+                assert_eq!(page.status, StatusCode::FORBIDDEN, "{what}: {}", page.body);
+            }
+            // Every page, refusals included, carries the policy.
+            let csp = page.csp.unwrap_or_else(|| panic!("{what}: no CSP"));
+            assert_eq!(csp, console::CSP, "{what}");
+            if page.html {
+                assert!(
+                    !page.body.contains("<script>") && !page.body.contains(" style="),
+                    "{what}: inline script or style"
+                );
+            }
+            checked += 1;
+        }
+    }
+    assert_eq!(checked, routes.len() * ROLES.len());
+    // The policy itself: no inline code, no eval, no framing.
+    for bad in ["unsafe-inline", "unsafe-eval", "*"] {
+        assert!(!console::CSP.contains(bad), "{bad}");
+    }
+    assert!(console::CSP.contains("frame-ancestors 'none'"));
+}
+
+#[tokio::test]
+async fn another_organizations_ids_change_and_show_nothing() {
+    let w = world().await;
+    let owner = w.token("owner");
+    // B's pages, by slug, as A's owner: refused, and nothing of B in the answer.
+    for path in [
+        "/orgs/org-b",
+        "/orgs/org-b/members",
+        "/orgs/org-b/api-keys",
+        "/orgs/org-b/audit",
+        "/orgs/org-b/audit/export?format=json",
+        "/orgs/org-b/tables/notes",
+        format!("/orgs/org-b/tables/notes/{}", w.b_note).as_str(),
+    ] {
+        let page = w.console(Method::GET, path, owner, &[], &[]).await;
+        assert_eq!(page.status, StatusCode::FORBIDDEN, "{path}");
+        for secret in ["Org B secret name", "B's secret", "member@b.example"] {
+            assert!(!page.body.contains(secret), "{path} shows {secret}");
+        }
+    }
+    // B's row through A's URL: the API finds no such row in A.
+    let page = w
+        .console(
+            Method::GET,
+            &format!("/orgs/org-a/tables/notes/{}", w.b_note),
+            owner,
+            &[],
+            &[],
+        )
+        .await;
+    assert_eq!(page.status, StatusCode::NOT_FOUND);
+    assert!(!page.body.contains("B's secret"));
+    // Actions with B's ids through A's URLs: nothing changes in B.
+    let b_member = w.b_member.clone();
+    for (path, form) in [
+        (format!("/orgs/org-a/members/{b_member}/remove"), vec![]),
+        (
+            format!("/orgs/org-a/members/{b_member}/role"),
+            vec![("role", "owner")],
+        ),
+        (
+            format!("/orgs/org-a/tables/notes/{}", w.b_note),
+            vec![("title", "defaced"), ("_etag", "\"1\"")],
+        ),
+        (
+            format!("/orgs/org-a/tables/notes/{}/delete", w.b_note),
+            vec![],
+        ),
+    ] {
+        let page = w.console(Method::POST, &path, owner, &form, &[]).await;
+        assert!(
+            page.status.is_client_error(),
+            "{path}: {} {}",
+            page.status,
+            page.body
+        );
+    }
+    let members = w
+        .api
+        .ok(Method::GET, "/v1/orgs/org-b/members", &w.b_owner.1, None)
+        .await;
+    let m = members["items"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|m| m["user_id"] == b_member.as_str())
+        .expect("B's member is still there");
+    assert_eq!(m["role"], "member");
+    let note = w
+        .api
+        .ok(
+            Method::GET,
+            &format!("/v1/orgs/org-b/notes/{}", w.b_note),
+            &w.b_owner.1,
+            None,
+        )
+        .await;
+    assert_eq!(note["title"], "B's secret title");
+}
+
+#[tokio::test]
+async fn cross_origin_posts_are_refused_and_change_nothing() {
+    let w = world().await;
+    let owner = w.token("owner");
+    let form = [("name", "planted"), ("scopes", "notes:read")];
+    for headers in [
+        vec![("origin", "https://evil.example")],
+        vec![("sec-fetch-site", "cross-site")],
+        vec![("sec-fetch-site", "same-site")],
+        vec![
+            ("origin", "https://evil.example"),
+            ("sec-fetch-site", "cross-site"),
+        ],
+    ] {
+        let page = w
+            .console(Method::POST, "/orgs/org-a/api-keys", owner, &form, &headers)
+            .await;
+        assert_eq!(page.status, StatusCode::FORBIDDEN, "{headers:?}");
+        assert_eq!(page.csp.as_deref(), Some(console::CSP));
+    }
+    let keys = w
+        .api
+        .ok(Method::GET, "/v1/orgs/org-a/api-keys", owner.unwrap(), None)
+        .await;
+    assert_eq!(keys["items"].as_array().unwrap().len(), 0, "{keys}");
+    // The same form from the console's own origin goes through, and shows the key once.
+    let base = w.api.base.clone();
+    let host = base.trim_start_matches("http://");
+    for headers in [
+        vec![("sec-fetch-site", "same-origin")],
+        vec![("origin", base.as_str()), ("host", host)],
+    ] {
+        let page = w
+            .console(Method::POST, "/orgs/org-a/api-keys", owner, &form, &headers)
+            .await;
+        assert_eq!(page.status, StatusCode::OK, "{headers:?}: {}", page.body);
+        assert!(page.body.contains("obk_"), "the new key is shown");
+    }
+    // Cookie-less: a signed-out post is refused without touching the API.
+    let page = w
+        .console(Method::POST, "/orgs/org-a/api-keys", None, &form, &[])
+        .await;
+    assert_eq!(page.status, StatusCode::FORBIDDEN);
+}
+
+#[tokio::test]
+async fn values_a_person_may_not_read_never_reach_their_page() {
+    let w = world().await;
+    let admin = w.db.admin().await;
+    admin
+        .batch_execute(
+            "SET ROLE orgbase_owner;
+             CREATE TABLE orgbase.patients (name text NOT NULL, diagnosis text);
+             SELECT orgbase.make_tenant_table('orgbase.patients', 'notes');
+             SELECT orgbase.classify('orgbase.patients', 'diagnosis', 'phi');
+             RESET ROLE;",
+        )
+        .await
+        .unwrap();
+    tokio::time::sleep(Duration::from_millis(1100)).await; // the catalog reloads once a second
+    let owner = w.token("owner").unwrap();
+    let e = w
+        .api
+        .ok(Method::POST, "/v1/auth/mfa/totp/enroll", owner, None)
+        .await;
+    let secret = totp_rs::Secret::Encoded(e["secret"].as_str().unwrap().to_string())
+        .to_bytes()
+        .unwrap();
+    let totp = orgbase_db::auth::totp(&secret, "owner@a.example").unwrap();
+    w.api
+        .ok(
+            Method::POST,
+            "/v1/auth/mfa/totp/verify",
+            owner,
+            Some(json!({"code": totp.generate_current().unwrap()})),
+        )
+        .await;
+    // A session that passed MFA (a fresh login with the code).
+    let (_, s) = w
+        .api
+        .call(
+            Method::POST,
+            "/v1/auth/login",
+            None,
+            Some(
+                json!({"email": "owner@a.example", "password": "password-1234",
+                        "totp": totp.generate_current().unwrap()}),
+            ),
+        )
+        .await;
+    let mfa = s["token"].as_str().unwrap().to_string();
+    let p = w
+        .api
+        .ok(
+            Method::POST,
+            "/v1/orgs/org-a/patients",
+            &mfa,
+            Some(json!({"name": "P", "diagnosis": "diagnosis-xyzzy"})),
+        )
+        .await;
+    let pid = p["id"].as_str().unwrap();
+    // With MFA the owner sees it; the table's list and the row's page.
+    let page = w
+        .console(
+            Method::GET,
+            "/orgs/org-a/tables/patients",
+            Some(&mfa),
+            &[],
+            &[],
+        )
+        .await;
+    assert_eq!(page.status, StatusCode::OK, "{}", page.body);
+    assert!(page.body.contains("diagnosis-xyzzy"));
+    // Without MFA (the admin's session, and the manager with no role in the app): refused, and
+    // the value is nowhere in the page.
+    for role in ["admin", "manager", "viewer"] {
+        for path in [
+            "/orgs/org-a/tables/patients".to_string(),
+            format!("/orgs/org-a/tables/patients/{pid}"),
+        ] {
+            let page = w.console(Method::GET, &path, w.token(role), &[], &[]).await;
+            assert_eq!(page.status, StatusCode::FORBIDDEN, "{role} {path}");
+            assert!(!page.body.contains("diagnosis-xyzzy"), "{role} {path}");
+        }
+    }
+    // The audit export as the owner holds the entry, never to a member.
+    let page = w
+        .console(
+            Method::GET,
+            "/orgs/org-a/audit/export?format=csv",
+            w.token("member"),
+            &[],
+            &[],
+        )
+        .await;
+    assert_eq!(page.status, StatusCode::FORBIDDEN);
+}
+
+#[tokio::test]
+async fn signing_in_sets_a_strict_http_only_cookie_and_signing_out_ends_the_session() {
+    let w = world().await;
+    let resp = w
+        .http
+        .post(format!("{}/console/login", w.api.base))
+        .form(&[
+            ("email", "admin@a.example"),
+            ("password", "password-1234"),
+            ("next", "/console/orgs/org-a/members"),
+        ])
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), StatusCode::SEE_OTHER);
+    assert_eq!(resp.headers()["location"], "/console/orgs/org-a/members");
+    let cookie = resp.headers()["set-cookie"].to_str().unwrap().to_string();
+    for part in ["HttpOnly", "SameSite=Strict", "Path=/console"] {
+        assert!(cookie.contains(part), "{cookie}");
+    }
+    assert!(!cookie.contains("Secure"), "plain HTTP: {cookie}");
+    let token = cookie
+        .split(';')
+        .next()
+        .unwrap()
+        .split_once('=')
+        .unwrap()
+        .1
+        .to_string();
+    let page = w
+        .console(Method::GET, "/orgs/org-a/members", Some(&token), &[], &[])
+        .await;
+    assert_eq!(page.status, StatusCode::OK);
+    assert!(page.body.contains("member@a.example"));
+    // A redirect elsewhere is not followed.
+    for next in ["https://evil.example/", "//evil.example/", "/v1/me"] {
+        let resp = w
+            .http
+            .post(format!("{}/console/login", w.api.base))
+            .form(&[
+                ("email", "admin@a.example"),
+                ("password", "password-1234"),
+                ("next", next),
+            ])
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(resp.headers()["location"], "/console", "{next}");
+    }
+    // Wrong password: the form again, 401, no cookie.
+    let resp = w
+        .http
+        .post(format!("{}/console/login", w.api.base))
+        .form(&[("email", "admin@a.example"), ("password", "wrong-password")])
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), StatusCode::UNAUTHORIZED);
+    assert!(resp.headers().get("set-cookie").is_none());
+    // Sign out: the session is over for the API too.
+    let page = w
+        .console(Method::POST, "/logout", Some(&token), &[], &[])
+        .await;
+    assert_eq!(page.status, StatusCode::SEE_OTHER);
+    let (s, _) = w.api.call(Method::GET, "/v1/me", Some(&token), None).await;
+    assert_eq!(s, StatusCode::UNAUTHORIZED);
+    let page = w
+        .console(Method::GET, "/orgs/org-a/members", Some(&token), &[], &[])
+        .await;
+    assert_eq!(page.status, StatusCode::FORBIDDEN);
+    assert!(page.body.contains("Sign in"));
+    // …whose form brings the person back to the page.
+    assert!(
+        page.body
+            .contains(r#"name="next" value="/console/orgs/org-a/members""#),
+        "{}",
+        page.body
+    );
+    // Behind a trusted proxy that terminates TLS, the cookie is Secure.
+    let mut s = settings();
+    s.trusted_proxies = vec!["127.0.0.1/32".parse().unwrap()];
+    let w = world_with(s).await;
+    let resp = w
+        .http
+        .post(format!("{}/console/login", w.api.base))
+        .header("x-forwarded-proto", "https")
+        .form(&[("email", "admin@a.example"), ("password", "password-1234")])
+        .send()
+        .await
+        .unwrap();
+    let cookie = resp.headers()["set-cookie"].to_str().unwrap();
+    assert!(cookie.contains("; Secure"), "{cookie}");
+}
+
+#[tokio::test]
+async fn the_embedded_assets_stay_small_and_scripts_load_with_integrity() {
+    let total: usize = console_sizes().iter().map(|(_, gz)| gz).sum();
+    assert!(total < 300 * 1024, "{total} bytes gzipped");
+    let w = world().await;
+    let page = w.console(Method::GET, "", w.token("owner"), &[], &[]).await;
+    assert_eq!(page.status, StatusCode::OK);
+    let scripts: Vec<&str> = page
+        .body
+        .match_indices("<script ")
+        .map(|(i, _)| &page.body[i..])
+        .collect();
+    assert_eq!(scripts.len(), 2);
+    for s in scripts {
+        let tag = &s[..s.find('>').unwrap()];
+        assert!(tag.contains("integrity=\"sha384-"), "{tag}");
+    }
+    assert!(page.body.contains("\"allowEval\":false"));
+}
+
+/// Each embedded file's gzipped size (`gzip -9 -c`).
+fn console_sizes() -> Vec<(String, usize)> {
+    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("assets");
+    let mut out = Vec::new();
+    for entry in std::fs::read_dir(&dir).unwrap() {
+        let path = entry.unwrap().path();
+        let name = path.file_name().unwrap().to_str().unwrap().to_string();
+        if !(name.ends_with(".js") || name.ends_with(".css")) {
+            continue;
+        }
+        let gz = std::process::Command::new("gzip")
+            .args(["-9", "-c"])
+            .arg(&path)
+            .output()
+            .unwrap();
+        assert!(gz.status.success());
+        out.push((name, gz.stdout.len()));
+    }
+    assert!(out.len() >= 3, "{out:?}");
+    out
+}
+
+#[tokio::test]
+async fn sign_up_follows_the_server_setting() {
+    use orgbase_core::config::SignupMode;
+    let w = world().await;
+    let owner = w.token("owner").unwrap();
+    let inv = w
+        .api
+        .ok(
+            Method::POST,
+            "/v1/orgs/org-a/invitations",
+            owner,
+            Some(json!({"email": "invited@a.example", "role": "member"})),
+        )
+        .await;
+    let token = inv["token"].as_str().unwrap().to_string();
+    let revoked = w
+        .api
+        .ok(
+            Method::POST,
+            "/v1/orgs/org-a/invitations",
+            owner,
+            Some(json!({"email": "revoked@a.example", "role": "member"})),
+        )
+        .await;
+    w.api
+        .ok(
+            Method::DELETE,
+            &format!(
+                "/v1/orgs/org-a/invitations/{}",
+                revoked["id"].as_str().unwrap()
+            ),
+            owner,
+            None,
+        )
+        .await;
+    // A second server over the same database, with another setting.
+    let serve = |mode| {
+        let db = &w.db;
+        async move {
+            let services = Services::load(db.pool(), &db.admin().await).await.unwrap();
+            let mut s = settings();
+            s.signup = mode;
+            Api::new(
+                spawn_app(app(
+                    services,
+                    orgbase_db::Migrator::embedded("t").latest(),
+                    &s,
+                ))
+                .await,
+            )
+        }
+    };
+    let signup = |email: &str, invitation: Option<&str>| {
+        let mut body = json!({"email": email, "password": "password-1234"});
+        if let Some(t) = invitation {
+            body["invitation"] = t.into();
+        }
+        body
+    };
+    let invite_only = serve(SignupMode::InviteOnly).await;
+    for (email, invitation) in [
+        ("stranger@a.example", None),
+        ("stranger@a.example", Some(token.as_str())),
+        ("revoked@a.example", revoked["token"].as_str()),
+        ("invited@a.example", Some("obi_not-a-token")),
+    ] {
+        invite_only
+            .expect(
+                Method::POST,
+                "/v1/auth/signup",
+                None,
+                Some(signup(email, invitation)),
+                403,
+                "signup-closed",
+            )
+            .await;
+    }
+    let (s, v) = invite_only
+        .call(
+            Method::POST,
+            "/v1/auth/signup",
+            None,
+            Some(signup("invited@a.example", Some(&token))),
+        )
+        .await;
+    assert_eq!(s, StatusCode::CREATED, "{v}");
+    let closed = serve(SignupMode::Closed).await;
+    closed
+        .expect(
+            Method::POST,
+            "/v1/auth/signup",
+            None,
+            Some(signup("late@a.example", Some(&token))),
+            403,
+            "signup-closed",
+        )
+        .await;
+    // Nothing of the refused sign-ups was stored.
+    let admin = w.db.admin().await;
+    let n: i64 = admin
+        .query_one("SELECT count(*) FROM orgbase.users", &[])
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(n, 9, "the world's eight accounts and the invited one");
+}
