@@ -34,6 +34,7 @@ pub async fn orgs(
 }
 
 #[derive(Debug, Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
 #[serde(deny_unknown_fields)]
 pub struct AccountsPage {
     /// The `next_before` of the previous page.
