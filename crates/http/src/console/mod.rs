@@ -475,6 +475,17 @@ impl Answer {
         serde_json::from_slice(&self.body).unwrap_or(Value::Null)
     }
 
+    /// The `items` of a list answer.
+    pub fn items(&self) -> Vec<Value> {
+        match self.json() {
+            Value::Object(mut o) => match o.remove("items") {
+                Some(Value::Array(items)) => items,
+                _ => Vec::new(),
+            },
+            _ => Vec::new(),
+        }
+    }
+
     /// What went wrong, as the problem document says it: its detail, or its title.
     pub fn problem(&self) -> String {
         let v = self.json();
@@ -564,6 +575,16 @@ impl Console {
 
     pub(crate) async fn get(&self, ctx: &Ctx, path: &str) -> Answer {
         self.call(ctx, Method::GET, path, None, &[]).await
+    }
+
+    /// `GET` that a page cannot do without: the answer, or the page that says why it failed.
+    pub(crate) async fn get_ok(&self, ctx: &Ctx, path: &str) -> Result<Answer, Response> {
+        let a = self.get(ctx, path).await;
+        if a.ok() {
+            Ok(a)
+        } else {
+            Err(pages::refused(a.status, &a.problem()))
+        }
     }
 }
 

@@ -334,10 +334,10 @@ pub(crate) async fn org_home(
     Path(org): Path<String>,
     RawQuery(q): RawQuery,
 ) -> Response {
-    let a = c.get(&ctx, &format!("/v1/orgs/{}", enc(&org))).await;
-    if !a.ok() {
-        return refused(a.status, &a.problem());
-    }
+    let a = match c.get_ok(&ctx, &format!("/v1/orgs/{}", enc(&org))).await {
+        Ok(a) => a,
+        Err(page) => return page,
+    };
     let o = a.json();
     let layout = Layout::new(&ctx, text(&o["name"]), Some(&org)).with(done(&q), "");
     let role = layout
@@ -399,17 +399,18 @@ async fn members_page(
     status: StatusCode,
     invited: String,
 ) -> Response {
-    let m = c.get(ctx, &format!("/v1/orgs/{}/members", enc(org))).await;
-    if !m.ok() {
-        return refused(m.status, &m.problem());
-    }
+    let m = match c
+        .get_ok(ctx, &format!("/v1/orgs/{}/members", enc(org)))
+        .await
+    {
+        Ok(a) => a,
+        Err(page) => return page,
+    };
     let i = c
         .get(ctx, &format!("/v1/orgs/{}/invitations", enc(org)))
         .await;
-    let members = m.json()["items"]
-        .as_array()
-        .cloned()
-        .unwrap_or_default()
+    let members = m
+        .items()
         .iter()
         .map(|v| {
             let role = text(&v["role"]);
@@ -430,10 +431,8 @@ async fn members_page(
             }
         })
         .collect();
-    let invitations = i.json()["items"]
-        .as_array()
-        .cloned()
-        .unwrap_or_default()
+    let invitations = i
+        .items()
         .iter()
         .filter(|v| v["accepted_at"].is_null() && v["revoked_at"].is_null())
         .map(|v| InvitationRow {
@@ -591,14 +590,15 @@ async fn api_keys_page(
     status: StatusCode,
     created: String,
 ) -> Response {
-    let a = c.get(ctx, &format!("/v1/orgs/{}/api-keys", enc(org))).await;
-    if !a.ok() {
-        return refused(a.status, &a.problem());
-    }
-    let keys = a.json()["items"]
-        .as_array()
-        .cloned()
-        .unwrap_or_default()
+    let a = match c
+        .get_ok(ctx, &format!("/v1/orgs/{}/api-keys", enc(org)))
+        .await
+    {
+        Ok(a) => a,
+        Err(page) => return page,
+    };
+    let keys = a
+        .items()
         .iter()
         .map(|k| KeyRow {
             id: text(&k["id"]),
@@ -859,12 +859,13 @@ pub(crate) async fn audit_verify(
     ctx: Ctx,
     Path(org): Path<String>,
 ) -> Response {
-    let a = c
-        .get(&ctx, &format!("/v1/orgs/{}/audit/verify", enc(&org)))
-        .await;
-    if !a.ok() {
-        return refused(a.status, &a.problem());
-    }
+    let a = match c
+        .get_ok(&ctx, &format!("/v1/orgs/{}/audit/verify", enc(&org)))
+        .await
+    {
+        Ok(a) => a,
+        Err(page) => return page,
+    };
     let v = a.json();
     let verified = if v["ok"].as_bool() == Some(true) {
         format!(
@@ -1500,14 +1501,12 @@ struct OperatorOrgs {
 }
 
 pub(crate) async fn operator_orgs(State(c): State<Console>, ctx: Ctx) -> Response {
-    let a = c.get(&ctx, "/v1/operator/orgs").await;
-    if !a.ok() {
-        return refused(a.status, &a.problem());
-    }
-    let orgs = a.json()["items"]
-        .as_array()
-        .cloned()
-        .unwrap_or_default()
+    let a = match c.get_ok(&ctx, "/v1/operator/orgs").await {
+        Ok(a) => a,
+        Err(page) => return page,
+    };
+    let orgs = a
+        .items()
         .iter()
         .map(|o| OperatorOrg {
             name: text(&o["name"]),
