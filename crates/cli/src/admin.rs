@@ -106,15 +106,8 @@ pub async fn run(target: &Target, fields: &Fields, cmd: AdminCommand) -> anyhow:
 }
 
 fn normalize(email: &str) -> anyhow::Result<String> {
-    let e = email.trim().to_lowercase();
-    let ok = e.len() <= 320
-        && e.split_once('@')
-            .is_some_and(|(l, d)| !l.is_empty() && d.contains('.') && !d.starts_with('.'))
-        && !e.chars().any(|c| c.is_whitespace() || c.is_control());
-    if !ok {
-        bail!("--email: {email:?} is not a valid email address");
-    }
-    Ok(e)
+    orgbase_db::account::normalize_email(email)
+        .with_context(|| format!("--email: {email:?} is not a valid email address"))
 }
 
 async fn create(target: &Target, fields: &Fields, args: CreateArgs) -> anyhow::Result<ExitCode> {
@@ -203,7 +196,7 @@ fn read_password() -> anyhow::Result<String> {
         .read_to_string(&mut text)
         .context("reading the password from stdin")?;
     let password = text.lines().next().unwrap_or("").to_string();
-    if !(8..=1024).contains(&password.chars().count()) {
+    if !orgbase_db::account::PASSWORD_CHARS.contains(&password.chars().count()) {
         bail!("--password-stdin: the password must be 8 to 1024 characters");
     }
     Ok(password)

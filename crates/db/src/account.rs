@@ -18,6 +18,20 @@ use uuid::Uuid;
 use crate::fields::{Fields, subject_key};
 use crate::request::ReqError;
 
+/// How many characters a password has: sign-up and `orgbase admin create` check the same.
+pub const PASSWORD_CHARS: std::ops::RangeInclusive<usize> = 8..=1024;
+
+/// The address in lower case, when it looks like one: no spaces or control characters (a NUL
+/// would cut it short in C code reading it), one `@`, a dotted domain.
+pub fn normalize_email(email: &str) -> Option<String> {
+    let e = email.trim().to_lowercase();
+    let valid = e.len() <= 320
+        && e.split_once('@')
+            .is_some_and(|(l, d)| !l.is_empty() && d.contains('.') && !d.starts_with('.'))
+        && !e.chars().any(|c| c.is_whitespace() || c.is_control());
+    valid.then_some(e)
+}
+
 /// The table name in the bindings of account values.
 pub const USERS: &str = "orgbase.users";
 /// The table name in the bindings of invitation emails.

@@ -102,7 +102,7 @@ fn client_ip_of(parts: &Parts) -> Option<IpAddr> {
 /// as IPv4.
 pub fn client_ip(peer: Option<IpAddr>, headers: &HeaderMap, trusted: &[IpNet]) -> Option<IpAddr> {
     let mut client = peer?.to_canonical();
-    let is_trusted = |ip: &IpAddr| trusted.iter().any(|n| n.contains(ip));
+    let is_trusted = |ip: &IpAddr| is_trusted_proxy(*ip, trusted);
     if !is_trusted(&client) {
         return Some(client);
     }
@@ -122,6 +122,12 @@ pub fn client_ip(peer: Option<IpAddr>, headers: &HeaderMap, trusted: &[IpNet]) -
         }
     }
     Some(client)
+}
+
+/// Whether `ip` is one of the trusted proxies (`server.trusted_proxies`), whose forwarded
+/// headers are believed.
+pub(crate) fn is_trusted_proxy(ip: IpAddr, trusted: &[IpNet]) -> bool {
+    trusted.iter().any(|n| n.contains(&ip.to_canonical()))
 }
 
 const X_FORWARDED_FOR: &str = "x-forwarded-for";

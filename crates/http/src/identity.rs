@@ -71,19 +71,10 @@ pub struct Refresh {
     pub refresh_token: String,
 }
 
-/// The address in lower case, when it looks like one: no spaces or control characters (a NUL
-/// would cut it short in C code reading it), one `@`, a dotted domain.
+/// The address in lower case ([`orgbase_db::account::normalize_email`]), or 422 naming `email`.
 pub(crate) fn normalize_email(email: &str) -> Result<String, ApiError> {
-    let e = email.trim().to_lowercase();
-    let valid = e.len() <= 320
-        && e.split_once('@')
-            .is_some_and(|(l, d)| !l.is_empty() && d.contains('.') && !d.starts_with('.'))
-        && !e.chars().any(|c| c.is_whitespace() || c.is_control());
-    if valid {
-        Ok(e)
-    } else {
-        Err(ApiError::field("email", "not a valid email address"))
-    }
+    orgbase_db::account::normalize_email(email)
+        .ok_or_else(|| ApiError::field("email", "not a valid email address"))
 }
 
 pub(crate) fn client_meta(
@@ -131,7 +122,7 @@ pub async fn signup(
         SignupMode::Open => None,
     };
     let email = normalize_email(&body.email)?;
-    if !(8..=1024).contains(&body.password.chars().count()) {
+    if !orgbase_db::account::PASSWORD_CHARS.contains(&body.password.chars().count()) {
         return Err(ApiError::field("password", "must be 8 to 1024 characters"));
     }
     let name = body.name.trim().to_string();

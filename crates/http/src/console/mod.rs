@@ -262,8 +262,9 @@ impl Ctx {
         let peer = parts
             .extensions
             .get::<axum::extract::ConnectInfo<std::net::SocketAddr>>()
-            .map(|c| c.0.ip().to_canonical());
-        let via_proxy = peer.is_some_and(|p| state.trusted_proxies.iter().any(|n| n.contains(&p)));
+            .map(|c| c.0.ip());
+        let via_proxy =
+            peer.is_some_and(|p| crate::extract::is_trusted_proxy(p, &state.trusted_proxies));
         let tls = via_proxy
             && parts
                 .headers

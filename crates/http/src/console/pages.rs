@@ -210,14 +210,8 @@ fn safe_next(next: &str) -> &str {
     }
 }
 
-pub(crate) async fn login_form(ctx: Ctx, RawQuery(q): RawQuery) -> Response {
-    if ctx.session.is_some() {
-        return see_other("/console");
-    }
-    let next = serde_urlencoded::from_str::<Vec<(String, String)>>(&q.unwrap_or_default())
-        .ok()
-        .and_then(|p| p.into_iter().find(|(k, _)| k == "next").map(|(_, v)| v))
-        .unwrap_or_default();
+pub(crate) async fn login_form(RawQuery(q): RawQuery) -> Response {
+    let next = query_value(&q, "next");
     sign_in_page(StatusCode::OK, "", safe_next(&next).to_string())
 }
 
@@ -266,10 +260,7 @@ pub(crate) async fn logout(State(c): State<Console>, ctx: Ctx) -> Response {
 
 /// `?done=…` after a redirect: a fixed message per code (never text from the URL).
 fn done(q: &Option<String>) -> &'static str {
-    let code = serde_urlencoded::from_str::<Vec<(String, String)>>(q.as_deref().unwrap_or(""))
-        .ok()
-        .and_then(|p| p.into_iter().find(|(k, _)| k == "done").map(|(_, v)| v))
-        .unwrap_or_default();
+    let code = query_value(q, "done");
     match code.as_str() {
         "org-created" => "Organization created.",
         "role-changed" => "Role changed.",
