@@ -805,3 +805,146 @@ async fn sign_up_follows_the_server_setting() {
         .get(0);
     assert_eq!(n, 9, "the world's eight accounts and the invited one");
 }
+
+#[tokio::test]
+async fn bad_input_to_the_operator_api_and_console_forms_is_refused_and_changes_nothing() {
+    let w = world().await;
+    let op = w.token("operator");
+    let owner = w.token("owner");
+    let (_, member_id, _) = w.people.iter().find(|(r, _, _)| *r == "member").unwrap();
+    let (_, op_id, _) = w.people.iter().find(|(r, _, _)| *r == "operator").unwrap();
+    let status = |id: &str| format!("/v1/operator/accounts/{id}/status");
+    for (path, body, code, kind) in [
+        (
+            status(member_id),
+            json!({"status": "deleted"}),
+            422,
+            "validation",
+        ),
+        (
+            status(member_id),
+            json!({"state": "suspended"}),
+            422,
+            "validation",
+        ),
+        (
+            status(op_id),
+            json!({"status": "suspended"}),
+            403,
+            "forbidden",
+        ),
+        (
+            status("01900000-0000-7000-8000-000000000000"),
+            json!({"status": "suspended"}),
+            404,
+            "not-found",
+        ),
+    ] {
+        w.api
+            .expect(Method::POST, &path, op, Some(body), code, kind)
+            .await;
+    }
+    // Not an operator: refused, whoever they are in an organization.
+    w.api
+        .expect(
+            Method::POST,
+            &status(member_id),
+            owner,
+            Some(json!({"status": "suspended"})),
+            403,
+            "forbidden",
+        )
+        .await;
+    for q in ["limit=0", "limit=501", "before=nope", "colour=red"] {
+        w.api
+            .expect(
+                Method::GET,
+                &format!("/v1/operator/accounts?{q}"),
+                op,
+                None,
+                400,
+                "bad-request",
+            )
+            .await;
+    }
+    // Nobody was suspended, and the member still works.
+    let (s, _) = w
+        .api
+        .call(Method::GET, "/v1/me", w.token("member"), None)
+        .await;
+    assert_eq!(s, StatusCode::OK);
+
+    // A console form with a bad value: the page again with the API's reason, and no key made.
+    let page = w
+        .console(
+            Method::POST,
+            "/orgs/org-a/api-keys",
+            owner,
+            &[
+                ("name", "bad expiry"),
+                ("scopes", "notes:read"),
+                ("expires_at", "tomorrow"),
+            ],
+            &[],
+        )
+        .await;
+    assert_eq!(
+        page.status,
+        StatusCode::UNPROCESSABLE_ENTITY,
+        "{}",
+        page.body
+    );
+    assert!(page.body.contains("expires_at"), "{}", page.body);
+    let page = w
+        .console(
+            Method::POST,
+            "/orgs/org-a/api-keys",
+            owner,
+            &[("name", "no such scope"), ("scopes", "notes:everything")],
+            &[],
+        )
+        .await;
+    assert_eq!(
+        page.status,
+        StatusCode::UNPROCESSABLE_ENTITY,
+        "{}",
+        page.body
+    );
+    let keys = w
+        .api
+        .ok(Method::GET, "/v1/orgs/org-a/api-keys", owner.unwrap(), None)
+        .await;
+    assert_eq!(keys["items"].as_array().unwrap().len(), 0, "{keys}");
+    // A row whose title is missing: refused by name, nothing written.
+    let before = w
+        .api
+        .ok(Method::GET, "/v1/orgs/org-a/notes", owner.unwrap(), None)
+        .await["items"]
+        .as_array()
+        .unwrap()
+        .len();
+    let page = w
+        .console(
+            Method::POST,
+            "/orgs/org-a/tables/notes",
+            owner,
+            &[("body", "no title")],
+            &[],
+        )
+        .await;
+    assert_eq!(
+        page.status,
+        StatusCode::UNPROCESSABLE_ENTITY,
+        "{}",
+        page.body
+    );
+    assert!(page.body.contains("title"), "{}", page.body);
+    let after = w
+        .api
+        .ok(Method::GET, "/v1/orgs/org-a/notes", owner.unwrap(), None)
+        .await["items"]
+        .as_array()
+        .unwrap()
+        .len();
+    assert_eq!(before, after);
+}
