@@ -293,6 +293,7 @@ fn routes() -> OpenApiRouter<AppState> {
         .routes(routes!(privacy::list_org))
         .routes(routes!(privacy::get_org))
         .routes(routes!(privacy::download_org))
+        .routes(routes!(privacy::cancel_org))
         .routes(routes!(consent::list_consents, consent::record_consent))
         .routes(routes!(consent::get_retention, consent::put_retention))
         .routes(routes!(consent::list_holds, consent::place_hold))

@@ -334,3 +334,30 @@ pub async fn download_org(
     let r = r.into_iter().next().ok_or(ApiError::NotFound)?;
     archive(&state, &r).await
 }
+
+/// Cancel an erasure of a member during its grace period (owners and admins; only owners for an
+/// owner's). The membership comes back at once, the rows the erasure soft-deleted at the
+/// worker's next pass. Once the erasure is carried out (`done`), or it ended otherwise: 409.
+#[utoipa::path(post, path = "/v1/orgs/{org}/gdpr-requests/{id}/cancel", tag = "privacy",
+    params(("org" = String, Path, description = "Organization id or slug"), ("id" = Uuid, Path)),
+    responses((status = 200, description = "The request, `cancelled`", body = Object),
+              (status = 403, body = Problem), (status = 404, body = Problem), (status = 409, body = Problem)))]
+pub async fn cancel_org(
+    State(state): State<AppState>,
+    Bearer(caller): Bearer,
+    Path((org, id)): Path<(String, Uuid)>,
+) -> Result<Response, ApiError> {
+    let body = request::many(
+        &state.pool,
+        &caller,
+        &org,
+        async |c: &Client, _: &Context| {
+            let row = c
+                .query_one("SELECT orgbase.gdpr_cancel_member($1)::text", &[&id])
+                .await?;
+            Ok(row.get::<_, String>(0))
+        },
+    )
+    .await?;
+    Ok(json_text(StatusCode::OK, body))
+}

@@ -268,6 +268,7 @@ async fn every_documented_route_exists_and_every_route_is_documented() {
             "POST /v1/orgs/{org}/analytics/query",
             "POST /v1/orgs/{org}/api-keys",
             "POST /v1/orgs/{org}/consents",
+            "POST /v1/orgs/{org}/gdpr-requests/{id}/cancel",
             "POST /v1/orgs/{org}/invitations",
             "POST /v1/orgs/{org}/legal-holds",
             "POST /v1/orgs/{org}/legal-holds/{id}/release",

@@ -1820,3 +1820,118 @@ async fn erasure_with_mfa_needs_the_current_code_too() {
         "{v}"
     );
 }
+
+#[tokio::test]
+async fn an_admin_cancels_a_member_erasure_in_its_grace_period() {
+    let w = World::new().await;
+    let (_a, alice) = w.api.user("alice@cancel.example").await;
+    let (_b, bob) = w.api.user("bob@cancel.example").await;
+    let (erin_id, erin) = w.api.user("erin@cancel.example").await;
+    w.org(&alice, "keepco").await;
+    w.org(&bob, "otherco").await;
+    w.add_editor(&alice, "keepco", "erin@cancel.example").await;
+    let note = w.note(&erin, "keepco", "erin's", "kept after all").await;
+    let req = w
+        .api
+        .ok(
+            Method::POST,
+            &format!("/v1/orgs/keepco/members/{erin_id}/erase"),
+            &alice,
+            None,
+        )
+        .await;
+    let id = req["id"].as_str().unwrap();
+    let out = w.run_requests(false).await;
+    assert_eq!(out[0].status, "pending");
+    w.api
+        .expect(
+            Method::GET,
+            "/v1/orgs/keepco/notes",
+            Some(&erin),
+            None,
+            404,
+            "not-found",
+        )
+        .await;
+    let cancel = format!("/v1/orgs/keepco/gdpr-requests/{id}/cancel");
+    // Erin herself (no longer a member), another organization's owner (with its own slug and
+    // with this one's), a random id: nothing is cancelled.
+    let (s, _) = w.api.call(Method::POST, &cancel, Some(&erin), None).await;
+    assert_eq!(s, 404);
+    w.api
+        .expect(
+            Method::POST,
+            &format!("/v1/orgs/otherco/gdpr-requests/{id}/cancel"),
+            Some(&bob),
+            None,
+            404,
+            "not-found",
+        )
+        .await;
+    let (s, _) = w.api.call(Method::POST, &cancel, Some(&bob), None).await;
+    assert_eq!(s, 404);
+    w.api
+        .expect(
+            Method::POST,
+            &format!("/v1/orgs/keepco/gdpr-requests/{}/cancel", Uuid::now_v7()),
+            Some(&alice),
+            None,
+            404,
+            "not-found",
+        )
+        .await;
+    let got = w.api.ok(Method::POST, &cancel, &alice, None).await;
+    assert_eq!(got["status"], "cancelled");
+    // The membership is back at once, the note at the worker's next pass.
+    let out = w.run_requests(false).await;
+    assert_eq!(out[0].status, "cancelled");
+    assert_eq!(out[0].detail["restored"]["notes"], 1, "{out:?}");
+    let back = w
+        .api
+        .ok(
+            Method::GET,
+            &format!("/v1/orgs/keepco/notes/{}", note["id"].as_str().unwrap()),
+            &erin,
+            None,
+        )
+        .await;
+    assert_eq!(back["body"], "kept after all");
+    // Nothing left to cancel; a carried-out erasure cannot be cancelled.
+    w.api
+        .expect(Method::POST, &cancel, Some(&alice), None, 409, "conflict")
+        .await;
+    let again = w
+        .api
+        .ok(
+            Method::POST,
+            &format!("/v1/orgs/keepco/members/{erin_id}/erase"),
+            &alice,
+            None,
+        )
+        .await;
+    w.run_requests(true).await;
+    w.api
+        .expect(
+            Method::POST,
+            &format!(
+                "/v1/orgs/keepco/gdpr-requests/{}/cancel",
+                again["id"].as_str().unwrap()
+            ),
+            Some(&alice),
+            None,
+            409,
+            "conflict",
+        )
+        .await;
+    let admin = w.db.admin().await;
+    let n: i64 = admin
+        .query_one(
+            "SELECT count(*) FROM orgbase.audit_log WHERE action = 'gdpr.erase.cancel' \
+             AND new->>'request' = $1",
+            &[&id],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(n, 1);
+}

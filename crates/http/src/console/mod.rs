@@ -10,6 +10,7 @@
 //! Every route is declared in [`routes`] with the permission it needs ([`Perm`]); the router
 //! is built from that table, and the route × role test walks it.
 
+mod admin;
 mod assets;
 mod pages;
 
@@ -64,6 +65,7 @@ type Handler = MethodRouter<Console>;
 #[rustfmt::skip]
 fn table() -> Vec<(RouteInfo, Handler)> {
     use axum::routing::{get, post};
+    use admin::*;
     use pages::*;
     let r = |method, path, perm, about, handler: Handler| {
         (
@@ -103,6 +105,31 @@ fn table() -> Vec<(RouteInfo, Handler)> {
         r("POST", "/orgs/{org}/tables/{table}/{id}", Perm::Member, "update a row", post(update_row)),
         r("POST", "/orgs/{org}/tables/{table}/{id}/delete", Perm::Member, "soft-delete a row", post(delete_row)),
         r("POST", "/orgs/{org}/tables/{table}/{id}/restore", Perm::Member, "restore a soft-deleted row", post(restore_row)),
+        r("GET", "/signup", Perm::Public, "the sign-up form", get(signup_form)),
+        r("POST", "/signup", Perm::Public, "create an account and sign in", post(signup)),
+        r("GET", "/invitations/{token}", Perm::SignedIn, "an invitation, to accept", get(invitation)),
+        r("POST", "/invitations/{token}/accept", Perm::SignedIn, "accept an invitation", post(accept_invitation)),
+        r("GET", "/orgs/{org}/teams", Perm::Member, "teams and their members", get(teams)),
+        r("POST", "/orgs/{org}/teams", Perm::Member, "create a team", post(create_team)),
+        r("POST", "/orgs/{org}/teams/{team}/delete", Perm::Member, "delete a team", post(delete_team)),
+        r("POST", "/orgs/{org}/teams/{team}/members", Perm::Member, "add a member to a team", post(add_team_member)),
+        r("POST", "/orgs/{org}/teams/{team}/members/{user}/remove", Perm::Member, "remove a member from a team", post(remove_team_member)),
+        r("GET", "/orgs/{org}/access", Perm::Admin, "app roles and custom roles, as a matrix", get(access)),
+        r("POST", "/orgs/{org}/access/{user}", Perm::Admin, "set a member's app roles", post(save_apps)),
+        r("POST", "/orgs/{org}/roles", Perm::Admin, "create a custom role", post(create_role)),
+        r("POST", "/orgs/{org}/roles/{role}/grant", Perm::Admin, "grant a custom role", post(grant_role)),
+        r("POST", "/orgs/{org}/roles/{role}/revoke/{user}", Perm::Admin, "take a custom role away", post(revoke_role)),
+        r("GET", "/orgs/{org}/privacy", Perm::Admin, "GDPR requests", get(privacy)),
+        r("POST", "/orgs/{org}/privacy/export", Perm::Admin, "request an export of a member's data", post(gdpr_export)),
+        r("POST", "/orgs/{org}/privacy/erase", Perm::Admin, "request the erasure of a member's data", post(gdpr_erase)),
+        r("POST", "/orgs/{org}/privacy/{id}/cancel", Perm::Admin, "cancel an erasure in its grace period", post(cancel_erasure)),
+        r("GET", "/orgs/{org}/privacy/{id}/download", Perm::Admin, "download a finished export", get(download_export)),
+        r("GET", "/orgs/{org}/consents", Perm::Admin, "consent records", get(consents)),
+        r("POST", "/orgs/{org}/consents", Perm::Admin, "record a consent decision", post(record_consent)),
+        r("GET", "/orgs/{org}/retention", Perm::Admin, "retention policies and legal holds", get(retention)),
+        r("POST", "/orgs/{org}/retention", Perm::Admin, "replace the retention policies", post(save_retention)),
+        r("POST", "/orgs/{org}/legal-holds", Perm::Admin, "place a legal hold", post(place_hold)),
+        r("POST", "/orgs/{org}/legal-holds/{id}/release", Perm::Admin, "release a legal hold", post(release_hold)),
         r("GET", "/operator/orgs", Perm::Operator, "every organization", get(operator_orgs)),
         r("GET", "/operator/accounts", Perm::Operator, "every account", get(operator_accounts)),
         r("POST", "/operator/accounts/{id}/status", Perm::Operator, "suspend or reactivate an account", post(operator_account_status)),

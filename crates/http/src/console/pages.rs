@@ -37,7 +37,7 @@ pub(crate) struct OrgLink {
     pub admin: bool,
 }
 
-fn text(v: &Value) -> String {
+pub(super) fn text(v: &Value) -> String {
     match v {
         Value::Null => String::new(),
         Value::String(s) => s.clone(),
@@ -46,7 +46,7 @@ fn text(v: &Value) -> String {
 }
 
 impl Layout {
-    fn new(ctx: &Ctx, title: impl Into<String>, org: Option<&str>) -> Self {
+    pub(super) fn new(ctx: &Ctx, title: impl Into<String>, org: Option<&str>) -> Self {
         let me = ctx.me();
         let orgs: Vec<OrgLink> = me["organizations"]
             .as_array()
@@ -80,7 +80,7 @@ impl Layout {
         }
     }
 
-    fn with(mut self, ok: impl Into<String>, bad: impl Into<String>) -> Self {
+    pub(super) fn with(mut self, ok: impl Into<String>, bad: impl Into<String>) -> Self {
         self.ok = ok.into();
         self.bad = bad.into();
         self
@@ -88,7 +88,7 @@ impl Layout {
 }
 
 /// Render `page` as HTML with `status`.
-fn html(status: StatusCode, page: &impl Template) -> Response {
+pub(super) fn html(status: StatusCode, page: &impl Template) -> Response {
     match page.render() {
         Ok(body) => {
             let mut resp = (status, body).into_response();
@@ -116,6 +116,8 @@ struct Message {
     heading: String,
     signin: bool,
     next: String,
+    /// `?next=…` (and the invitation) for the sign-up link of the sign-in form.
+    signup_query: String,
 }
 
 /// A page that says why a request was refused (or failed), with `status`.
@@ -134,6 +136,7 @@ pub(crate) fn refused(status: StatusCode, why: &str) -> Response {
             heading: heading.into(),
             signin: false,
             next: String::new(),
+            signup_query: String::new(),
         },
     )
 }
@@ -155,13 +158,18 @@ pub(crate) fn sign_in_first(parts: &Parts) -> Response {
     sign_in_page(StatusCode::FORBIDDEN, "Sign in to continue.", next)
 }
 
-fn sign_in_page(status: StatusCode, why: &str, next: String) -> Response {
+pub(super) fn sign_in_page(status: StatusCode, why: &str, next: String) -> Response {
     html(
         status,
         &Message {
             layout: Layout::new(&Ctx::default(), "Sign in", None).with("", why),
             heading: "Sign in".into(),
             signin: true,
+            signup_query: if next.is_empty() {
+                String::new()
+            } else {
+                format!("?next={}", enc(&next))
+            },
             next,
         },
     )
@@ -172,14 +180,14 @@ pub(crate) async fn not_found() -> Response {
 }
 
 /// A form body's fields, in order (a field may repeat: checkboxes).
-struct FormData(Vec<(String, String)>);
+pub(super) struct FormData(pub(super) Vec<(String, String)>);
 
 impl FormData {
-    fn parse(body: &Bytes) -> Self {
+    pub(super) fn parse(body: &Bytes) -> Self {
         FormData(serde_urlencoded::from_bytes(body).unwrap_or_default())
     }
 
-    fn get(&self, name: &str) -> &str {
+    pub(super) fn get(&self, name: &str) -> &str {
         self.0
             .iter()
             .find(|(k, _)| k == name)
@@ -187,7 +195,7 @@ impl FormData {
             .unwrap_or("")
     }
 
-    fn all(&self, name: &str) -> Vec<String> {
+    pub(super) fn all(&self, name: &str) -> Vec<String> {
         self.0
             .iter()
             .filter(|(k, _)| k == name)
@@ -203,6 +211,7 @@ fn safe_next(next: &str) -> &str {
         && !next.contains('\\')
         && !next.chars().any(char::is_control)
         && !next.starts_with("/console/login")
+        && !next.starts_with("/console/signup")
     {
         next
     } else {
@@ -238,12 +247,149 @@ pub(crate) async fn login(State(c): State<Console>, ctx: Ctx, body: Bytes) -> Re
         };
         return sign_in_page(a.status, &why, next);
     }
-    let token = a.json()["token"].as_str().unwrap_or_default().to_string();
-    let mut resp = see_other(&next);
-    if let Ok(v) = HeaderValue::from_str(&set_cookie(Some(&token), ctx.tls)) {
+    signed_in(&a, &next, ctx.tls)
+}
+
+/// To `next` with the session of a successful `POST /v1/auth/login` as the cookie.
+fn signed_in(login: &Answer, next: &str, tls: bool) -> Response {
+    let token = login.json()["token"]
+        .as_str()
+        .unwrap_or_default()
+        .to_string();
+    let mut resp = see_other(next);
+    if let Ok(v) = HeaderValue::from_str(&set_cookie(Some(&token), tls)) {
         resp.headers_mut().insert(header::SET_COOKIE, v);
     }
     resp
+}
+
+#[derive(Template)]
+#[template(path = "console/signup.html")]
+struct SignUp {
+    layout: Layout,
+    open: bool,
+    why: String,
+    next: String,
+    next_query: String,
+    invitation: String,
+}
+
+/// The invitation token in a `next` that leads to an invitation's page.
+fn invitation_in(next: &str) -> String {
+    next.strip_prefix("/console/invitations/")
+        .filter(|t| t.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_'))
+        .unwrap_or("")
+        .to_string()
+}
+
+fn sign_up_page(c: &Console, status: StatusCode, why: &str, next: &str) -> Response {
+    use orgbase_core::config::SignupMode;
+    let invitation = invitation_in(next);
+    let (open, closed_why) = match c.signup {
+        SignupMode::Open => (true, ""),
+        SignupMode::InviteOnly if !invitation.is_empty() => (true, ""),
+        SignupMode::InviteOnly => (
+            false,
+            "Accounts on this server are created by invitation only: open the link of your invitation.",
+        ),
+        SignupMode::Closed => (
+            false,
+            "Accounts on this server are created by its operators; ask one of them.",
+        ),
+    };
+    html(
+        status,
+        &SignUp {
+            layout: Layout::new(&Ctx::default(), "Create an account", None).with("", why),
+            open,
+            why: closed_why.into(),
+            next: next.to_string(),
+            next_query: enc(next),
+            invitation,
+        },
+    )
+}
+
+pub(crate) async fn signup_form(State(c): State<Console>, RawQuery(q): RawQuery) -> Response {
+    let next = query_value(&q, "next");
+    sign_up_page(&c, StatusCode::OK, "", safe_next(&next))
+}
+
+/// Create the account (`POST /v1/auth/signup`, with the invitation when the person came from
+/// one), then sign in with it.
+pub(crate) async fn signup(State(c): State<Console>, ctx: Ctx, body: Bytes) -> Response {
+    let form = FormData::parse(&body);
+    let next = safe_next(form.get("next")).to_string();
+    let mut req = json!({
+        "email": form.get("email"),
+        "password": form.get("password"),
+        "name": form.get("name").trim(),
+    });
+    let invitation = form.get("invitation");
+    if !invitation.is_empty() {
+        req["invitation"] = invitation.into();
+    }
+    let a = c
+        .call(&ctx, Method::POST, "/v1/auth/signup", Some(&req), &[])
+        .await;
+    if !a.ok() {
+        return sign_up_page(&c, a.status, &a.problem(), &next);
+    }
+    let creds = json!({ "email": form.get("email"), "password": form.get("password") });
+    let login = c
+        .call(&ctx, Method::POST, "/v1/auth/login", Some(&creds), &[])
+        .await;
+    if !login.ok() {
+        return sign_in_page(login.status, &login.problem(), next);
+    }
+    signed_in(&login, &next, ctx.tls)
+}
+
+#[derive(Template)]
+#[template(path = "console/invitation.html")]
+struct Invitation {
+    layout: Layout,
+    token: String,
+}
+
+pub(crate) async fn invitation(ctx: Ctx, Path(token): Path<String>) -> Response {
+    if invitation_in(&format!("/console/invitations/{token}")).is_empty() {
+        return refused(StatusCode::NOT_FOUND, "This is not an invitation link.");
+    }
+    html(
+        StatusCode::OK,
+        &Invitation {
+            layout: Layout::new(&ctx, "Join an organization", None),
+            token,
+        },
+    )
+}
+
+/// Accept with the signed-in account (`POST /v1/invitations/{token}/accept`), then to the
+/// organization joined.
+pub(crate) async fn accept_invitation(
+    State(c): State<Console>,
+    ctx: Ctx,
+    Path(token): Path<String>,
+) -> Response {
+    let a = c
+        .call(
+            &ctx,
+            Method::POST,
+            &format!("/v1/invitations/{}/accept", enc(&token)),
+            None,
+            &[],
+        )
+        .await;
+    if !a.ok() {
+        return refused(a.status, &a.problem());
+    }
+    let org = a.json();
+    let to = text(&org["slug"]);
+    see_other(&format!(
+        "/console/orgs/{}?done=invitation-accepted",
+        enc(&to)
+    ))
 }
 
 /// Sign out: the session ends in the database (`POST /v1/auth/logout`), and the cookie goes.
@@ -259,7 +405,7 @@ pub(crate) async fn logout(State(c): State<Console>, ctx: Ctx) -> Response {
 }
 
 /// `?done=…` after a redirect: a fixed message per code (never text from the URL).
-fn done(q: &Option<String>) -> &'static str {
+pub(super) fn done(q: &Option<String>) -> &'static str {
     let code = query_value(q, "done");
     match code.as_str() {
         "org-created" => "Organization created.",
@@ -271,11 +417,31 @@ fn done(q: &Option<String>) -> &'static str {
         "saved" => "Saved.",
         "restored" => "Row restored.",
         "status-changed" => "Account state changed.",
+        "team-created" => "Team created.",
+        "team-deleted" => "Team deleted.",
+        "team-member-added" => "Added to the team.",
+        "team-member-removed" => "Removed from the team.",
+        "apps-saved" => "App roles saved.",
+        "role-created" => "Role created.",
+        "role-granted" => "Role granted.",
+        "role-revoked" => "Role taken away.",
+        "export-requested" => "Export requested: the server prepares it within a minute or so.",
+        "erasure-requested" => {
+            "Erasure requested: the member's access ended; the erasure is carried out after the grace period."
+        }
+        "erasure-cancelled" => {
+            "Erasure cancelled: the membership is back, the rows come back within a minute or so."
+        }
+        "consent-recorded" => "Consent decision recorded.",
+        "retention-saved" => "Retention policies saved.",
+        "hold-placed" => "Legal hold placed.",
+        "hold-released" => "Legal hold released.",
+        "invitation-accepted" => "Invitation accepted: welcome.",
         _ => "",
     }
 }
 
-fn query_value(q: &Option<String>, name: &str) -> String {
+pub(super) fn query_value(q: &Option<String>, name: &str) -> String {
     serde_urlencoded::from_str::<Vec<(String, String)>>(q.as_deref().unwrap_or(""))
         .ok()
         .and_then(|p| p.into_iter().find(|(k, _)| k == name).map(|(_, v)| v))
@@ -505,6 +671,7 @@ pub(crate) async fn invite(
     State(c): State<Console>,
     ctx: Ctx,
     Path(org): Path<String>,
+    headers: axum::http::HeaderMap,
     body: Bytes,
 ) -> Response {
     let form = FormData::parse(&body);
@@ -522,7 +689,12 @@ pub(crate) async fn invite(
     }
     let token = text(&a.json()["token"]);
     let layout = Layout::new(&ctx, "Members", Some(&org)).with("Invitation created.", "");
-    let link = format!("/v1/invitations/{token}/accept");
+    let origin = headers
+        .get(header::HOST)
+        .and_then(|h| h.to_str().ok())
+        .map(|h| format!("{}://{h}", if ctx.tls { "https" } else { "http" }))
+        .unwrap_or_default();
+    let link = format!("{origin}/console/invitations/{token}");
     members_page(&c, &ctx, &org, layout, StatusCode::OK, link).await
 }
 
@@ -567,7 +739,7 @@ struct ApiKeys {
     scope_choices: Vec<String>,
 }
 
-fn joined(v: &Value) -> String {
+pub(super) fn joined(v: &Value) -> String {
     v.as_array()
         .map(|a| a.iter().map(text).collect::<Vec<_>>().join(", "))
         .unwrap_or_default()

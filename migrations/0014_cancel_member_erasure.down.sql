@@ -1,0 +1,1 @@
+DROP FUNCTION orgbase.gdpr_cancel_member(uuid);
