@@ -2,6 +2,7 @@
 //! dumps and base backups stream through zstd and AES-256-GCM segments into a store, with a
 //! JSON manifest per backup; WAL segments are archived the same way.
 
+pub mod checks;
 pub mod dump;
 pub mod format;
 pub mod keys;
@@ -11,6 +12,7 @@ pub mod pipe;
 pub mod pitr;
 pub mod prune;
 pub mod scratch;
+pub mod service;
 pub mod store;
 
 use std::path::PathBuf;

@@ -161,6 +161,32 @@ fn print_manifest(m: &Manifest) {
     );
 }
 
+/// Keep what a verification found next to the backup (the console's backups page shows the last
+/// of each kind). A record that cannot be written is reported; the verification's own result
+/// stands.
+async fn record_check(
+    b: &Backups,
+    m: &Manifest,
+    kind: &str,
+    started: std::time::Instant,
+    outcome: &anyhow::Result<String>,
+) {
+    let check = orgbase_backup::checks::Check {
+        backup_id: m.id.clone(),
+        kind: kind.into(),
+        at: chrono::Utc::now(),
+        ok: outcome.is_ok(),
+        detail: match outcome {
+            Ok(d) => d.clone(),
+            Err(e) => format!("{e:#}"),
+        },
+        duration_ms: u64::try_from(started.elapsed().as_millis()).unwrap_or(u64::MAX),
+    };
+    if let Err(e) = check.save(&b.store).await {
+        eprintln!("warning: the result of this check was not recorded in the store: {e}");
+    }
+}
+
 async fn find(b: &Backups, id: &str) -> anyhow::Result<Manifest> {
     match Manifest::load(&b.store, Kind::Dump, id).await {
         Ok(m) => Ok(m),
@@ -227,31 +253,17 @@ pub async fn backup(config: Config, cmd: BackupCommand) -> anyhow::Result<ExitCo
         BackupCommand::Verify { id, restore, store } => {
             let b = backups(&config, &store)?;
             let m = find(&b, &id).await?;
-            let outcome = async {
+            let started = std::time::Instant::now();
+            let verified = async {
                 match m.kind {
                     Kind::Dump => {
-                        let n = b.verify_dump(&m, progress(Some(m.raw_bytes), "verify")).await?;
-                        println!(
-                            "ok: {} — checksum matches, every segment decrypts and authenticates, \
-                             pg_restore lists {n} entries",
-                            m.id
-                        );
-                        if restore {
-                            let r = b
-                                .verify_restore(&m, &config.embedded, progress(Some(m.raw_bytes), "restore"))
-                                .await?;
-                            if !r.findings.is_empty() {
-                                for f in &r.findings {
-                                    println!("{f}");
-                                }
-                                bail!("the restored database has {} check finding(s)", r.findings.len());
-                            }
-                            println!(
-                                "ok: restored into a scratch cluster: `orgbase check` clean, {} tables \
-                                 and {} rows match the manifest",
-                                r.tables, r.rows
-                            );
-                        }
+                        let n = b
+                            .verify_dump(&m, progress(Some(m.raw_bytes), "verify"))
+                            .await?;
+                        anyhow::Ok(format!(
+                            "checksum matches, every segment decrypts and authenticates, \
+                             pg_restore lists {n} entries"
+                        ))
                     }
                     Kind::Base => {
                         b.read_object(&m, progress(Some(m.raw_bytes), "verify"), |src, pb| {
@@ -260,19 +272,58 @@ pub async fn backup(config: Config, cmd: BackupCommand) -> anyhow::Result<ExitCo
                                 .map(|_| ())
                         })
                         .await?;
-                        println!("ok: {} — checksum matches, every segment decrypts and authenticates", m.id);
-                        if restore {
-                            eprintln!("note: --restore applies to logical dumps; `orgbase pitr restore` restores base backups");
-                        }
+                        Ok("checksum matches, every segment decrypts and authenticates".into())
                     }
                 }
-                anyhow::Ok(())
             }
             .await;
-            match outcome {
-                Ok(()) => Ok(ExitCode::SUCCESS),
+            record_check(&b, &m, "verify", started, &verified).await;
+            let detail = match verified {
+                Ok(d) => d,
                 Err(e) => {
                     eprintln!("backup {id} FAILED verification: {e:#}");
+                    return Ok(ExitCode::FAILURE);
+                }
+            };
+            println!("ok: {} — {detail}", m.id);
+            if !restore {
+                return Ok(ExitCode::SUCCESS);
+            }
+            if m.kind == Kind::Base {
+                eprintln!(
+                    "note: --restore applies to logical dumps; `orgbase pitr restore` restores base backups"
+                );
+                return Ok(ExitCode::SUCCESS);
+            }
+            let started = std::time::Instant::now();
+            let drilled = async {
+                let r = b
+                    .verify_restore(&m, &config.embedded, progress(Some(m.raw_bytes), "restore"))
+                    .await?;
+                if !r.findings.is_empty() {
+                    for f in &r.findings {
+                        println!("{f}");
+                    }
+                    bail!(
+                        "the restored database has {} check finding(s)",
+                        r.findings.len()
+                    );
+                }
+                anyhow::Ok(format!(
+                    "restored into a scratch cluster: `orgbase check` clean, {} tables and {} rows \
+                     match the manifest",
+                    r.tables, r.rows
+                ))
+            }
+            .await;
+            record_check(&b, &m, "restore", started, &drilled).await;
+            match drilled {
+                Ok(detail) => {
+                    println!("ok: {detail}");
+                    Ok(ExitCode::SUCCESS)
+                }
+                Err(e) => {
+                    eprintln!("backup {id} FAILED the restore drill: {e:#}");
                     Ok(ExitCode::FAILURE)
                 }
             }
@@ -457,6 +508,9 @@ async fn prune(config: &Config, b: &Backups, dry_run: bool) -> anyhow::Result<us
             // The manifest first: a backup without one is not listed, whatever is left of it.
             b.store.delete(&Manifest::path(m.kind, &m.id)).await?;
             b.store.delete(&m.object).await?;
+            for c in b.store.list(&orgbase_backup::checks::prefix(&m.id)).await? {
+                b.store.delete(&c.name).await?;
+            }
         }
         n += 1;
     }
@@ -812,4 +866,28 @@ async fn scheduled_base(
         metrics.success(&m, bases.last());
     }
     Ok(())
+}
+
+/// The backups of `serve` for the operators' API and console page, or `None` (those routes
+/// then answer 503) when the store or the backup role cannot be reached now.
+pub async fn service(
+    config: &Config,
+    target: &Target,
+    metrics: BackupMetrics,
+) -> Option<orgbase_backup::service::BackupService> {
+    let made = async {
+        let b = backups(config, &StoreArg { store: None })?;
+        let conn = backup_conn(config, target).await?;
+        anyhow::Ok(orgbase_backup::service::BackupService::new(
+            b,
+            conn,
+            metrics,
+            config.backup.schedule,
+        ))
+    }
+    .await;
+    made.inspect_err(|e| {
+        tracing::warn!(error = %format!("{e:#}"), "the operators' backup page is off: the backup store or role cannot be reached")
+    })
+    .ok()
 }

@@ -380,6 +380,9 @@ async fn serve(config: Config, _args: ServeArgs) -> anyhow::Result<ExitCode> {
         )
     });
     crate::backup::start_metrics(&config, &backup_metrics).await;
+    services.backups = crate::backup::service(&config, &target, backup_metrics.clone())
+        .await
+        .map(std::sync::Arc::new);
     let backup_schedule = crate::backup::spawn_scheduler(&config, &target, backup_metrics);
     let privacy_worker = services
         .key

@@ -60,6 +60,9 @@ pub struct Services {
     /// Waits for the access-log writer: keep a clone before [`app`] and call
     /// [`access::Drain::wait`] after [`serve`] returns, before closing the pool.
     pub access_drain: access::Drain,
+    /// The backups of the server process (`orgbase serve` sets it): what the operators' backup
+    /// routes list and start. `None`: those routes answer 503.
+    pub backups: Option<Arc<orgbase_backup::service::BackupService>>,
 }
 
 /// GDPR request settings the API needs.
@@ -99,6 +102,7 @@ impl Services {
                 fields: orgbase_db::fields::Fields::disabled(),
                 privacy: Privacy::default(),
                 access_drain: access::Drain::default(),
+                backups: None,
             });
         }
         let key = ServerKey::load(admin).await?;
@@ -116,6 +120,7 @@ impl Services {
             fields,
             privacy: Privacy::default(),
             access_drain: access::Drain::default(),
+            backups: None,
         })
     }
 }
@@ -156,6 +161,8 @@ pub struct Shared {
     slo_cache: slo::Cache,
     /// `server.signup`: who may create an account.
     pub signup: orgbase_core::config::SignupMode,
+    /// The server process's backups (operators' backup routes).
+    pub backups: Option<Arc<orgbase_backup::service::BackupService>>,
 }
 
 impl AppState {
@@ -304,6 +311,10 @@ fn routes() -> OpenApiRouter<AppState> {
         .routes(routes!(operator::orgs))
         .routes(routes!(operator::accounts))
         .routes(routes!(operator::set_status))
+        .routes(routes!(operator::set_org_status))
+        .routes(routes!(operator::migrations))
+        .routes(routes!(operator::keys))
+        .routes(routes!(operator::backups, operator::start_backup))
         .routes(routes!(tables::list, tables::create))
         .routes(routes!(tables::get, tables::update, tables::delete))
         .routes(routes!(tables::restore))
@@ -382,6 +393,7 @@ pub fn app(services: Services, latest_migration: i64, settings: &HttpSettings) -
         slo_targets: settings.slo,
         slo_cache: slo::Cache::default(),
         signup: settings.signup,
+        backups: services.backups,
     }));
     let api = router
         .route_layer(axum::middleware::from_fn(middleware::matched_route))

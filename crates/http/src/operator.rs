@@ -115,3 +115,196 @@ pub async fn set_status(
     .await?;
     Ok(json_text(StatusCode::OK, first_json(&rows)?))
 }
+
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct OrgStatus {
+    /// true: close the organization (nobody reaches it; its data stays until retention or
+    /// erasure removes it); false: reopen it.
+    pub closed: bool,
+}
+
+/// Close or reopen an organization. Audited with the operator, address and user agent.
+/// Instance operators only.
+#[utoipa::path(post, path = "/v1/operator/orgs/{id}/status", tag = "operator",
+    request_body = OrgStatus, params(("id" = Uuid, Path)),
+    responses((status = 200, description = "`{\"id\", \"closed\", \"changed\"}`", body = Object),
+              (status = 401, body = Problem),
+              (status = 403, description = "Not an instance operator", body = Problem),
+              (status = 404, body = Problem), (status = 422, body = Problem)))]
+pub async fn set_org_status(
+    State(state): State<AppState>,
+    Bearer(caller): Bearer,
+    headers: HeaderMap,
+    Path(id): Path<Uuid>,
+    JsonBody(body): JsonBody<OrgStatus>,
+) -> Result<Response, ApiError> {
+    let (ip, ua) = crate::identity::client_meta(&headers, caller.ip);
+    let rows = plain(
+        &state.pool,
+        "SELECT orgbase.operator_set_org_status($1, $2, $3, $4, $5)::text",
+        &[&&caller.cred_hash[..], &id, &body.closed, &ip, &ua],
+    )
+    .await?;
+    Ok(json_text(StatusCode::OK, first_json(&rows)?))
+}
+
+/// The schema migrations applied to the database, newest first, and the newest this binary
+/// carries. Instance operators only.
+#[utoipa::path(get, path = "/v1/operator/migrations", tag = "operator",
+    responses((status = 200, description = "`{\"items\": [...], \"database\": n, \"binary\": n}`", body = Object),
+              (status = 401, body = Problem),
+              (status = 403, description = "Not an instance operator", body = Problem)))]
+pub async fn migrations(
+    State(state): State<AppState>,
+    Bearer(caller): Bearer,
+) -> Result<Response, ApiError> {
+    let rows = plain(
+        &state.pool,
+        "SELECT orgbase.operator_migrations($1)::text",
+        &[&&caller.cred_hash[..]],
+    )
+    .await?;
+    let items: serde_json::Value =
+        serde_json::from_str(&first_json(&rows)?).map_err(ApiError::internal)?;
+    let database = items[0]["version"].as_i64().unwrap_or(0);
+    let body = serde_json::json!({
+        "items": items,
+        "database": database,
+        "binary": state.latest_migration,
+        "pending": (state.latest_migration - database).max(0),
+    });
+    Ok(json_text(StatusCode::OK, body.to_string()))
+}
+
+/// Refuse anyone but an instance operator (the database decides, as for the other routes).
+async fn operator_only(state: &AppState, caller: &orgbase_db::Caller) -> Result<(), ApiError> {
+    plain(
+        &state.pool,
+        "SELECT orgbase.operator_of($1)",
+        &[&&caller.cred_hash[..]],
+    )
+    .await?;
+    Ok(())
+}
+
+/// Keys listed by name in the key-status answer (the rest are counted).
+const KEYS_LISTED: usize = 100;
+
+/// The key store: how many data keys (per person, per organization), live and destroyed, and
+/// which are due for rotation (current version older than `keys.rotation_days`). Key material
+/// never leaves the store. Instance operators only.
+#[utoipa::path(get, path = "/v1/operator/keys", tag = "operator",
+    responses((status = 200, description = "Counts, the rotation age, and the keys due (at most 100 by name)", body = Object),
+              (status = 401, body = Problem),
+              (status = 403, description = "Not an instance operator", body = Problem),
+              (status = 503, description = "This server has no key store", body = Problem)))]
+pub async fn keys(
+    State(state): State<AppState>,
+    Bearer(caller): Bearer,
+) -> Result<Response, ApiError> {
+    operator_only(&state, &caller).await?;
+    let Some(keys) = state.fields.keys().cloned() else {
+        return Err(ApiError::Unavailable(
+            "this server has no key store: field encryption is not set up".into(),
+        ));
+    };
+    let max_age = keys.config().rotation_max_age();
+    let now = chrono::Utc::now();
+    let list = tokio::task::spawn_blocking(move || keys.store().list())
+        .await
+        .map_err(ApiError::internal)?
+        .map_err(ApiError::internal)?;
+    let mut counts = std::collections::BTreeMap::<&str, [u64; 3]>::new();
+    let mut due = Vec::new();
+    let mut oldest: Option<chrono::Duration> = None;
+    for k in &list {
+        let c = counts.entry(k.key.scope.as_str()).or_default();
+        if k.destroyed.is_some() {
+            c[1] += 1;
+            continue;
+        }
+        c[0] += 1;
+        if let Some(age) = k.age(now) {
+            oldest = Some(oldest.map_or(age, |o| o.max(age)));
+        }
+        if k.rotation_due(max_age, now) {
+            c[2] += 1;
+            if due.len() < KEYS_LISTED {
+                due.push(serde_json::json!({
+                    "key": k.key.to_string(),
+                    "version": k.current.map(|v| v.0),
+                    "created_at": k.current_created_at(),
+                }));
+            }
+        }
+    }
+    let by_scope: serde_json::Map<String, serde_json::Value> = counts
+        .into_iter()
+        .map(|(scope, [live, destroyed, due])| {
+            (
+                scope.to_string(),
+                serde_json::json!({ "live": live, "destroyed": destroyed, "rotation_due": due }),
+            )
+        })
+        .collect();
+    let body = serde_json::json!({
+        "keys": by_scope,
+        "rotation_days": max_age.as_secs() / 86_400,
+        "oldest_current_days": oldest.map(|d| d.num_days()),
+        "due": due,
+    });
+    Ok(json_text(StatusCode::OK, body.to_string()))
+}
+
+fn backup_ops(state: &AppState) -> Result<&orgbase_backup::service::BackupService, ApiError> {
+    state
+        .backups
+        .as_deref()
+        .ok_or_else(|| ApiError::Unavailable("this server process does not take backups".into()))
+}
+
+/// The backups in the store, newest first, each with the result of its last verification
+/// (`orgbase backup verify`) and last restore drill (`--restore`). Instance operators only.
+#[utoipa::path(get, path = "/v1/operator/backups", tag = "operator",
+    responses((status = 200, description = "`{\"items\": [...], \"store\", \"schedule\", \"running\"}`", body = Object),
+              (status = 401, body = Problem),
+              (status = 403, description = "Not an instance operator", body = Problem),
+              (status = 503, description = "The store cannot be read", body = Problem)))]
+pub async fn backups(
+    State(state): State<AppState>,
+    Bearer(caller): Bearer,
+) -> Result<Response, ApiError> {
+    operator_only(&state, &caller).await?;
+    let body = backup_ops(&state)?
+        .list()
+        .await
+        .map_err(|e| ApiError::Unavailable(format!("the backup store cannot be read: {e}")))?;
+    Ok(json_text(StatusCode::OK, body.to_string()))
+}
+
+/// Start a logical backup now (tier `manual`, never pruned), in the background; it appears in
+/// the list when done. One at a time: 409 while one is running. Audited. Instance operators
+/// only.
+#[utoipa::path(post, path = "/v1/operator/backups", tag = "operator",
+    responses((status = 202, description = "Started", body = Object),
+              (status = 401, body = Problem),
+              (status = 403, description = "Not an instance operator", body = Problem),
+              (status = 409, description = "A backup is running", body = Problem),
+              (status = 503, body = Problem)))]
+pub async fn start_backup(
+    State(state): State<AppState>,
+    Bearer(caller): Bearer,
+    headers: HeaderMap,
+) -> Result<Response, ApiError> {
+    operator_only(&state, &caller).await?;
+    let started = backup_ops(&state)?.start().map_err(ApiError::Conflict)?;
+    let (ip, ua) = crate::identity::client_meta(&headers, caller.ip);
+    plain(
+        &state.pool,
+        "SELECT orgbase.operator_audit($1, 'backup.start', $2::text::jsonb, $3, $4)",
+        &[&&caller.cred_hash[..], &started.to_string(), &ip, &ua],
+    )
+    .await?;
+    Ok(json_text(StatusCode::ACCEPTED, started.to_string()))
+}

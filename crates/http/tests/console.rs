@@ -4,6 +4,8 @@
 //! The browser suite (tests/console_browser.rs) drives the same pages in Chromium.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)] // tests fail loudly
 
+use std::path::PathBuf;
+use std::sync::Arc;
 use std::time::Duration;
 
 use orgbase_http::console::{self, Perm};
@@ -14,6 +16,8 @@ use serde_json::json;
 
 struct World {
     db: TestDb,
+    /// The key store and the backup store (removed with the world).
+    dir: PathBuf,
     api: Api,
     /// A client that does not follow redirects: a handled form answers 303.
     http: reqwest::Client,
@@ -25,10 +29,36 @@ struct World {
     b_member: String,
 }
 
+impl Drop for World {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
 async fn world_with(settings: HttpSettings) -> World {
     let db = TestDb::migrated().await;
     let admin = db.admin().await;
-    let services = Services::load(db.pool(), &admin).await.unwrap();
+    let mut services = Services::load(db.pool(), &admin).await.unwrap();
+    // A key store (field encryption, the operators' key page) and a backup store of their own.
+    let dir = orgbase_testkit::temp_dir("orgbase-console-");
+    let keys =
+        Arc::new(orgbase_keys::Keys::open(&dir, &orgbase_keys::KeysConfig::default()).unwrap());
+    services.fields = orgbase_db::fields::Fields::new(keys, true);
+    let backups = orgbase_backup::Backups {
+        store: orgbase_backup::Store::open(&dir.join("backups").display().to_string()).unwrap(),
+        keys: orgbase_backup::KeySource::Dir(dir.join("backup-keys")),
+        bin_dir: orgbase_testkit::bin_dir(),
+        zstd_level: 3,
+        zstd_threads: 1,
+        key_max_age: Duration::from_secs(90 * 86_400),
+    };
+    let conn = db.target.backup_login(&dir.join("secrets")).await.unwrap();
+    services.backups = Some(Arc::new(orgbase_backup::service::BackupService::new(
+        backups,
+        conn,
+        Default::default(),
+        false,
+    )));
     let base = spawn_app(app(
         services,
         orgbase_db::Migrator::embedded("t").latest(),
@@ -115,6 +145,7 @@ async fn world_with(settings: HttpSettings) -> World {
         .to_string();
     World {
         db,
+        dir,
         http: reqwest::Client::builder()
             .redirect(redirect::Policy::none())
             .build()

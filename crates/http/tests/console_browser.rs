@@ -311,7 +311,10 @@ async fn an_admin_works_through_the_console_in_chromium() {
         .await
         .unwrap()
         .unwrap_or_default();
-    assert!(link.contains("/v1/invitations/"), "{link}");
+    assert!(
+        link.starts_with(&format!("{base}/console/invitations/obi_")),
+        "{link}"
+    );
     shots.take(&b, "members").await;
     let invitations = api
         .ok(Method::GET, "/v1/orgs/acme/invitations", &owner, None)
@@ -326,5 +329,202 @@ async fn an_admin_works_through_the_console_in_chromium() {
         .unwrap();
     let h = text_of(&b, "h1").await;
     assert_eq!(h, "Sign in");
+
+    // The invited person opens the link, creates their account from the sign-in page, and
+    // accepts: they are a member.
+    b.goto(&link).await.unwrap();
+    click(&b, "#sign-up-link").await;
+    fill(&b, "#su-email", "new.hire@acme.example").await;
+    fill(&b, "#su-name", "Nia Hire").await;
+    fill(&b, "#su-password", "password-1234").await;
+    click(&b, "#sign-up").await;
+    click(&b, "#accept-invitation").await;
+    at(&b, "/console/orgs/acme?done=invitation-accepted").await;
+    let members = api
+        .ok(Method::GET, "/v1/orgs/acme/members", &owner, None)
+        .await;
+    let hire = members["items"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|m| m["email"] == "new.hire@acme.example")
+        .expect("the invited person is a member");
+    assert_eq!(hire["role"], "member");
+    let hire_id = hire["user_id"].as_str().unwrap().to_string();
+    click(&b, "#sign-out").await;
+    at(&b, "/console/login").await;
+    fill(&b, "#email", "owner@acme.example").await;
+    fill(&b, "#password", "password-1234").await;
+    click(&b, "#sign-in").await;
+    element(&b, "#signed-in-as").await;
+
+    // Teams: create one, add the new member.
+    b.goto(&format!("{base}/console/orgs/acme/teams"))
+        .await
+        .unwrap();
+    fill(&b, "#team-name", "Support").await;
+    click(&b, "#create-team").await;
+    at(&b, "done=team-created").await;
+    element(&b, "#teams select[name=user]")
+        .await
+        .select_by_value(&hire_id)
+        .await
+        .unwrap();
+    click(&b, "#teams form[action$='/members'] button").await;
+    at(&b, "done=team-member-added").await;
+    shots.take(&b, "teams").await;
+    let teams = api
+        .ok(Method::GET, "/v1/orgs/acme/teams", &owner, None)
+        .await;
+    assert_eq!(teams["items"][0]["name"], "Support");
+    assert_eq!(teams["items"][0]["members"], json!([hire_id]));
+
+    // Roles and access: the new member becomes an editor of notes; a custom role is made and
+    // granted.
+    b.goto(&format!("{base}/console/orgs/acme/access"))
+        .await
+        .unwrap();
+    element(
+        &b,
+        "select[aria-label='notes role of new.hire@acme.example']",
+    )
+    .await
+    .select_by_value("editor")
+    .await
+    .unwrap();
+    click(&b, &format!("#apps-{hire_id} button")).await;
+    at(&b, "done=apps-saved").await;
+    fill(&b, "#role-name", "Auditor").await;
+    click(&b, "input[value='notes:viewer']").await;
+    click(&b, "#create-role").await;
+    at(&b, "done=role-created").await;
+    element(&b, "#custom-roles select[name=user]")
+        .await
+        .select_by_value(&hire_id)
+        .await
+        .unwrap();
+    click(&b, "#custom-roles form[action$='/grant'] button").await;
+    at(&b, "done=role-granted").await;
+    shots.take(&b, "access").await;
+    let member = api
+        .ok(
+            Method::GET,
+            &format!("/v1/orgs/acme/members/{hire_id}"),
+            &owner,
+            None,
+        )
+        .await;
+    assert_eq!(member["apps"]["notes"], "editor", "{member}");
+    let roles = api
+        .ok(Method::GET, "/v1/orgs/acme/roles", &owner, None)
+        .await;
+    assert_eq!(roles["items"][0]["name"], "Auditor");
+    assert_eq!(roles["items"][0]["permissions"], json!(["notes:viewer"]));
+    assert_eq!(roles["items"][0]["members"][0]["user_id"], hire_id.as_str());
+
+    // GDPR requests: an export, and an erasure cancelled in its grace period.
+    b.goto(&format!("{base}/console/orgs/acme/privacy"))
+        .await
+        .unwrap();
+    element(&b, "#export-user")
+        .await
+        .select_by_value(&hire_id)
+        .await
+        .unwrap();
+    click(&b, "#request-export").await;
+    at(&b, "done=export-requested").await;
+    element(&b, "#erase-user")
+        .await
+        .select_by_value(&hire_id)
+        .await
+        .unwrap();
+    click(&b, "input[name=confirm]").await;
+    click(&b, "#request-erasure").await;
+    at(&b, "done=erasure-requested").await;
+    shots.take(&b, "gdpr-requests").await;
+    click(&b, "#gdpr-requests form[action$='/cancel'] button").await;
+    at(&b, "done=erasure-cancelled").await;
+    let requests = api
+        .ok(Method::GET, "/v1/orgs/acme/gdpr-requests", &owner, None)
+        .await;
+    let kinds: Vec<(String, String)> = requests["items"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| {
+            assert_eq!(r["subject"], hire_id.as_str());
+            (
+                r["kind"].as_str().unwrap().to_string(),
+                r["status"].as_str().unwrap().to_string(),
+            )
+        })
+        .collect();
+    assert!(
+        kinds.contains(&("export".into(), "requested".into())),
+        "{kinds:?}"
+    );
+    assert!(
+        kinds.contains(&("erase".into(), "cancelled".into())),
+        "{kinds:?}"
+    );
+
+    // Consent: a decision recorded for the member.
+    b.goto(&format!("{base}/console/orgs/acme/consents"))
+        .await
+        .unwrap();
+    element(&b, "#consent-subject")
+        .await
+        .select_by_value(&hire_id)
+        .await
+        .unwrap();
+    fill(&b, "#consent-purpose", "marketing_email").await;
+    click(&b, "#record-consent").await;
+    at(&b, "done=consent-recorded").await;
+    let shown = text_of(&b, "#consents").await;
+    assert!(shown.contains("marketing_email"), "{shown}");
+    let consents = api
+        .ok(
+            Method::GET,
+            &format!("/v1/orgs/acme/consents?subject={hire_id}"),
+            &owner,
+            None,
+        )
+        .await;
+    assert_eq!(consents["current"][0]["purpose"], "marketing_email");
+    assert_eq!(consents["current"][0]["granted"], true);
+    assert_eq!(consents["current"][0]["source"], "ui");
+
+    // Retention: a shorter period for sessions; a legal hold placed and released.
+    b.goto(&format!("{base}/console/orgs/acme/retention"))
+        .await
+        .unwrap();
+    fill(&b, "input[name='keep.sessions']", "30d").await;
+    click(&b, "#save-retention").await;
+    at(&b, "done=retention-saved").await;
+    fill(&b, "#hold-reason", "Case 42: preserve everything").await;
+    click(&b, "#place-hold").await;
+    at(&b, "done=hold-placed").await;
+    shots.take(&b, "retention").await;
+    let policies = api
+        .ok(Method::GET, "/v1/orgs/acme/retention", &owner, None)
+        .await;
+    let sessions = policies["items"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|p| p["data_type"] == "sessions")
+        .unwrap();
+    assert_eq!(sessions["policy"], "30d", "{sessions}");
+    let holds = api
+        .ok(Method::GET, "/v1/orgs/acme/legal-holds", &owner, None)
+        .await;
+    assert_eq!(holds["items"][0]["active"], true);
+    click(&b, "#legal-holds form button").await;
+    b.accept_alert().await.unwrap();
+    at(&b, "done=hold-released").await;
+    let holds = api
+        .ok(Method::GET, "/v1/orgs/acme/legal-holds", &owner, None)
+        .await;
+    assert_eq!(holds["items"][0]["active"], false);
     b.close().await.unwrap();
 }

@@ -295,7 +295,9 @@ struct MatrixRow {
     id: String,
     label: String,
     role: String,
-    /// Per app: (app, current level or "", choices with selected flag).
+    /// An owner or admin: admin of every app by their organization role.
+    implicit: bool,
+    /// Per app: (app, the levels to choose from, the current one selected; "" is none).
     cells: Vec<(String, Vec<(&'static str, bool)>)>,
 }
 
@@ -340,6 +342,7 @@ async fn access_page(c: &Console, ctx: &Ctx, org: &str, said: Said) -> Response 
             id: p.id.clone(),
             label: p.label.clone(),
             role: p.role.clone(),
+            implicit: matches!(p.role.as_str(), "owner" | "admin"),
             cells: apps
                 .iter()
                 .map(|app| {

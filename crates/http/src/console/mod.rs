@@ -12,6 +12,7 @@
 
 mod admin;
 mod assets;
+mod operator;
 mod pages;
 
 use std::net::IpAddr;
@@ -66,6 +67,7 @@ type Handler = MethodRouter<Console>;
 fn table() -> Vec<(RouteInfo, Handler)> {
     use axum::routing::{get, post};
     use admin::*;
+    use operator::*;
     use pages::*;
     let r = |method, path, perm, about, handler: Handler| {
         (
@@ -131,6 +133,13 @@ fn table() -> Vec<(RouteInfo, Handler)> {
         r("POST", "/orgs/{org}/legal-holds", Perm::Admin, "place a legal hold", post(place_hold)),
         r("POST", "/orgs/{org}/legal-holds/{id}/release", Perm::Admin, "release a legal hold", post(release_hold)),
         r("GET", "/operator/orgs", Perm::Operator, "every organization", get(operator_orgs)),
+        r("POST", "/operator/orgs", Perm::Operator, "create an organization", post(operator_create_org)),
+        r("POST", "/operator/orgs/{id}/status", Perm::Operator, "close or reopen an organization", post(operator_org_status)),
+        r("GET", "/operator/backups", Perm::Operator, "backups with their last verification and restore drill", get(operator_backups)),
+        r("POST", "/operator/backups", Perm::Operator, "start a backup now", post(operator_start_backup)),
+        r("GET", "/operator/keys", Perm::Operator, "the key store: counts and rotations due", get(operator_keys)),
+        r("GET", "/operator/migrations", Perm::Operator, "the schema migrations", get(operator_migrations)),
+        r("GET", "/operator/health", Perm::Operator, "readiness and the latency objectives", get(operator_health)),
         r("GET", "/operator/accounts", Perm::Operator, "every account", get(operator_accounts)),
         r("POST", "/operator/accounts/{id}/status", Perm::Operator, "suspend or reactivate an account", post(operator_account_status)),
     ]

@@ -437,6 +437,9 @@ pub(super) fn done(q: &Option<String>) -> &'static str {
         "hold-placed" => "Legal hold placed.",
         "hold-released" => "Legal hold released.",
         "invitation-accepted" => "Invitation accepted: welcome.",
+        "org-closed" => "Organization closed: nobody reaches it until it is reopened.",
+        "org-reopened" => "Organization reopened.",
+        "backup-started" => "Backup started: it is listed here when it is done.",
         _ => "",
     }
 }
@@ -1645,45 +1648,6 @@ pub(crate) async fn restore_row(
 }
 
 // Instance operators -----------------------------------------------------------------------
-
-struct OperatorOrg {
-    name: String,
-    slug: String,
-    region: String,
-    compliance: String,
-    members: String,
-    created_at: String,
-    closed_at: String,
-}
-
-#[derive(Template)]
-#[template(path = "console/operator_orgs.html")]
-struct OperatorOrgs {
-    layout: Layout,
-    orgs: Vec<OperatorOrg>,
-}
-
-pub(crate) async fn operator_orgs(State(c): State<Console>, ctx: Ctx) -> Response {
-    let a = match c.get_ok(&ctx, "/v1/operator/orgs").await {
-        Ok(a) => a,
-        Err(page) => return page,
-    };
-    let orgs = a
-        .items()
-        .iter()
-        .map(|o| OperatorOrg {
-            name: text(&o["name"]),
-            slug: text(&o["slug"]),
-            region: text(&o["region"]),
-            compliance: joined(&o["compliance"]),
-            members: text(&o["members"]),
-            created_at: text(&o["created_at"]),
-            closed_at: text(&o["closed_at"]),
-        })
-        .collect();
-    let layout = Layout::new(&ctx, "All organizations", None);
-    html(StatusCode::OK, &OperatorOrgs { layout, orgs })
-}
 
 struct OperatorAccount {
     id: String,

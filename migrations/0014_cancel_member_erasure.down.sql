@@ -1,1 +1,0 @@
-DROP FUNCTION orgbase.gdpr_cancel_member(uuid);
