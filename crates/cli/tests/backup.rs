@@ -70,6 +70,24 @@ fn pitr_drill_and_logical_backup_round_trip() {
     assert!(ok(orgbase(&data).args(["backup", "list"])).contains(&id));
     let verified = ok(orgbase(&data).args(["backup", "verify", &id, "--restore"]));
     assert!(verified.contains("match the manifest"), "{verified}");
+    // Both results are kept next to the backup, for the console's backups page.
+    let mut kept: Vec<(String, bool)> = std::fs::read_dir(data.join("backups/checks").join(&id))
+        .unwrap()
+        .map(|e| {
+            let v: serde_json::Value =
+                serde_json::from_slice(&std::fs::read(e.unwrap().path()).unwrap()).unwrap();
+            assert_eq!(v["backup_id"], id.as_str());
+            (
+                v["kind"].as_str().unwrap().to_string(),
+                v["ok"].as_bool().unwrap(),
+            )
+        })
+        .collect();
+    kept.sort();
+    assert_eq!(
+        kept,
+        [("restore".to_string(), true), ("verify".to_string(), true)]
+    );
 
     // Restore needs --yes without a terminal, and changes nothing without it.
     let out = orgbase(&data)
@@ -135,6 +153,33 @@ impl Server {
             .build()
             .unwrap()
             .block_on(async { reqwest::get(&url).await.unwrap().text().await.unwrap() })
+    }
+
+    /// `method path` with a bearer token and a JSON body: (status, JSON answer).
+    fn call(
+        &self,
+        method: reqwest::Method,
+        path: &str,
+        token: Option<&str>,
+        body: Option<serde_json::Value>,
+    ) -> (u16, serde_json::Value) {
+        let url = format!("{}{path}", self.base);
+        tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap()
+            .block_on(async {
+                let mut req = reqwest::Client::new().request(method, &url);
+                if let Some(t) = token {
+                    req = req.bearer_auth(t);
+                }
+                if let Some(b) = body {
+                    req = req.json(&b);
+                }
+                let resp = req.send().await.unwrap();
+                let status = resp.status().as_u16();
+                (status, resp.json().await.unwrap_or(serde_json::Value::Null))
+            })
     }
 
     /// Ctrl-C, and wait for the clean exit.
@@ -288,6 +333,86 @@ fn serve_schedules_backups_prunes_and_reports_them_on_metrics() {
     assert!(scheduled[0].0 > first);
     let verified = ok(orgbase(&data).args(["backup", "verify", &scheduled[0].0]));
     assert!(verified.starts_with("ok:"), "{verified}");
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
+#[test]
+fn serve_lets_an_operator_start_a_backup_and_shows_its_verification() {
+    let dir = temp_dir("orgbase-operator-backup-");
+    let data = dir.join("data");
+    let serve = || {
+        let mut c = orgbase(&data);
+        c.env("ORGBASE_BACKUP__PITR", "false")
+            .env("ORGBASE_BACKUP__SCHEDULE", "false");
+        Server::start(c)
+    };
+    ok(orgbase(&data).args(["migrate", "up"]));
+    let mut admin = orgbase(&data)
+        .args([
+            "admin",
+            "create",
+            "--email",
+            "ops@example.com",
+            "--password-stdin",
+        ])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    use std::io::Write;
+    admin
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(b"operator-password-1\n")
+        .unwrap();
+    assert!(admin.wait().unwrap().success());
+    let s = serve();
+    let login = |s: &Server| {
+        let (status, v) = s.call(
+            reqwest::Method::POST,
+            "/v1/auth/login",
+            None,
+            Some(
+                serde_json::json!({"email": "ops@example.com", "password": "operator-password-1"}),
+            ),
+        );
+        assert_eq!(status, 200, "{v}");
+        v["token"].as_str().unwrap().to_string()
+    };
+    let token = login(&s);
+    let (status, v) = s.call(
+        reqwest::Method::POST,
+        "/v1/operator/backups",
+        Some(&token),
+        None,
+    );
+    assert_eq!(status, 202, "{v}");
+    let mut id = String::new();
+    wait_until("the backup started on request", || {
+        let (_, v) = s.call(
+            reqwest::Method::GET,
+            "/v1/operator/backups",
+            Some(&token),
+            None,
+        );
+        id = v["items"][0]["id"].as_str().unwrap_or_default().to_string();
+        !id.is_empty() && v["running"] == false
+    });
+    assert!(ok(orgbase(&data).args(["backup", "list"])).contains(&id));
+    // Verified from the command line (while serve runs): the page shows the result.
+    let verified = ok(orgbase(&data).args(["backup", "verify", &id]));
+    assert!(verified.starts_with("ok:"), "{verified}");
+    let (_, v) = s.call(
+        reqwest::Method::GET,
+        "/v1/operator/backups",
+        Some(&token),
+        None,
+    );
+    assert_eq!(v["items"][0]["last_verify"]["ok"], true, "{v}");
+    assert_eq!(v["last_verify"]["backup_id"], id.as_str(), "{v}");
+    assert_eq!(v["last_restore"], serde_json::Value::Null, "{v}");
+    s.stop();
     std::fs::remove_dir_all(&dir).unwrap();
 }
 

@@ -989,3 +989,221 @@ async fn bad_input_to_the_operator_api_and_console_forms_is_refused_and_changes_
         .len();
     assert_eq!(before, after);
 }
+
+#[tokio::test]
+async fn operators_close_organizations_and_see_migrations_keys_and_backups() {
+    let w = world().await;
+    let op = w.token("operator").unwrap();
+    let owner = w.token("owner");
+    let b_id = w
+        .api
+        .ok(Method::GET, "/v1/orgs/org-b", &w.b_owner.1, None)
+        .await["id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let org_status = format!("/v1/operator/orgs/{b_id}/status");
+    // Nobody but an operator: an organization's owner gets 403 on each.
+    for (method, path) in [
+        (Method::GET, "/v1/operator/migrations"),
+        (Method::GET, "/v1/operator/keys"),
+        (Method::GET, "/v1/operator/backups"),
+        (Method::POST, "/v1/operator/backups"),
+        (Method::POST, org_status.as_str()),
+    ] {
+        let body =
+            (method == Method::POST && path.ends_with("/status")).then(|| json!({"closed": true}));
+        w.api
+            .expect(method, path, owner, body, 403, "forbidden")
+            .await;
+    }
+    let (s, _) = w
+        .api
+        .call(Method::GET, "/v1/orgs/org-b", Some(&w.b_owner.1), None)
+        .await;
+    assert_eq!(s, StatusCode::OK, "org B is still open");
+
+    // Migrations: the database is at this binary's newest.
+    let latest = orgbase_db::Migrator::embedded("t").latest();
+    let m = w
+        .api
+        .ok(Method::GET, "/v1/operator/migrations", op, None)
+        .await;
+    assert_eq!(m["database"], latest);
+    assert_eq!(m["binary"], latest);
+    assert_eq!(m["pending"], 0);
+    assert_eq!(m["items"][0]["version"], latest);
+    assert_eq!(m["items"].as_array().unwrap().len() as i64, latest);
+
+    // Keys: the notes' encrypted fields made data keys; none is due for rotation yet.
+    let k = w.api.ok(Method::GET, "/v1/operator/keys", op, None).await;
+    let live: u64 = k["keys"]
+        .as_object()
+        .unwrap()
+        .values()
+        .map(|s| s["live"].as_u64().unwrap())
+        .sum();
+    assert!(live >= 1, "{k}");
+    assert_eq!(k["rotation_days"], 90, "{k}");
+    assert_eq!(k["due"], json!([]), "{k}");
+    assert!(!k.to_string().contains("wrapped"), "no key material: {k}");
+
+    // Backups: started now, one at a time, listed when done; audited.
+    let empty = w
+        .api
+        .ok(Method::GET, "/v1/operator/backups", op, None)
+        .await;
+    assert_eq!(empty["items"], json!([]));
+    assert_eq!(empty["last_verify"], serde_json::Value::Null);
+    let (s, started) = w
+        .api
+        .call(Method::POST, "/v1/operator/backups", Some(op), None)
+        .await;
+    assert_eq!(s, StatusCode::ACCEPTED, "{started}");
+    w.api
+        .expect(
+            Method::POST,
+            "/v1/operator/backups",
+            Some(op),
+            None,
+            409,
+            "conflict",
+        )
+        .await;
+    let deadline = std::time::Instant::now() + Duration::from_secs(120);
+    let listed = loop {
+        let v = w
+            .api
+            .ok(Method::GET, "/v1/operator/backups", op, None)
+            .await;
+        if v["running"] == false && !v["items"].as_array().unwrap().is_empty() {
+            break v;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no backup after 2 minutes: {v}"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    };
+    let b = &listed["items"][0];
+    assert_eq!(b["kind"], "dump");
+    assert_eq!(b["tier"], "manual");
+    assert_eq!(b["schema_version"], latest);
+    assert!(b["stored_bytes"].as_u64().unwrap() > 0);
+    assert_eq!(
+        b["last_verify"],
+        serde_json::Value::Null,
+        "not verified yet"
+    );
+    let admin = w.db.admin().await;
+    let (_, op_id, _) = w.people.iter().find(|(r, _, _)| *r == "operator").unwrap();
+    let n: i64 = admin
+        .query_one(
+            "SELECT count(*) FROM orgbase.audit_log WHERE action = 'backup.start' \
+             AND actor_user = $1::text::uuid",
+            &[op_id],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(n, 1, "the refused second start wrote nothing");
+
+    // Closing an organization: nobody reaches it, its data stays; reopening brings it back.
+    for (body, code, kind) in [
+        (json!({"closed": "yes"}), 422, "validation"),
+        (json!({}), 422, "validation"),
+    ] {
+        w.api
+            .expect(Method::POST, &org_status, Some(op), Some(body), code, kind)
+            .await;
+    }
+    w.api
+        .expect(
+            Method::POST,
+            "/v1/operator/orgs/01900000-0000-7000-8000-000000000000/status",
+            Some(op),
+            Some(json!({"closed": true})),
+            404,
+            "not-found",
+        )
+        .await;
+    let closed = w
+        .api
+        .ok(Method::POST, &org_status, op, Some(json!({"closed": true})))
+        .await;
+    assert_eq!(closed["changed"], true);
+    for org in ["org-b", b_id.as_str()] {
+        let (s, _) = w
+            .api
+            .call(
+                Method::GET,
+                &format!("/v1/orgs/{org}/notes/{}", w.b_note),
+                Some(&w.b_owner.1),
+                None,
+            )
+            .await;
+        assert_eq!(s, StatusCode::NOT_FOUND, "{org}");
+    }
+    let orgs = w.api.ok(Method::GET, "/v1/operator/orgs", op, None).await;
+    let b = orgs["items"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|o| o["slug"] == "org-b")
+        .unwrap();
+    assert!(b["closed_at"].is_string(), "{b}");
+    let again = w
+        .api
+        .ok(Method::POST, &org_status, op, Some(json!({"closed": true})))
+        .await;
+    assert_eq!(again["changed"], false);
+    w.api
+        .ok(
+            Method::POST,
+            &org_status,
+            op,
+            Some(json!({"closed": false})),
+        )
+        .await;
+    let note = w
+        .api
+        .ok(
+            Method::GET,
+            &format!("/v1/orgs/org-b/notes/{}", w.b_note),
+            &w.b_owner.1,
+            None,
+        )
+        .await;
+    assert_eq!(note["title"], "B's secret title");
+    let actions: Vec<String> = admin
+        .query(
+            "SELECT action FROM orgbase.audit_log WHERE actor_user = $1::text::uuid \
+             AND action LIKE 'org.%' ORDER BY id",
+            &[op_id],
+        )
+        .await
+        .unwrap()
+        .iter()
+        .map(|r| r.get(0))
+        .collect();
+    assert_eq!(actions, ["org.close", "org.reopen"]);
+
+    // The console's operator pages show the same.
+    let page = w
+        .console(Method::GET, "/operator/backups", Some(op), &[], &[])
+        .await;
+    assert_eq!(page.status, StatusCode::OK);
+    assert!(
+        page.body
+            .contains(listed["items"][0]["id"].as_str().unwrap())
+    );
+    let page = w
+        .console(Method::GET, "/operator/migrations", Some(op), &[], &[])
+        .await;
+    assert!(page.body.contains("Up to date."), "{}", page.body);
+    let page = w
+        .console(Method::GET, "/operator/health", Some(op), &[], &[])
+        .await;
+    assert_eq!(page.status, StatusCode::OK, "{}", page.body);
+    assert!(page.body.contains("ready (orgbase"), "{}", page.body);
+}
