@@ -12,11 +12,48 @@ use crate::metrics::BackupMetrics;
 use crate::pipe::progress;
 use crate::{BackupError, Backups, Kind, Manifest};
 
+/// How a backup started on request connects as the backup role.
+#[derive(Clone)]
+pub enum Login {
+    /// A configured connection (`backup.url`).
+    Url(tokio_postgres::Config),
+    /// The role's generated password under `secrets` ([`orgbase_db::Target::backup_login`]),
+    /// read (or set) again for each backup, as the schedule does.
+    Generated {
+        target: orgbase_db::Target,
+        secrets: std::path::PathBuf,
+    },
+}
+
+impl std::fmt::Debug for Login {
+    /// Never the password.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Login::Url(_) => f.write_str("Login::Url(..)"),
+            Login::Generated { secrets, .. } => f
+                .debug_struct("Login::Generated")
+                .field("secrets", secrets)
+                .finish_non_exhaustive(),
+        }
+    }
+}
+
+impl Login {
+    async fn config(&self) -> Result<tokio_postgres::Config, BackupError> {
+        match self {
+            Login::Url(c) => Ok(c.clone()),
+            Login::Generated { target, secrets } => target
+                .backup_login(secrets)
+                .await
+                .map_err(|e| BackupError::Invalid(format!("the backup role's login: {e}"))),
+        }
+    }
+}
+
 /// What `orgbase serve` hands its API for the operators' backup routes.
 pub struct BackupService {
     backups: Backups,
-    /// The backup role's connection.
-    conn: tokio_postgres::Config,
+    login: Login,
     metrics: BackupMetrics,
     /// Whether `serve` takes scheduled backups (`backup.schedule`), for the page to say.
     schedule: bool,
@@ -34,15 +71,10 @@ impl std::fmt::Debug for BackupService {
 }
 
 impl BackupService {
-    pub fn new(
-        backups: Backups,
-        conn: tokio_postgres::Config,
-        metrics: BackupMetrics,
-        schedule: bool,
-    ) -> Self {
+    pub fn new(backups: Backups, login: Login, metrics: BackupMetrics, schedule: bool) -> Self {
         Self {
             backups,
-            conn,
+            login,
             metrics,
             schedule,
             running: Arc::default(),
@@ -100,9 +132,9 @@ impl BackupService {
         if self.running.swap(true, Ordering::SeqCst) {
             return Err("a backup started on request is running; wait for it to finish".into());
         }
-        let (backups, conn, metrics, running) = (
+        let (backups, login, metrics, running) = (
             self.backups.clone(),
-            self.conn.clone(),
+            self.login.clone(),
             self.metrics.clone(),
             self.running.clone(),
         );
@@ -110,6 +142,7 @@ impl BackupService {
         tokio::spawn(async move {
             let result = async {
                 let previous = Manifest::list(&backups.store, Kind::Dump).await?.pop();
+                let conn = login.config().await?;
                 let m = backups
                     .create_dump(&conn, "manual", progress(None, "backup"))
                     .await?;

@@ -875,12 +875,23 @@ pub async fn service(
     target: &Target,
     metrics: BackupMetrics,
 ) -> Option<orgbase_backup::service::BackupService> {
+    use orgbase_backup::service::{BackupService, Login};
     let made = async {
         let b = backups(config, &StoreArg { store: None })?;
-        let conn = backup_conn(config, target).await?;
-        anyhow::Ok(orgbase_backup::service::BackupService::new(
+        // As `backup_conn`: the configured URL, else the generated password (checked now).
+        let login = match &config.backup.url {
+            Some(url) => Login::Url(url.expose().parse().context("backup.url")?),
+            None => Login::Generated {
+                target: target.clone(),
+                secrets: config.data_dir.join("secrets"),
+            },
+        };
+        if let Login::Generated { target, secrets } = &login {
+            target.backup_login(secrets).await?;
+        }
+        anyhow::Ok(BackupService::new(
             b,
-            conn,
+            login,
             metrics,
             config.backup.schedule,
         ))

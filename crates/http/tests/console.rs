@@ -18,6 +18,8 @@ struct World {
     db: TestDb,
     /// The key store and the backup store (removed with the world).
     dir: PathBuf,
+    /// Field encryption over that key store (a second server over the same database needs it).
+    fields: orgbase_db::fields::Fields,
     api: Api,
     /// A client that does not follow redirects: a handled form answers 303.
     http: reqwest::Client,
@@ -43,7 +45,8 @@ async fn world_with(settings: HttpSettings) -> World {
     let dir = orgbase_testkit::temp_dir("orgbase-console-");
     let keys =
         Arc::new(orgbase_keys::Keys::open(&dir, &orgbase_keys::KeysConfig::default()).unwrap());
-    services.fields = orgbase_db::fields::Fields::new(keys, true);
+    let fields = orgbase_db::fields::Fields::new(keys, true);
+    services.fields = fields.clone();
     let backups = orgbase_backup::Backups {
         store: orgbase_backup::Store::open(&dir.join("backups").display().to_string()).unwrap(),
         keys: orgbase_backup::KeySource::Dir(dir.join("backup-keys")),
@@ -52,7 +55,7 @@ async fn world_with(settings: HttpSettings) -> World {
         zstd_threads: 1,
         key_max_age: Duration::from_secs(90 * 86_400),
     };
-    let conn = db.target.backup_login(&dir.join("secrets")).await.unwrap();
+    let conn = orgbase_backup::service::Login::Url(db.backup_login().await);
     services.backups = Some(Arc::new(orgbase_backup::service::BackupService::new(
         backups,
         conn,
@@ -146,6 +149,7 @@ async fn world_with(settings: HttpSettings) -> World {
     World {
         db,
         dir,
+        fields,
         http: reqwest::Client::builder()
             .redirect(redirect::Policy::none())
             .build()
@@ -778,8 +782,10 @@ async fn sign_up_follows_the_server_setting() {
     // A second server over the same database, with another setting.
     let serve = |mode| {
         let db = &w.db;
+        let fields = &w.fields;
         async move {
-            let services = Services::load(db.pool(), &db.admin().await).await.unwrap();
+            let mut services = Services::load(db.pool(), &db.admin().await).await.unwrap();
+            services.fields = fields.clone();
             let mut s = settings();
             s.signup = mode;
             Api::new(

@@ -6,13 +6,15 @@
 //! `CONSOLE_SCREENSHOTS_DIR` to keep the screenshots (docs/console.md shows them).
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)] // tests fail loudly
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use fantoccini::{Client, ClientBuilder, Locator};
 use orgbase_http::{HttpSettings, Services, app};
-use orgbase_testkit::{Api, TestDb, spawn_app};
+use orgbase_keys::{Keys, KeysConfig};
+use orgbase_testkit::{Api, TestDb, spawn_app, temp_dir};
 use reqwest::Method;
 use serde_json::json;
 
@@ -147,13 +149,26 @@ async fn at(b: &Client, part: &str) {
     }
 }
 
-#[tokio::test]
-async fn an_admin_works_through_the_console_in_chromium() {
-    let Some(driver) = driver().await else {
-        return;
+/// orgbase's API and console over `db`, with a key store and a backup store under `dir`.
+async fn server(db: &TestDb, dir: &Path) -> String {
+    let mut services = Services::load(db.pool(), &db.admin().await).await.unwrap();
+    let keys = Arc::new(Keys::open(dir, &KeysConfig::default()).unwrap());
+    services.fields = orgbase_db::fields::Fields::new(keys, true);
+    let backups = orgbase_backup::Backups {
+        store: orgbase_backup::Store::open(&dir.join("backups").display().to_string()).unwrap(),
+        keys: orgbase_backup::KeySource::Dir(dir.join("backup-keys")),
+        bin_dir: orgbase_testkit::bin_dir(),
+        zstd_level: 3,
+        zstd_threads: 1,
+        key_max_age: Duration::from_secs(90 * 86_400),
     };
-    let db = TestDb::migrated().await;
-    let services = Services::load(db.pool(), &db.admin().await).await.unwrap();
+    let conn = orgbase_backup::service::Login::Url(db.backup_login().await);
+    services.backups = Some(Arc::new(orgbase_backup::service::BackupService::new(
+        backups,
+        conn,
+        Default::default(),
+        true,
+    )));
     let settings = HttpSettings {
         request_timeout: Duration::from_secs(20),
         body_limit_bytes: 64 * 1024,
@@ -163,12 +178,22 @@ async fn an_admin_works_through_the_console_in_chromium() {
         slo: Default::default(),
         signup: Default::default(),
     };
-    let base = spawn_app(app(
+    spawn_app(app(
         services,
         orgbase_db::Migrator::embedded("t").latest(),
         &settings,
     ))
-    .await;
+    .await
+}
+
+#[tokio::test]
+async fn an_admin_works_through_the_console_in_chromium() {
+    let Some(driver) = driver().await else {
+        return;
+    };
+    let db = TestDb::migrated().await;
+    let dir = temp_dir("orgbase-console-browser-");
+    let base = server(&db, &dir).await;
     let api = Api::new(base.clone());
     let (owner_id, owner) = api.user("owner@acme.example").await;
     api.ok(
@@ -527,4 +552,120 @@ async fn an_admin_works_through_the_console_in_chromium() {
         .await;
     assert_eq!(holds["items"][0]["active"], false);
     b.close().await.unwrap();
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[tokio::test]
+async fn an_operator_works_through_the_console_in_chromium() {
+    let Some(driver) = driver().await else {
+        return;
+    };
+    let db = TestDb::migrated().await;
+    let dir = temp_dir("orgbase-console-operator-");
+    let base = server(&db, &dir).await;
+    let api = Api::new(base.clone());
+    let (op_id, op) = api.user("ops@example.com").await;
+    db.admin()
+        .await
+        .execute(
+            "INSERT INTO orgbase.instance_admins (user_id, granted_by) VALUES ($1::text::uuid, 'test')",
+            &[&op_id],
+        )
+        .await
+        .unwrap();
+    let (_, customer) = api.user("owner@globex.example").await;
+    api.ok(
+        Method::POST,
+        "/v1/orgs",
+        &customer,
+        Some(json!({"name": "Globex", "slug": "globex"})),
+    )
+    .await;
+    let shots = Shots::new();
+    let b = browser(&driver).await;
+    b.goto(&format!("{base}/console/operator/orgs"))
+        .await
+        .unwrap();
+    fill(&b, "#email", "ops@example.com").await;
+    fill(&b, "#password", "password-1234").await;
+    click(&b, "#sign-in").await;
+    at(&b, "/console/operator/orgs").await;
+
+    // Create an organization in a region, with compliance flags: the operator is its owner.
+    fill(&b, "#op-org-name", "Initech EU").await;
+    fill(&b, "#op-org-slug", "initech-eu").await;
+    element(&b, "#op-org-region")
+        .await
+        .select_by_value("eu-central")
+        .await
+        .unwrap();
+    click(&b, "input[name=compliance][value=gdpr]").await;
+    click(&b, "input[name=compliance][value=hipaa]").await;
+    click(&b, "#op-create-org").await;
+    at(&b, "/console/orgs/initech-eu/members?done=org-created").await;
+    let org = api.ok(Method::GET, "/v1/orgs/initech-eu", &op, None).await;
+    assert_eq!(org["region"], "eu-central");
+    assert_eq!(org["compliance"], json!(["gdpr", "hipaa"]));
+
+    // Close another organization: its owner reaches nothing; reopen it.
+    b.goto(&format!("{base}/console/operator/orgs"))
+        .await
+        .unwrap();
+    shots.take(&b, "operator-orgs").await;
+    click(&b, "button[aria-label='close globex']").await;
+    b.accept_alert().await.unwrap();
+    at(&b, "done=org-closed").await;
+    let (s, _) = api
+        .call(Method::GET, "/v1/orgs/globex", Some(&customer), None)
+        .await;
+    assert_eq!(s, 404);
+    click(&b, "button[aria-label='reopen globex']").await;
+    at(&b, "done=org-reopened").await;
+    let (s, _) = api
+        .call(Method::GET, "/v1/orgs/globex", Some(&customer), None)
+        .await;
+    assert_eq!(s, 200);
+
+    // Back up now: the backup is listed once done.
+    b.goto(&format!("{base}/console/operator/backups"))
+        .await
+        .unwrap();
+    assert_eq!(text_of(&b, "#last-verify").await, "never");
+    click(&b, "#start-backup").await;
+    at(&b, "done=backup-started").await;
+    let started = Instant::now();
+    loop {
+        let v = api.ok(Method::GET, "/v1/operator/backups", &op, None).await;
+        if v["running"] == false && !v["items"].as_array().unwrap().is_empty() {
+            break;
+        }
+        assert!(started.elapsed() < Duration::from_secs(120), "{v}");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    b.goto(&format!("{base}/console/operator/backups"))
+        .await
+        .unwrap();
+    let listed = text_of(&b, "#backups").await;
+    assert!(listed.contains("manual"), "{listed}");
+    shots.take(&b, "operator-backups").await;
+
+    // Keys, migrations, health.
+    b.goto(&format!("{base}/console/operator/keys"))
+        .await
+        .unwrap();
+    let counts = text_of(&b, "#key-counts").await;
+    assert!(counts.contains("Live"), "{counts}");
+    b.goto(&format!("{base}/console/operator/migrations"))
+        .await
+        .unwrap();
+    let state = text_of(&b, "#migration-state").await;
+    assert!(state.contains("Up to date."), "{state}");
+    b.goto(&format!("{base}/console/operator/health"))
+        .await
+        .unwrap();
+    let ready = text_of(&b, "#readiness").await;
+    assert!(ready.starts_with("ready"), "{ready}");
+    shots.take(&b, "operator-health").await;
+    b.close().await.unwrap();
+    let _ = std::fs::remove_dir_all(&dir);
 }

@@ -189,6 +189,20 @@ impl TestDb {
         self.target.runtime_pool(max_size, limits).expect("pool")
     }
 
+    /// The backup role's connection to this database. The role belongs to the whole test
+    /// cluster, so its password is set once per test process, under a lock, in a secrets
+    /// directory the process's tests share: concurrent tests do not change it under each other.
+    pub async fn backup_login(&self) -> tokio_postgres::Config {
+        static LOCK: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+        static SECRETS: OnceLock<PathBuf> = OnceLock::new();
+        let dir = SECRETS.get_or_init(|| temp_dir("orgbase-test-secrets-"));
+        let _held = LOCK.lock().await;
+        self.target
+            .backup_login(dir)
+            .await
+            .expect("the backup role's login")
+    }
+
     /// Connection parameters as libpq environment variables, for pg_dump/psql.
     pub fn libpq_env(&self) -> Vec<(&'static str, String)> {
         orgbase_db::database::libpq_env(self.target.admin_config())
