@@ -12,7 +12,7 @@ use axum::http::{HeaderValue, Method, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use serde_json::{Value, json};
 
-use super::pages::{FormData, Layout, done, html, query_value, refused, text};
+use super::pages::{FormData, Layout, done, html, query_value, refused, text, when};
 use super::{Answer, Console, Ctx, enc, see_other};
 
 /// What a page says above its content, and the status it answers with.
@@ -616,9 +616,9 @@ async fn privacy_page(c: &Console, ctx: &Ctx, org: &str, said: Said) -> Response
                 id: text(&g["id"]),
                 subject: who(&people, &text(&g["subject"])),
                 requested_by: who(&people, &text(&g["requested_by"])),
-                requested_at: text(&g["requested_at"]),
-                due_at: text(&g["due_at"]),
-                completed_at: text(&g["completed_at"]),
+                requested_at: when(&g["requested_at"]),
+                due_at: when(&g["due_at"]),
+                completed_at: when(&g["completed_at"]),
                 download: kind == "export" && status == "done",
                 cancel: kind == "erase" && matches!(status.as_str(), "requested" | "pending"),
                 outcome,
@@ -819,7 +819,7 @@ async fn consents_page(
             subject: who(&people, &text(&r["subject"])),
             purpose: text(&r["purpose"]),
             status: text(&r["status"]),
-            at: text(&r["at"]),
+            at: when(&r["at"]),
             source: text(&r["source"]),
             recorded_by: who(&people, &text(&r["recorded_by"])),
         })
@@ -959,8 +959,8 @@ async fn retention_page(c: &Console, ctx: &Ctx, org: &str, said: Said) -> Respon
             },
             reason: text(&r["reason"]),
             placed_by: who(&people, &text(&r["placed_by"])),
-            placed_at: text(&r["placed_at"]),
-            released_at: text(&r["released_at"]),
+            placed_at: when(&r["placed_at"]),
+            released_at: when(&r["released_at"]),
             active: r["active"].as_bool().unwrap_or(false),
         })
         .collect();

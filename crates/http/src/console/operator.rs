@@ -10,7 +10,7 @@ use axum::http::{Method, StatusCode};
 use axum::response::Response;
 use serde_json::{Value, json};
 
-use super::pages::{FormData, Layout, done, html, joined, text};
+use super::pages::{FormData, Layout, done, html, joined, text, when};
 use super::{Answer, Console, Ctx, enc, see_other};
 
 /// The regions an organization may be placed in.
@@ -69,8 +69,8 @@ async fn orgs_page(c: &Console, ctx: &Ctx, layout: Layout, status: StatusCode) -
             region: text(&o["region"]),
             compliance: joined(&o["compliance"]),
             members: text(&o["members"]),
-            created_at: text(&o["created_at"]),
-            closed_at: text(&o["closed_at"]),
+            created_at: when(&o["created_at"]),
+            closed_at: when(&o["closed_at"]),
         })
         .collect();
     html(
@@ -202,7 +202,7 @@ fn check_text(c: &Value) -> (String, bool) {
         format!(" ({})", text(&c["backup_id"]))
     };
     (
-        format!("{what} {}{on}: {}", text(&c["at"]), text(&c["detail"])),
+        format!("{what} {}{on}: {}", when(&c["at"]), text(&c["detail"])),
         ok,
     )
 }
@@ -236,7 +236,7 @@ async fn backups_page(c: &Console, ctx: &Ctx, layout: Layout, status: StatusCode
                 id: text(&m["id"]),
                 kind: text(&m["kind"]),
                 tier: text(&m["tier"]),
-                finished_at: text(&m["finished_at"]),
+                finished_at: when(&m["finished_at"]),
                 size: mb(&m["stored_bytes"]),
                 seconds: format!("{:.1}", m["duration_ms"].as_f64().unwrap_or(0.0) / 1000.0),
                 key: text(&m["key"]),
@@ -319,7 +319,7 @@ pub(crate) async fn operator_keys(State(c): State<Console>, ctx: Ctx) -> Respons
         .cloned()
         .unwrap_or_default()
         .iter()
-        .map(|k| (text(&k["key"]), text(&k["version"]), text(&k["created_at"])))
+        .map(|k| (text(&k["key"]), text(&k["version"]), when(&k["created_at"])))
         .collect();
     html(
         StatusCode::OK,
@@ -358,7 +358,7 @@ pub(crate) async fn operator_migrations(State(c): State<Console>, ctx: Ctx) -> R
             (
                 text(&m["version"]),
                 text(&m["description"]),
-                text(&m["applied_at"]),
+                when(&m["applied_at"]),
                 text(&m["applied_by"]),
                 text(&m["duration_ms"]),
             )

@@ -37,6 +37,18 @@ pub(crate) struct OrgLink {
     pub admin: bool,
 }
 
+/// A timestamp of the API (RFC 3339) as people read it, to the second in UTC; anything else as
+/// [`text`] shows it.
+pub(super) fn when(v: &Value) -> String {
+    match v.as_str().map(chrono::DateTime::parse_from_rfc3339) {
+        Some(Ok(t)) => t
+            .with_timezone(&chrono::Utc)
+            .format("%Y-%m-%d %H:%M:%S UTC")
+            .to_string(),
+        _ => text(v),
+    }
+}
+
 pub(super) fn text(v: &Value) -> String {
     match v {
         Value::Null => String::new(),
