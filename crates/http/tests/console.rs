@@ -403,6 +403,11 @@ async fn another_organizations_ids_change_and_show_nothing() {
         "/orgs/org-b/audit/export?format=json",
         "/orgs/org-b/tables/notes",
         format!("/orgs/org-b/tables/notes/{}", w.b_note).as_str(),
+        "/orgs/org-b/teams",
+        "/orgs/org-b/access",
+        "/orgs/org-b/privacy",
+        "/orgs/org-b/consents",
+        "/orgs/org-b/retention",
     ] {
         let page = w.console(Method::GET, path, owner, &[], &[]).await;
         assert_eq!(page.status, StatusCode::FORBIDDEN, "{path}");
@@ -422,8 +427,162 @@ async fn another_organizations_ids_change_and_show_nothing() {
         .await;
     assert_eq!(page.status, StatusCode::NOT_FOUND);
     assert!(!page.body.contains("B's secret"));
-    // Actions with B's ids through A's URLs: nothing changes in B.
+    // B's team, custom role, legal hold, and erasure and export requests.
+    let b = &w.b_owner.1;
     let b_member = w.b_member.clone();
+    let b_team = w
+        .api
+        .ok(
+            Method::POST,
+            "/v1/orgs/org-b/teams",
+            b,
+            Some(json!({"name": "B team"})),
+        )
+        .await["id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let b_role = w
+        .api
+        .ok(
+            Method::POST,
+            "/v1/orgs/org-b/roles",
+            b,
+            Some(json!({"name": "B role", "permissions": ["notes:viewer"]})),
+        )
+        .await["id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let b_hold = w
+        .api
+        .ok(
+            Method::POST,
+            "/v1/orgs/org-b/legal-holds",
+            b,
+            Some(json!({"reason": "B's matter"})),
+        )
+        .await["id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let b_erase = w
+        .api
+        .ok(
+            Method::POST,
+            &format!("/v1/orgs/org-b/members/{b_member}/erase"),
+            b,
+            None,
+        )
+        .await["id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let b_export = w
+        .api
+        .ok(
+            Method::POST,
+            &format!("/v1/orgs/org-b/members/{b_member}/export"),
+            b,
+            None,
+        )
+        .await["id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let page = w
+        .console(
+            Method::GET,
+            &format!("/orgs/org-a/privacy/{b_export}/download"),
+            owner,
+            &[],
+            &[],
+        )
+        .await;
+    assert_eq!(page.status, StatusCode::NOT_FOUND);
+    for (path, form) in [
+        (format!("/orgs/org-a/teams/{b_team}/delete"), vec![]),
+        (
+            format!("/orgs/org-a/teams/{b_team}/members"),
+            vec![("user", b_member.as_str())],
+        ),
+        (
+            format!("/orgs/org-a/access/{b_member}"),
+            vec![("app.notes", "admin")],
+        ),
+        (
+            format!("/orgs/org-a/roles/{b_role}/grant"),
+            vec![("user", b_member.as_str())],
+        ),
+        (format!("/orgs/org-a/privacy/{b_erase}/cancel"), vec![]),
+        (
+            "/orgs/org-a/privacy/erase".to_string(),
+            vec![("user", b_member.as_str()), ("confirm", "yes")],
+        ),
+        (format!("/orgs/org-a/legal-holds/{b_hold}/release"), vec![]),
+        (
+            "/orgs/org-a/consents".to_string(),
+            vec![
+                ("subject", b_member.as_str()),
+                ("purpose", "defaced"),
+                ("decision", "granted"),
+            ],
+        ),
+    ] {
+        let page = w.console(Method::POST, &path, owner, &form, &[]).await;
+        assert!(
+            page.status.is_client_error(),
+            "{path}: {} {}",
+            page.status,
+            page.body
+        );
+        assert!(
+            !page.body.contains("B team") && !page.body.contains("B's matter"),
+            "{path}"
+        );
+    }
+    let teams = w.api.ok(Method::GET, "/v1/orgs/org-b/teams", b, None).await;
+    assert_eq!(teams["items"][0]["members"], json!([]));
+    let roles = w.api.ok(Method::GET, "/v1/orgs/org-b/roles", b, None).await;
+    assert_eq!(roles["items"][0]["members"], json!([]));
+    let holds = w
+        .api
+        .ok(Method::GET, "/v1/orgs/org-b/legal-holds", b, None)
+        .await;
+    assert_eq!(holds["items"][0]["active"], true);
+    let reqs = w
+        .api
+        .ok(Method::GET, "/v1/orgs/org-b/gdpr-requests", b, None)
+        .await;
+    assert!(
+        reqs["items"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .all(|r| r["status"] == "requested"),
+        "{reqs}"
+    );
+    let consents = w
+        .api
+        .ok(Method::GET, "/v1/orgs/org-b/consents?subject=all", b, None)
+        .await;
+    assert_eq!(consents["items"], json!([]));
+    let a_reqs = w
+        .api
+        .ok(
+            Method::GET,
+            "/v1/orgs/org-a/gdpr-requests",
+            owner.unwrap(),
+            None,
+        )
+        .await;
+    assert_eq!(
+        a_reqs["items"],
+        json!([]),
+        "no request about B's member in A"
+    );
+
+    // Actions with B's ids through A's URLs: nothing changes in B.
     for (path, form) in [
         (format!("/orgs/org-a/members/{b_member}/remove"), vec![]),
         (
