@@ -58,7 +58,7 @@ impl Check {
                 }
             }
         }
-        out.sort_by(|a, b| a.at.cmp(&b.at));
+        out.sort_by_key(|c| c.at);
         Ok(out)
     }
 

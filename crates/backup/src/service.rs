@@ -16,11 +16,11 @@ use crate::{BackupError, Backups, Kind, Manifest};
 #[derive(Clone)]
 pub enum Login {
     /// A configured connection (`backup.url`).
-    Url(tokio_postgres::Config),
+    Url(Box<tokio_postgres::Config>),
     /// The role's generated password under `secrets` ([`orgbase_db::Target::backup_login`]),
     /// read (or set) again for each backup, as the schedule does.
     Generated {
-        target: orgbase_db::Target,
+        target: Box<orgbase_db::Target>,
         secrets: std::path::PathBuf,
     },
 }
@@ -41,7 +41,7 @@ impl std::fmt::Debug for Login {
 impl Login {
     async fn config(&self) -> Result<tokio_postgres::Config, BackupError> {
         match self {
-            Login::Url(c) => Ok(c.clone()),
+            Login::Url(c) => Ok((**c).clone()),
             Login::Generated { target, secrets } => target
                 .backup_login(secrets)
                 .await
@@ -87,7 +87,7 @@ impl BackupService {
         let store = &self.backups.store;
         let mut all = Manifest::list(store, Kind::Dump).await?;
         all.extend(Manifest::list(store, Kind::Base).await?);
-        all.sort_by(|x, y| y.started_at.cmp(&x.started_at));
+        all.sort_by_key(|m| std::cmp::Reverse(m.started_at));
         let checks = Check::list(store).await?;
         let of = |id: &str, kind: &str| {
             checks

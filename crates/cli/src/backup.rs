@@ -880,9 +880,9 @@ pub async fn service(
         let b = backups(config, &StoreArg { store: None })?;
         // As `backup_conn`: the configured URL, else the generated password (checked now).
         let login = match &config.backup.url {
-            Some(url) => Login::Url(url.expose().parse().context("backup.url")?),
+            Some(url) => Login::Url(Box::new(url.expose().parse().context("backup.url")?)),
             None => Login::Generated {
-                target: target.clone(),
+                target: Box::new(target.clone()),
                 secrets: config.data_dir.join("secrets"),
             },
         };

@@ -162,7 +162,7 @@ async fn server(db: &TestDb, dir: &Path) -> String {
         zstd_threads: 1,
         key_max_age: Duration::from_secs(90 * 86_400),
     };
-    let conn = orgbase_backup::service::Login::Url(db.backup_login().await);
+    let conn = orgbase_backup::service::Login::Url(Box::new(db.backup_login().await));
     services.backups = Some(Arc::new(orgbase_backup::service::BackupService::new(
         backups,
         conn,
