@@ -5,8 +5,9 @@
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)] // tests fail loudly
 
 use std::path::PathBuf;
-use std::sync::Arc;
 use std::time::Duration;
+
+mod support;
 
 use orgbase_http::console::{self, Perm};
 use orgbase_http::{HttpSettings, Services, app};
@@ -43,25 +44,7 @@ async fn world_with(settings: HttpSettings) -> World {
     let mut services = Services::load(db.pool(), &admin).await.unwrap();
     // A key store (field encryption, the operators' key page) and a backup store of their own.
     let dir = orgbase_testkit::temp_dir("orgbase-console-");
-    let keys =
-        Arc::new(orgbase_keys::Keys::open(&dir, &orgbase_keys::KeysConfig::default()).unwrap());
-    let fields = orgbase_db::fields::Fields::new(keys, true);
-    services.fields = fields.clone();
-    let backups = orgbase_backup::Backups {
-        store: orgbase_backup::Store::open(&dir.join("backups").display().to_string()).unwrap(),
-        keys: orgbase_backup::KeySource::Dir(dir.join("backup-keys")),
-        bin_dir: orgbase_testkit::bin_dir(),
-        zstd_level: 3,
-        zstd_threads: 1,
-        key_max_age: Duration::from_secs(90 * 86_400),
-    };
-    let conn = orgbase_backup::service::Login::Url(Box::new(db.backup_login().await));
-    services.backups = Some(Arc::new(orgbase_backup::service::BackupService::new(
-        backups,
-        conn,
-        Default::default(),
-        false,
-    )));
+    let fields = support::with_stores(&mut services, &db, &dir).await;
     let base = spawn_app(app(
         services,
         orgbase_db::Migrator::embedded("t").latest(),

@@ -6,14 +6,14 @@
 //! `CONSOLE_SCREENSHOTS_DIR` to keep the screenshots (docs/console.md shows them).
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)] // tests fail loudly
 
+mod support;
+
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
-use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use fantoccini::{Client, ClientBuilder, Locator};
 use orgbase_http::{HttpSettings, Services, app};
-use orgbase_keys::{Keys, KeysConfig};
 use orgbase_testkit::{Api, TestDb, spawn_app, temp_dir};
 use reqwest::Method;
 use serde_json::json;
@@ -152,23 +152,7 @@ async fn at(b: &Client, part: &str) {
 /// orgbase's API and console over `db`, with a key store and a backup store under `dir`.
 async fn server(db: &TestDb, dir: &Path) -> String {
     let mut services = Services::load(db.pool(), &db.admin().await).await.unwrap();
-    let keys = Arc::new(Keys::open(dir, &KeysConfig::default()).unwrap());
-    services.fields = orgbase_db::fields::Fields::new(keys, true);
-    let backups = orgbase_backup::Backups {
-        store: orgbase_backup::Store::open(&dir.join("backups").display().to_string()).unwrap(),
-        keys: orgbase_backup::KeySource::Dir(dir.join("backup-keys")),
-        bin_dir: orgbase_testkit::bin_dir(),
-        zstd_level: 3,
-        zstd_threads: 1,
-        key_max_age: Duration::from_secs(90 * 86_400),
-    };
-    let conn = orgbase_backup::service::Login::Url(Box::new(db.backup_login().await));
-    services.backups = Some(Arc::new(orgbase_backup::service::BackupService::new(
-        backups,
-        conn,
-        Default::default(),
-        true,
-    )));
+    support::with_stores(&mut services, db, dir).await;
     let settings = HttpSettings {
         request_timeout: Duration::from_secs(20),
         body_limit_bytes: 64 * 1024,

@@ -105,19 +105,49 @@ fn apps(c: &Console) -> Vec<String> {
     apps
 }
 
-/// Back to `page` of the organization with a `done` code, or `fail` rendered with the API's
-/// reason.
-async fn after(
-    a: Answer,
-    org: &str,
-    page: &str,
-    code: &str,
-    fail: impl AsyncFnOnce(Said) -> Response,
-) -> Response {
+/// The organization pages whose actions come back to them.
+#[derive(Clone, Copy)]
+enum Page {
+    Teams,
+    Access,
+    Privacy,
+    Consents,
+    Retention,
+}
+
+impl Page {
+    fn path(self) -> &'static str {
+        match self {
+            Page::Teams => "teams",
+            Page::Access => "access",
+            Page::Privacy => "privacy",
+            Page::Consents => "consents",
+            Page::Retention => "retention",
+        }
+    }
+
+    async fn render(self, c: &Console, ctx: &Ctx, org: &str, said: Said) -> Response {
+        match self {
+            Page::Teams => teams_page(c, ctx, org, said).await,
+            Page::Access => access_page(c, ctx, org, said).await,
+            Page::Privacy => privacy_page(c, ctx, org, said).await,
+            Page::Consents => consents_page(c, ctx, org, &None, said).await,
+            Page::Retention => retention_page(c, ctx, org, said).await,
+        }
+    }
+}
+
+/// After an action: back to `page` with a `done` code, or the page again with the API's reason
+/// and status.
+async fn after(c: &Console, ctx: &Ctx, org: &str, page: Page, code: &str, a: Answer) -> Response {
     if a.ok() {
-        see_other(&format!("/console/orgs/{}/{page}?done={code}", enc(org)))
+        see_other(&format!(
+            "/console/orgs/{}/{}?done={code}",
+            enc(org),
+            page.path()
+        ))
     } else {
-        fail(Said::refused(&a)).await
+        page.render(c, ctx, org, Said::refused(&a)).await
     }
 }
 
@@ -200,18 +230,14 @@ pub(crate) async fn create_team(
     let form = FormData::parse(&body);
     let req = json!({ "name": form.get("name"), "description": form.get("description") });
     let a = c
-        .call(
+        .send(
             &ctx,
             Method::POST,
             &format!("/v1/orgs/{}/teams", enc(&org)),
             Some(&req),
-            &[],
         )
         .await;
-    after(a, &org, "teams", "team-created", async |s| {
-        teams_page(&c, &ctx, &org, s).await
-    })
-    .await
+    after(&c, &ctx, &org, Page::Teams, "team-created", a).await
 }
 
 pub(crate) async fn delete_team(
@@ -220,18 +246,14 @@ pub(crate) async fn delete_team(
     Path((org, team)): Path<(String, String)>,
 ) -> Response {
     let a = c
-        .call(
+        .send(
             &ctx,
             Method::DELETE,
             &format!("/v1/orgs/{}/teams/{}", enc(&org), enc(&team)),
             None,
-            &[],
         )
         .await;
-    after(a, &org, "teams", "team-deleted", async |s| {
-        teams_page(&c, &ctx, &org, s).await
-    })
-    .await
+    after(&c, &ctx, &org, Page::Teams, "team-deleted", a).await
 }
 
 pub(crate) async fn add_team_member(
@@ -242,7 +264,7 @@ pub(crate) async fn add_team_member(
 ) -> Response {
     let form = FormData::parse(&body);
     let a = c
-        .call(
+        .send(
             &ctx,
             Method::PUT,
             &format!(
@@ -252,13 +274,9 @@ pub(crate) async fn add_team_member(
                 enc(form.get("user"))
             ),
             None,
-            &[],
         )
         .await;
-    after(a, &org, "teams", "team-member-added", async |s| {
-        teams_page(&c, &ctx, &org, s).await
-    })
-    .await
+    after(&c, &ctx, &org, Page::Teams, "team-member-added", a).await
 }
 
 pub(crate) async fn remove_team_member(
@@ -267,7 +285,7 @@ pub(crate) async fn remove_team_member(
     Path((org, team, user)): Path<(String, String, String)>,
 ) -> Response {
     let a = c
-        .call(
+        .send(
             &ctx,
             Method::DELETE,
             &format!(
@@ -277,13 +295,9 @@ pub(crate) async fn remove_team_member(
                 enc(&user)
             ),
             None,
-            &[],
         )
         .await;
-    after(a, &org, "teams", "team-member-removed", async |s| {
-        teams_page(&c, &ctx, &org, s).await
-    })
-    .await
+    after(&c, &ctx, &org, Page::Teams, "team-member-removed", a).await
 }
 
 // Access: app roles and custom roles -----------------------------------------------------------
@@ -459,16 +473,10 @@ pub(crate) async fn save_apps(
             enc(&app)
         );
         let a = if level.is_empty() {
-            c.call(&ctx, Method::DELETE, &path, None, &[]).await
+            c.send(&ctx, Method::DELETE, &path, None).await
         } else {
-            c.call(
-                &ctx,
-                Method::PUT,
-                &path,
-                Some(&json!({ "role": level })),
-                &[],
-            )
-            .await
+            c.send(&ctx, Method::PUT, &path, Some(&json!({ "role": level })))
+                .await
         };
         if !a.ok() {
             return access_page(&c, &ctx, &org, Said::refused(&a)).await;
@@ -489,18 +497,14 @@ pub(crate) async fn create_role(
     let form = FormData::parse(&body);
     let req = json!({ "name": form.get("name"), "permissions": form.all("permissions") });
     let a = c
-        .call(
+        .send(
             &ctx,
             Method::POST,
             &format!("/v1/orgs/{}/roles", enc(&org)),
             Some(&req),
-            &[],
         )
         .await;
-    after(a, &org, "access", "role-created", async |s| {
-        access_page(&c, &ctx, &org, s).await
-    })
-    .await
+    after(&c, &ctx, &org, Page::Access, "role-created", a).await
 }
 
 pub(crate) async fn grant_role(
@@ -511,7 +515,7 @@ pub(crate) async fn grant_role(
 ) -> Response {
     let form = FormData::parse(&body);
     let a = c
-        .call(
+        .send(
             &ctx,
             Method::PUT,
             &format!(
@@ -521,13 +525,9 @@ pub(crate) async fn grant_role(
                 enc(&role)
             ),
             None,
-            &[],
         )
         .await;
-    after(a, &org, "access", "role-granted", async |s| {
-        access_page(&c, &ctx, &org, s).await
-    })
-    .await
+    after(&c, &ctx, &org, Page::Access, "role-granted", a).await
 }
 
 pub(crate) async fn revoke_role(
@@ -536,7 +536,7 @@ pub(crate) async fn revoke_role(
     Path((org, role, user)): Path<(String, String, String)>,
 ) -> Response {
     let a = c
-        .call(
+        .send(
             &ctx,
             Method::DELETE,
             &format!(
@@ -546,13 +546,9 @@ pub(crate) async fn revoke_role(
                 enc(&role)
             ),
             None,
-            &[],
         )
         .await;
-    after(a, &org, "access", "role-revoked", async |s| {
-        access_page(&c, &ctx, &org, s).await
-    })
-    .await
+    after(&c, &ctx, &org, Page::Access, "role-revoked", a).await
 }
 
 // GDPR requests ----------------------------------------------------------------------------
@@ -685,7 +681,7 @@ async fn gdpr_request(c: Console, ctx: Ctx, org: String, kind: &str, body: Bytes
         }
     };
     let a = c
-        .call(
+        .send(
             &ctx,
             Method::POST,
             &format!(
@@ -694,13 +690,9 @@ async fn gdpr_request(c: Console, ctx: Ctx, org: String, kind: &str, body: Bytes
                 enc(form.get("user"))
             ),
             None,
-            &[],
         )
         .await;
-    after(a, &org, "privacy", code, async |s| {
-        privacy_page(&c, &ctx, &org, s).await
-    })
-    .await
+    after(&c, &ctx, &org, Page::Privacy, code, a).await
 }
 
 pub(crate) async fn cancel_erasure(
@@ -709,18 +701,14 @@ pub(crate) async fn cancel_erasure(
     Path((org, id)): Path<(String, String)>,
 ) -> Response {
     let a = c
-        .call(
+        .send(
             &ctx,
             Method::POST,
             &format!("/v1/orgs/{}/gdpr-requests/{}/cancel", enc(&org), enc(&id)),
             None,
-            &[],
         )
         .await;
-    after(a, &org, "privacy", "erasure-cancelled", async |s| {
-        privacy_page(&c, &ctx, &org, s).await
-    })
-    .await
+    after(&c, &ctx, &org, Page::Privacy, "erasure-cancelled", a).await
 }
 
 /// The archive of a finished export, as the API serves it to this admin.
@@ -875,18 +863,14 @@ pub(crate) async fn record_consent(
         req["subject"] = subject.into();
     }
     let a = c
-        .call(
+        .send(
             &ctx,
             Method::POST,
             &format!("/v1/orgs/{}/consents", enc(&org)),
             Some(&req),
-            &[],
         )
         .await;
-    after(a, &org, "consents", "consent-recorded", async |s| {
-        consents_page(&c, &ctx, &org, &None, s).await
-    })
-    .await
+    after(&c, &ctx, &org, Page::Consents, "consent-recorded", a).await
 }
 
 // Retention and legal holds ----------------------------------------------------------------
@@ -1004,18 +988,14 @@ pub(crate) async fn save_retention(
         })
         .collect();
     let a = c
-        .call(
+        .send(
             &ctx,
             Method::PUT,
             &format!("/v1/orgs/{}/retention", enc(&org)),
             Some(&json!({ "policies": policies })),
-            &[],
         )
         .await;
-    after(a, &org, "retention", "retention-saved", async |s| {
-        retention_page(&c, &ctx, &org, s).await
-    })
-    .await
+    after(&c, &ctx, &org, Page::Retention, "retention-saved", a).await
 }
 
 pub(crate) async fn place_hold(
@@ -1031,18 +1011,14 @@ pub(crate) async fn place_hold(
         req["subject"] = subject.into();
     }
     let a = c
-        .call(
+        .send(
             &ctx,
             Method::POST,
             &format!("/v1/orgs/{}/legal-holds", enc(&org)),
             Some(&req),
-            &[],
         )
         .await;
-    after(a, &org, "retention", "hold-placed", async |s| {
-        retention_page(&c, &ctx, &org, s).await
-    })
-    .await
+    after(&c, &ctx, &org, Page::Retention, "hold-placed", a).await
 }
 
 pub(crate) async fn release_hold(
@@ -1051,16 +1027,12 @@ pub(crate) async fn release_hold(
     Path((org, id)): Path<(String, String)>,
 ) -> Response {
     let a = c
-        .call(
+        .send(
             &ctx,
             Method::POST,
             &format!("/v1/orgs/{}/legal-holds/{}/release", enc(&org), enc(&id)),
             None,
-            &[],
         )
         .await;
-    after(a, &org, "retention", "hold-released", async |s| {
-        retention_page(&c, &ctx, &org, s).await
-    })
-    .await
+    after(&c, &ctx, &org, Page::Retention, "hold-released", a).await
 }

@@ -449,6 +449,17 @@ impl Console {
         }
     }
 
+    /// [`Console::call`] without extra headers.
+    pub(crate) async fn send(
+        &self,
+        ctx: &Ctx,
+        method: Method,
+        path: &str,
+        body: Option<&Value>,
+    ) -> Answer {
+        self.call(ctx, method, path, body, &[]).await
+    }
+
     pub(crate) async fn get(&self, ctx: &Ctx, path: &str) -> Answer {
         self.call(ctx, Method::GET, path, None, &[]).await
     }

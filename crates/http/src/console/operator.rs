@@ -113,9 +113,7 @@ pub(crate) async fn operator_create_org(
         "region": form.get("region"),
         "compliance": form.all("compliance"),
     });
-    let a = c
-        .call(&ctx, Method::POST, "/v1/orgs", Some(&req), &[])
-        .await;
+    let a = c.send(&ctx, Method::POST, "/v1/orgs", Some(&req)).await;
     if !a.ok() {
         return orgs_page(&c, &ctx, refused_here(&ctx, &a), a.status).await;
     }
@@ -143,12 +141,11 @@ pub(crate) async fn operator_org_status(
         }
     };
     let a = c
-        .call(
+        .send(
             &ctx,
             Method::POST,
             &format!("/v1/operator/orgs/{}/status", enc(&id)),
             Some(&json!({ "closed": closed })),
-            &[],
         )
         .await;
     if !a.ok() {
@@ -272,7 +269,7 @@ pub(crate) async fn operator_backups(
 
 pub(crate) async fn operator_start_backup(State(c): State<Console>, ctx: Ctx) -> Response {
     let a = c
-        .call(&ctx, Method::POST, "/v1/operator/backups", None, &[])
+        .send(&ctx, Method::POST, "/v1/operator/backups", None)
         .await;
     if !a.ok() {
         let layout = Layout::new(&ctx, "Backups", None).with("", a.problem());

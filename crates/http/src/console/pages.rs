@@ -245,7 +245,7 @@ pub(crate) async fn login(State(c): State<Console>, ctx: Ctx, body: Bytes) -> Re
         req["totp"] = totp.into();
     }
     let a = c
-        .call(&ctx, Method::POST, "/v1/auth/login", Some(&req), &[])
+        .send(&ctx, Method::POST, "/v1/auth/login", Some(&req))
         .await;
     let next = safe_next(form.get("next")).to_string();
     if !a.ok() {
@@ -342,14 +342,14 @@ pub(crate) async fn signup(State(c): State<Console>, ctx: Ctx, body: Bytes) -> R
         req["invitation"] = invitation.into();
     }
     let a = c
-        .call(&ctx, Method::POST, "/v1/auth/signup", Some(&req), &[])
+        .send(&ctx, Method::POST, "/v1/auth/signup", Some(&req))
         .await;
     if !a.ok() {
         return sign_up_page(&c, a.status, &a.problem(), &next);
     }
     let creds = json!({ "email": form.get("email"), "password": form.get("password") });
     let login = c
-        .call(&ctx, Method::POST, "/v1/auth/login", Some(&creds), &[])
+        .send(&ctx, Method::POST, "/v1/auth/login", Some(&creds))
         .await;
     if !login.ok() {
         return sign_in_page(login.status, &login.problem(), next);
@@ -385,12 +385,11 @@ pub(crate) async fn accept_invitation(
     Path(token): Path<String>,
 ) -> Response {
     let a = c
-        .call(
+        .send(
             &ctx,
             Method::POST,
             &format!("/v1/invitations/{}/accept", enc(&token)),
             None,
-            &[],
         )
         .await;
     if !a.ok() {
@@ -406,9 +405,7 @@ pub(crate) async fn accept_invitation(
 
 /// Sign out: the session ends in the database (`POST /v1/auth/logout`), and the cookie goes.
 pub(crate) async fn logout(State(c): State<Console>, ctx: Ctx) -> Response {
-    let _ = c
-        .call(&ctx, Method::POST, "/v1/auth/logout", None, &[])
-        .await;
+    let _ = c.send(&ctx, Method::POST, "/v1/auth/logout", None).await;
     let mut resp = see_other("/console/login");
     if let Ok(v) = HeaderValue::from_str(&set_cookie(None, ctx.tls)) {
         resp.headers_mut().insert(header::SET_COOKIE, v);
@@ -478,9 +475,7 @@ pub(crate) async fn create_org(State(c): State<Console>, ctx: Ctx, body: Bytes) 
     let form = FormData::parse(&body);
     let slug = form.get("slug").trim().to_string();
     let req = json!({ "name": form.get("name"), "slug": slug });
-    let a = c
-        .call(&ctx, Method::POST, "/v1/orgs", Some(&req), &[])
-        .await;
+    let a = c.send(&ctx, Method::POST, "/v1/orgs", Some(&req)).await;
     if !a.ok() {
         let layout = Layout::new(&ctx, "Organizations", None).with("", a.problem());
         return html(a.status, &Home { layout });
@@ -654,12 +649,11 @@ pub(crate) async fn member_role(
 ) -> Response {
     let form = FormData::parse(&body);
     let a = c
-        .call(
+        .send(
             &ctx,
             Method::PATCH,
             &format!("/v1/orgs/{}/members/{}", enc(&org), enc(&user)),
             Some(&json!({ "role": form.get("role") })),
-            &[],
         )
         .await;
     members_after(&c, &ctx, &org, a, "role-changed").await
@@ -671,12 +665,11 @@ pub(crate) async fn member_remove(
     Path((org, user)): Path<(String, String)>,
 ) -> Response {
     let a = c
-        .call(
+        .send(
             &ctx,
             Method::DELETE,
             &format!("/v1/orgs/{}/members/{}", enc(&org), enc(&user)),
             None,
-            &[],
         )
         .await;
     members_after(&c, &ctx, &org, a, "member-removed").await
@@ -691,12 +684,11 @@ pub(crate) async fn invite(
 ) -> Response {
     let form = FormData::parse(&body);
     let a = c
-        .call(
+        .send(
             &ctx,
             Method::POST,
             &format!("/v1/orgs/{}/invitations", enc(&org)),
             Some(&json!({ "email": form.get("email"), "role": form.get("role") })),
-            &[],
         )
         .await;
     if !a.ok() {
@@ -719,12 +711,11 @@ pub(crate) async fn revoke_invitation(
     Path((org, id)): Path<(String, String)>,
 ) -> Response {
     let a = c
-        .call(
+        .send(
             &ctx,
             Method::DELETE,
             &format!("/v1/orgs/{}/invitations/{}", enc(&org), enc(&id)),
             None,
-            &[],
         )
         .await;
     members_after(&c, &ctx, &org, a, "invitation-revoked").await
@@ -844,12 +835,11 @@ pub(crate) async fn create_api_key(
         req["expires_at"] = expires.into();
     }
     let a = c
-        .call(
+        .send(
             &ctx,
             Method::POST,
             &format!("/v1/orgs/{}/api-keys", enc(&org)),
             Some(&req),
-            &[],
         )
         .await;
     if !a.ok() {
@@ -867,12 +857,11 @@ pub(crate) async fn revoke_api_key(
     Path((org, id)): Path<(String, String)>,
 ) -> Response {
     let a = c
-        .call(
+        .send(
             &ctx,
             Method::DELETE,
             &format!("/v1/orgs/{}/api-keys/{}", enc(&org), enc(&id)),
             None,
-            &[],
         )
         .await;
     if !a.ok() {
@@ -1457,12 +1446,11 @@ pub(crate) async fn create_row(
     let form = FormData::parse(&body);
     let req = form_body(&t, &form, true);
     let a = c
-        .call(
+        .send(
             &ctx,
             Method::POST,
             &format!("/v1/orgs/{}/{}", enc(&org), enc(&name)),
             Some(&req),
-            &[],
         )
         .await;
     if !a.ok() {
@@ -1640,12 +1628,11 @@ pub(crate) async fn restore_row(
     Path((org, name, id)): Path<(String, String, String)>,
 ) -> Response {
     let a = c
-        .call(
+        .send(
             &ctx,
             Method::POST,
             &format!("/v1/orgs/{}/{}/{}/restore", enc(&org), enc(&name), enc(&id)),
             None,
-            &[],
         )
         .await;
     if !a.ok() {
@@ -1746,12 +1733,11 @@ pub(crate) async fn operator_account_status(
 ) -> Response {
     let form = FormData::parse(&body);
     let a = c
-        .call(
+        .send(
             &ctx,
             Method::POST,
             &format!("/v1/operator/accounts/{}/status", enc(&id)),
             Some(&json!({ "status": form.get("status") })),
-            &[],
         )
         .await;
     if !a.ok() {
