@@ -98,7 +98,7 @@ fn who(people: &[Person], id: &str) -> String {
 }
 
 /// The apps of the registered tenant tables, sorted.
-fn apps(c: &Console) -> Vec<String> {
+pub(super) fn apps(c: &Console) -> Vec<String> {
     let mut apps: Vec<String> = c.catalog().tables.values().map(|t| t.app.clone()).collect();
     apps.sort();
     apps.dedup();
@@ -643,8 +643,7 @@ pub(crate) async fn privacy(
     privacy_page(&c, &ctx, &org, Said::done(&q)).await
 }
 
-/// Ask for an export (`kind` = export) or the erasure (`kind` = erase, with the confirmation
-/// box ticked) of a member's data in this organization.
+/// Ask for an export of a member's data in this organization.
 pub(crate) async fn gdpr_export(
     State(c): State<Console>,
     ctx: Ctx,
@@ -654,6 +653,8 @@ pub(crate) async fn gdpr_export(
     gdpr_request(c, ctx, org, "export", body).await
 }
 
+/// Ask for the erasure of a member's data in this organization (with the confirmation box
+/// ticked).
 pub(crate) async fn gdpr_erase(
     State(c): State<Console>,
     ctx: Ctx,

@@ -782,10 +782,7 @@ async fn api_keys_page(
         })
         .collect();
     let mut scope_choices = vec!["admin".to_string(), "analytics".to_string()];
-    let mut apps: Vec<String> = c.catalog().tables.values().map(|t| t.app.clone()).collect();
-    apps.sort();
-    apps.dedup();
-    for app in ["*".to_string()].into_iter().chain(apps) {
+    for app in ["*".to_string()].into_iter().chain(super::admin::apps(c)) {
         for level in ["read", "write", "admin"] {
             scope_choices.push(format!("{app}:{level}"));
         }
