@@ -650,6 +650,27 @@ async fn an_operator_works_through_the_console_in_chromium() {
     let ready = text_of(&b, "#readiness").await;
     assert!(ready.starts_with("ready"), "{ready}");
     shots.take(&b, "operator-health").await;
+
+    // Accounts: suspend the customer (their session ends at once), then reactivate them.
+    b.goto(&format!("{base}/console/operator/accounts"))
+        .await
+        .unwrap();
+    click(&b, "button[aria-label='suspend owner@globex.example']").await;
+    b.accept_alert().await.unwrap();
+    at(&b, "done=status-changed").await;
+    let (s, _) = api.call(Method::GET, "/v1/me", Some(&customer), None).await;
+    assert_eq!(s, 401);
+    let login = json!({"email": "owner@globex.example", "password": "password-1234"});
+    let (s, _) = api
+        .call(Method::POST, "/v1/auth/login", None, Some(login.clone()))
+        .await;
+    assert_eq!(s, 401, "a suspended account does not sign in");
+    click(&b, "button[aria-label='reactivate owner@globex.example']").await;
+    element(&b, "button[aria-label='suspend owner@globex.example']").await;
+    let (s, _) = api
+        .call(Method::POST, "/v1/auth/login", None, Some(login))
+        .await;
+    assert_eq!(s, 200);
     b.close().await.unwrap();
     let _ = std::fs::remove_dir_all(&dir);
 }
