@@ -108,7 +108,73 @@ SELECT md5('org' || o)::uuid,
   FROM generate_series(1, 100) AS o, generate_series(1, 1000) AS k
  ORDER BY o, k;
 
+-- The same-work W1 reference: what a team following the seeds writes by hand for "create a
+-- note". The note's author is a member of its organization (composite foreign key), and an
+-- AFTER INSERT trigger in plpgsql writes the audit entry in the same transaction (seed 002's
+-- audit_trigger(): the row as JSON, the actor, the organization, the table, the record id, the
+-- client address and the time) into an audit table with the indexes an audit query needs
+-- (by organization and time, by record, by actor). W1 against this table is bench/pgbench/
+-- w1_audited.sql; the bare insert into `notes` stays as a row for information.
+CREATE TABLE members (
+    org_id  uuid NOT NULL,
+    user_id uuid NOT NULL,
+    role    text NOT NULL DEFAULT 'member',
+    PRIMARY KEY (org_id, user_id)
+);
+INSERT INTO members (org_id, user_id)
+SELECT md5('org' || o)::uuid, md5('user' || o || '-' || u)::uuid
+  FROM generate_series(1, 100) AS o, generate_series(1, 5) AS u;
+
+CREATE TABLE notes_audited (LIKE notes INCLUDING DEFAULTS INCLUDING CONSTRAINTS INCLUDING INDEXES,
+    FOREIGN KEY (org_id, created_by) REFERENCES members (org_id, user_id));
+ALTER TABLE notes_audited ENABLE ROW LEVEL SECURITY;
+ALTER TABLE notes_audited FORCE ROW LEVEL SECURITY;
+CREATE POLICY tenant ON notes_audited
+    USING (org_id = current_setting('app.org_id')::uuid)
+    WITH CHECK (org_id = current_setting('app.org_id')::uuid);
+
+CREATE TABLE audit_log (
+    id         bigint      GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
+    org_id     uuid        NOT NULL,
+    actor      uuid,
+    action     text        NOT NULL,
+    table_name text        NOT NULL,
+    record_id  text        NOT NULL,
+    old_values jsonb,
+    new_values jsonb,
+    ip         inet,
+    at         timestamptz NOT NULL DEFAULT now()
+);
+CREATE INDEX audit_log_org_at_idx ON audit_log (org_id, at DESC);
+CREATE INDEX audit_log_record_idx ON audit_log (org_id, table_name, record_id);
+CREATE INDEX audit_log_actor_idx ON audit_log (org_id, actor, at DESC);
+ALTER TABLE audit_log ENABLE ROW LEVEL SECURITY;
+ALTER TABLE audit_log FORCE ROW LEVEL SECURITY;
+CREATE POLICY tenant ON audit_log
+    USING (org_id = current_setting('app.org_id')::uuid)
+    WITH CHECK (org_id = current_setting('app.org_id')::uuid);
+
+CREATE FUNCTION audit_trigger() RETURNS trigger
+LANGUAGE plpgsql AS $$
+BEGIN
+    INSERT INTO audit_log (org_id, actor, action, table_name, record_id, old_values, new_values, ip)
+    VALUES (coalesce(NEW.org_id, OLD.org_id),
+            nullif(current_setting('app.user_id', true), '')::uuid,
+            TG_OP, TG_TABLE_NAME, coalesce(NEW.id, OLD.id)::text,
+            CASE WHEN TG_OP = 'DELETE' THEN to_jsonb(OLD) END,
+            CASE WHEN TG_OP IN ('INSERT', 'UPDATE') THEN to_jsonb(NEW) END,
+            inet_client_addr());
+    RETURN NULL;
+END
+$$;
+CREATE TRIGGER audit AFTER INSERT OR UPDATE OR DELETE ON notes_audited
+    FOR EACH ROW EXECUTE FUNCTION audit_trigger();
+
+INSERT INTO notes_audited SELECT * FROM notes;
+
 GRANT USAGE ON SCHEMA public TO bench_app, bench_norls;
+GRANT SELECT, INSERT ON notes_audited, audit_log TO bench_app, bench_norls;
+GRANT SELECT ON members TO bench_app, bench_norls;
 GRANT SELECT, INSERT ON notes TO bench_app, bench_norls;
 GRANT SELECT ON bench_orgs, bench_users, bench_notes TO bench_app, bench_norls;
 
@@ -137,6 +203,9 @@ END
 $$;
 
 VACUUM (ANALYZE) notes;
+VACUUM (ANALYZE) notes_audited;
+VACUUM (ANALYZE) members;
+VACUUM (ANALYZE) audit_log;
 VACUUM (ANALYZE) bench_orgs;
 VACUUM (ANALYZE) bench_users;
 VACUUM (ANALYZE) bench_notes;
