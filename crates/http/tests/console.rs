@@ -1356,3 +1356,110 @@ async fn operators_close_organizations_and_see_migrations_keys_and_backups() {
     assert_eq!(page.status, StatusCode::OK, "{}", page.body);
     assert!(page.body.contains("ready (orgbase"), "{}", page.body);
 }
+
+#[tokio::test]
+async fn bad_input_to_the_new_console_forms_is_refused_by_name_and_writes_nothing() {
+    let w = world().await;
+    let owner = w.token("owner");
+    let op = w.token("operator");
+    let (_, member_id, _) = w.people.iter().find(|(r, _, _)| *r == "member").unwrap();
+    for (path, form, token, code, says) in [
+        (
+            format!("/orgs/org-a/access/{member_id}"),
+            vec![("app.notes", "superuser")],
+            owner,
+            422,
+            "notes: the role must be viewer, editor or admin",
+        ),
+        (
+            format!("/orgs/org-a/access/{member_id}"),
+            vec![("app.nosuchapp", "viewer")],
+            owner,
+            422,
+            "nosuchapp: no such app",
+        ),
+        (
+            "/orgs/org-a/privacy/erase".to_string(),
+            vec![("user", member_id.as_str())],
+            owner,
+            422,
+            "Tick the box to confirm the erasure",
+        ),
+        (
+            "/orgs/org-a/consents".to_string(),
+            vec![("purpose", "newsletter"), ("decision", "maybe")],
+            owner,
+            422,
+            "Choose whether consent was given or withdrawn.",
+        ),
+        (
+            "/orgs/org-a/retention".to_string(),
+            vec![("keep.sessions", "forever")],
+            owner,
+            422,
+            "policies.sessions",
+        ),
+        (
+            "/orgs/org-a/legal-holds".to_string(),
+            vec![("reason", "")],
+            owner,
+            422,
+            "reason",
+        ),
+        (
+            format!(
+                "/operator/orgs/{}/status",
+                "01900000-0000-7000-8000-000000000000"
+            ),
+            vec![("closed", "maybe")],
+            op,
+            422,
+            "closed must be yes or no",
+        ),
+    ] {
+        let page = w.console(Method::POST, &path, token, &form, &[]).await;
+        assert_eq!(page.status.as_u16(), code, "{path}: {}", page.body);
+        assert!(page.body.contains(says), "{path}: {}", page.body);
+        assert_eq!(page.csp.as_deref(), Some(console::CSP), "{path}");
+    }
+    // Nothing was written: the member's app role, the requests, the consents, the policies, the
+    // holds are as the world made them.
+    let o = owner.unwrap();
+    let m = w
+        .api
+        .ok(
+            Method::GET,
+            &format!("/v1/orgs/org-a/members/{member_id}"),
+            o,
+            None,
+        )
+        .await;
+    assert_eq!(m["apps"]["notes"], "editor");
+    let reqs = w
+        .api
+        .ok(Method::GET, "/v1/orgs/org-a/gdpr-requests", o, None)
+        .await;
+    assert_eq!(reqs["items"], json!([]));
+    let consents = w
+        .api
+        .ok(Method::GET, "/v1/orgs/org-a/consents?subject=all", o, None)
+        .await;
+    assert_eq!(consents["items"], json!([]));
+    let policies = w
+        .api
+        .ok(Method::GET, "/v1/orgs/org-a/retention", o, None)
+        .await;
+    assert!(
+        policies["items"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .all(|p| p["policy"].is_null()),
+        "{policies}"
+    );
+    let holds = w
+        .api
+        .ok(Method::GET, "/v1/orgs/org-a/legal-holds", o, None)
+        .await;
+    assert_eq!(holds["items"], json!([]));
+}
