@@ -186,17 +186,18 @@ struct Backups {
     backups: Vec<BackupRow>,
 }
 
-/// "passed at …: detail" / "FAILED at …: detail" / "never", and whether it passed.
-fn check_text(c: &Value) -> (String, bool) {
+/// "passed at … (backup): detail" / "FAILED at …: detail" / "never", and whether it passed; the
+/// backup's id only where the check is not already on its row (`with_id`).
+fn check_text(c: &Value, with_id: bool) -> (String, bool) {
     if c.is_null() {
         return ("never".into(), false);
     }
     let ok = c["ok"].as_bool().unwrap_or(false);
     let what = if ok { "passed" } else { "FAILED" };
-    let on = if c["backup_id"].is_null() {
-        String::new()
-    } else {
+    let on = if with_id {
         format!(" ({})", text(&c["backup_id"]))
+    } else {
+        String::new()
     };
     (
         format!("{what} {}{on}: {}", when(&c["at"]), text(&c["detail"])),
@@ -220,15 +221,8 @@ async fn backups_page(c: &Console, ctx: &Ctx, layout: Layout, status: StatusCode
         .unwrap_or_default()
         .iter()
         .map(|m| {
-            let strip = |c: &Value| {
-                let mut c = c.clone();
-                if let Some(o) = c.as_object_mut() {
-                    o.remove("backup_id");
-                }
-                check_text(&c)
-            };
-            let (verify, verify_ok) = strip(&m["last_verify"]);
-            let (restore, restore_ok) = strip(&m["last_restore"]);
+            let (verify, verify_ok) = check_text(&m["last_verify"], false);
+            let (restore, restore_ok) = check_text(&m["last_restore"], false);
             BackupRow {
                 id: text(&m["id"]),
                 kind: text(&m["kind"]),
@@ -251,8 +245,8 @@ async fn backups_page(c: &Console, ctx: &Ctx, layout: Layout, status: StatusCode
             store: text(&v["store"]),
             schedule: v["schedule"].as_bool().unwrap_or(false),
             running: v["running"].as_bool().unwrap_or(false),
-            last_verify: check_text(&v["last_verify"]).0,
-            last_restore: check_text(&v["last_restore"]).0,
+            last_verify: check_text(&v["last_verify"], true).0,
+            last_restore: check_text(&v["last_restore"], true).0,
             backups,
         },
     )
