@@ -7,13 +7,16 @@
 //! and the noise is drawn for exactly the ε that was charged.
 //!
 //! Neighbouring datasets differ by one person (the privacy unit) and everything they
-//! contributed. A person contributes at most `contributions` rows (the database keeps a random
-//! `contributions` of theirs), each value clamped into `[lower, upper]`; so adding or removing
+//! contributed. A person contributes at most `contributions` rows (a uniformly random
+//! `contributions` of theirs, chosen in one pass: [`Bounded`]), each value clamped into `[lower, upper]`; so adding or removing
 //! one person changes the vector of per-group counts by at most `contributions` in L1 norm, and
 //! the vector of per-group sums by at most `contributions · max(|lower|, |upper|)`. The Laplace
 //! mechanism with scale `sensitivity / ε` is then ε-differentially private. A mean is a noisy
 //! sum over a noisy count, each with half the ε.
 
+mod bound;
+
+pub use bound::Bounded;
 use serde::Serialize;
 
 /// Millionths of ε per unit.

@@ -10,6 +10,8 @@
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
 
+use futures_util::TryStreamExt as _;
+use rand::SeedableRng as _;
 use serde::Serialize;
 use tokio_postgres::types::ToSql;
 use tokio_postgres::{Client, GenericClient};
@@ -410,25 +412,24 @@ pub async fn figures(
     f: &Figures<'_>,
 ) -> Result<Vec<orgbase_analytics::Exact>, tokio_postgres::Error> {
     let group = match f.group_by {
-        Some(c) => format!("t.{}::text", quote_ident(&c.name)),
-        None => "NULL::text".into(),
+        Some(c) => format!("array_position($4, t.{}::text)", quote_ident(&c.name)),
+        None => "1".into(),
     };
     let value = match f.column {
         Some(c) => format!(
-            "least(greatest(t.{}::float8, $3), $4)",
+            "least(greatest(t.{}::float8, $2), $3)",
             quote_ident(&c.name)
         ),
         None => "0::float8".into(),
     };
     let (lo, hi) = f.bounds.unwrap_or((0.0, 0.0));
-    let contributions = i64::from(f.contributions);
-    let mut params: Vec<&(dyn ToSql + Sync)> = vec![&org, &contributions, &lo, &hi, &f.keys];
+    let mut params: Vec<&(dyn ToSql + Sync)> = vec![&org, &lo, &hi, &f.keys];
     let mut filter = String::new();
     if let Some(c) = f.column {
         let _ = write!(filter, " AND t.{} IS NOT NULL", quote_ident(&c.name));
     }
     if let Some(c) = f.group_by {
-        let _ = write!(filter, " AND t.{}::text = ANY ($5)", quote_ident(&c.name));
+        let _ = write!(filter, " AND t.{}::text = ANY ($4)", quote_ident(&c.name));
     }
     for (column, value) in &f.filters {
         params.push(value);
@@ -439,46 +440,36 @@ pub async fn figures(
             params.len()
         );
     }
+    // Every row's person, group (1-based, in the order of the keys) and clamped value, in one
+    // pass; the contribution bound is applied as they stream in, without sorting them.
     let sql = format!(
-        "WITH src AS (
-             SELECT t.created_by AS person, {group} AS g, {value} AS v
-               FROM {table} t
-              WHERE t.org_id = $1 AND t.deleted_at IS NULL{filter}
-         ), bounded AS (
-             SELECT g, v, row_number() OVER (PARTITION BY person ORDER BY random()) AS rn FROM src
-         )
-         SELECT g, count(*)::int8, coalesce(sum(v), 0)::float8 FROM bounded WHERE rn <= $2 GROUP BY g",
+        "SELECT t.created_by, {group}::int4, {value}
+           FROM {table} t
+          WHERE t.org_id = $1 AND t.deleted_at IS NULL{filter}",
         table = f.table.qualified,
     );
     use tokio_postgres::types::Type;
-    let mut types = vec![
-        Type::UUID,
-        Type::INT8,
-        Type::FLOAT8,
-        Type::FLOAT8,
-        Type::TEXT_ARRAY,
-    ];
+    let mut types = vec![Type::UUID, Type::FLOAT8, Type::FLOAT8, Type::TEXT_ARRAY];
     types.resize(params.len(), Type::TEXT);
     let stmt = client.prepare_typed(&sql, &types).await?;
-    let rows = client.query(&stmt, &params).await?;
-    let mut by_key: BTreeMap<Option<String>, orgbase_analytics::Exact> = BTreeMap::new();
-    for r in rows {
-        by_key.insert(
-            r.get(0),
-            orgbase_analytics::Exact {
-                count: r.get(1),
-                sum: r.get(2),
-            },
-        );
-    }
-    Ok(if f.group_by.is_some() {
-        f.keys
-            .iter()
-            .map(|k| by_key.get(&Some(k.clone())).copied().unwrap_or_default())
-            .collect()
+    let groups = if f.group_by.is_some() {
+        f.keys.len()
     } else {
-        vec![by_key.get(&None).copied().unwrap_or_default()]
-    })
+        1
+    };
+    let mut bounded =
+        orgbase_analytics::Bounded::new(f.contributions, groups, rand::rngs::StdRng::from_os_rng());
+    let rows = client.query_raw(&stmt, params).await?;
+    futures_util::pin_mut!(rows);
+    while let Some(r) = rows.try_next().await? {
+        let person: Option<Uuid> = r.get(0);
+        let group: Option<i32> = r.get(1);
+        let Some(group) = group.and_then(|g| usize::try_from(g - 1).ok()) else {
+            continue;
+        };
+        bounded.add(person.map(|p| p.as_u128()), group, r.get(2));
+    }
+    Ok(bounded.exact())
 }
 
 /// A charge against an organization's privacy budget.
