@@ -108,6 +108,19 @@ fn caller(app: &App, headers: &HeaderMap, org: Uuid) -> Result<Caller, Error> {
     Ok(c)
 }
 
+/// BEGIN, and the organization's context for the policies of this transaction.
+async fn begin(
+    conn: &mut deadpool_postgres::Client,
+    org: Uuid,
+) -> Result<deadpool_postgres::Transaction<'_>, Error> {
+    let tx = conn.transaction().await?;
+    let ctx = tx
+        .prepare_cached("SELECT set_config('app.org_id', $1, true)")
+        .await?;
+    tx.execute(&ctx, &[&org.to_string()]).await?;
+    Ok(tx)
+}
+
 #[derive(Deserialize)]
 struct ListQuery {
     limit: Option<i64>,
@@ -122,17 +135,13 @@ async fn list(
     let c = caller(&app, &headers, org)?;
     let limit = q.limit.unwrap_or(20).clamp(1, 100);
     let mut conn = app.pool.get().await?;
-    let tx = conn.transaction().await?;
-    let ctx = tx
-        .prepare_cached("SELECT set_config('app.org_id', $1, true)")
-        .await?;
+    let tx = begin(&mut conn, c.org).await?;
     let stmt = tx
         .prepare_cached(&format!(
             "SELECT {COLUMNS} FROM notes WHERE org_id = $1 AND deleted_at IS NULL \
              ORDER BY created_at DESC, id DESC LIMIT $2"
         ))
         .await?;
-    tx.execute(&ctx, &[&c.org.to_string()]).await?;
     let rows = tx.query(&stmt, &[&c.org, &limit]).await?;
     tx.commit().await?;
     Ok(Json(rows.iter().map(Note::from).collect()))
@@ -145,16 +154,12 @@ async fn one(
 ) -> Result<Json<Note>, Error> {
     let c = caller(&app, &headers, org)?;
     let mut conn = app.pool.get().await?;
-    let tx = conn.transaction().await?;
-    let ctx = tx
-        .prepare_cached("SELECT set_config('app.org_id', $1, true)")
-        .await?;
+    let tx = begin(&mut conn, c.org).await?;
     let stmt = tx
         .prepare_cached(&format!(
             "SELECT {COLUMNS} FROM notes WHERE org_id = $1 AND id = $2 AND deleted_at IS NULL"
         ))
         .await?;
-    tx.execute(&ctx, &[&c.org.to_string()]).await?;
     let row = tx.query_opt(&stmt, &[&c.org, &id]).await?;
     tx.commit().await?;
     row.map(|r| Json(Note::from(&r))).ok_or(Error::NotFound)
@@ -178,17 +183,13 @@ async fn create(
         return Err(Error::BadRequest);
     }
     let mut conn = app.pool.get().await?;
-    let tx = conn.transaction().await?;
-    let ctx = tx
-        .prepare_cached("SELECT set_config('app.org_id', $1, true)")
-        .await?;
+    let tx = begin(&mut conn, c.org).await?;
     let stmt = tx
         .prepare_cached(&format!(
             "INSERT INTO notes (org_id, title, body, created_by, updated_by) \
              VALUES ($1, $2, $3, $4, $4) RETURNING {COLUMNS}"
         ))
         .await?;
-    tx.execute(&ctx, &[&c.org.to_string()]).await?;
     let row = tx
         .query_one(&stmt, &[&c.org, &n.title, &n.body, &c.user])
         .await?;

@@ -8,7 +8,8 @@
 //!
 //! Neighbouring datasets differ by one person (the privacy unit) and everything they
 //! contributed. A person contributes at most `contributions` rows (a uniformly random
-//! `contributions` of theirs, chosen in one pass: [`Bounded`]), each value clamped into `[lower, upper]`; so adding or removing
+//! `contributions` of theirs, chosen in one pass: [`Bounded`]), each value clamped into
+//! `[lower, upper]`; so adding or removing
 //! one person changes the vector of per-group counts by at most `contributions` in L1 norm, and
 //! the vector of per-group sums by at most `contributions · max(|lower|, |upper|)`. The Laplace
 //! mechanism with scale `sensitivity / ε` is then ε-differentially private. A mean is a noisy
